@@ -1,0 +1,659 @@
+//! The `blkdrv` command. Glue only: parses arguments, calls the pool manager, prints results.
+//! Nothing here touches the kernel.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input.
+
+mod output;
+
+use blkdrv_drivers::{registry, Bytes, DriverOptions};
+use blkdrv_pool::config::{self, HostConfig};
+use blkdrv_pool::pool::{self, RemoveOutcome};
+use blkdrv_pool::{
+    Access, BackingSpec, InitSpec, LayerName, Pool, PoolError, PoolName, Root, Source,
+};
+use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkdrv",
+    version,
+    about = "Thin-provisioned storage pools and copy-on-write container image layers",
+    long_about = "blkdrv manages storage pools (on sparse loopback files or block devices) and the \
+layers of container images in them. Image layers are read-only and shared; identical content on \
+the same parent is reused like a build cache; a container gets a writable layer (a snapshot) on \
+top of an image.\n\nQuick start (as root):\n  blkdrv pool init --driver overlay --size 4G\n  \
+blkdrv layer create base --from-tar rootfs.tar\n  blkdrv layer snapshot base c1\n  \
+blkdrv layer mount c1 /mnt/c1",
+    after_help = "Exit codes: 0 success, 1 operation failed, 2 bad usage or bad input.\n\
+Environment: BLKDRV_ROOT (state dir), BLKDRV_CONFIG (config file), BLKDRV_POOL (default pool), RUST_LOG."
+)]
+struct Cli {
+    /// State directory holding the pools.
+    #[arg(long, global = true, env = "BLKDRV_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    /// Host config file (defaults for root and pool init).
+    #[arg(long, global = true, env = "BLKDRV_CONFIG", value_name = "FILE",
+          default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Log what happens (-v info, -vv debug; RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create, inspect, check and destroy storage pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Create, snapshot, commit, mount and remove layers.
+    #[command(subcommand)]
+    Layer(LayerCmd),
+    /// Summary of pools and drivers on this host (like `docker info`).
+    Info,
+}
+
+#[derive(Args, Debug, Clone)]
+struct PoolSel {
+    /// Pool to work on.
+    #[arg(
+        long,
+        env = "BLKDRV_POOL",
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pool: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    /// Create a pool: on a sparse loopback file (default) or on block devices (--device).
+    #[command(
+        long_about = "Create a pool. Without --device the pool lives in a sparse loopback \
+file under the state dir (only the space actually written is used on the host). With --device \
+the pool formats the given block device; a device that carries a filesystem, partition table or \
+LVM signature is refused unless --force.\n\nvfs and overlay format the backing with --fs (xfs \
+by default) and mount it under the state dir."
+    )]
+    Init {
+        /// Pool name.
+        #[arg(default_value = "default")]
+        name: String,
+        /// Storage driver (see `blkdrv info`). Default from the config file, else overlay.
+        #[arg(long)]
+        driver: Option<String>,
+        /// Size of the sparse loopback file, e.g. 20G, 512M.
+        #[arg(long, value_parser = parse_size, conflicts_with = "device")]
+        size: Option<Bytes>,
+        /// Block device to use instead of a loopback file.
+        #[arg(long, value_name = "DEV")]
+        device: Vec<PathBuf>,
+        /// Filesystem for file-level drivers (vfs, overlay): xfs or ext4.
+        #[arg(long)]
+        fs: Option<String>,
+        /// Refuse new layers when less than this percentage of the pool is free.
+        #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=99))]
+        min_free: Option<u8>,
+        /// Overwrite a device that carries a signature.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Space, layers and mounts of a pool.
+    Status {
+        #[arg(default_value = "default")]
+        name: String,
+    },
+    /// List pools.
+    Ls,
+    /// Compare the store with what is on disk; --repair fixes drift.
+    Check {
+        #[arg(default_value = "default")]
+        name: String,
+        /// Remove orphan objects, forget stale mounts and layers whose data is gone.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Unmount everything, deactivate the backing and delete the pool.
+    Destroy {
+        #[arg(default_value = "default")]
+        name: String,
+        /// Unmount mounted layers first; also removes a pool whose store is unreadable.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LayerCmd {
+    /// Import a tar stream or a directory as a committed image layer.
+    #[command(
+        long_about = "Import a tar stream (plain or gzip; OCI whiteouts honoured) or a \
+directory as a committed, read-only image layer on --parent. The layer's identity is its parent \
+plus the digest of its content: importing the same content on the same parent again, under any \
+name, reuses the existing layer and prints \"reused\"."
+    )]
+    Create {
+        name: String,
+        /// Committed layer to build on.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Tar file to import, or - for stdin.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "from_dir",
+            conflicts_with = "from_dir"
+        )]
+        from_tar: Option<PathBuf>,
+        /// Directory to import.
+        #[arg(long, value_name = "DIR")]
+        from_dir: Option<PathBuf>,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Create a writable (active) layer on a committed parent, e.g. for a container.
+    Snapshot {
+        parent: String,
+        name: String,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Freeze an active layer: it becomes read-only and can be a parent.
+    Commit {
+        name: String,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Mount a layer: active layers read-write (or --ro), committed layers read-only.
+    Mount {
+        name: String,
+        target: PathBuf,
+        /// Mount read-only.
+        #[arg(long)]
+        ro: bool,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Unmount a layer (at TARGET, or everywhere).
+    Umount {
+        name: String,
+        target: Option<PathBuf>,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Remove a layer (refused while it has children or is mounted).
+    Rm {
+        name: String,
+        /// Unmount the layer first.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// List layers with their own sizes.
+    Ls {
+        /// Show parent/child structure.
+        #[arg(long)]
+        tree: bool,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Everything known about one layer.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+    /// Export a layer's changes against its parent as an OCI layer tar.
+    Diff {
+        name: String,
+        /// Output file (- for stdout).
+        #[arg(short, long, value_name = "FILE.tar")]
+        output: PathBuf,
+        #[command(flatten)]
+        sel: PoolSel,
+    },
+}
+
+fn parse_size(s: &str) -> Result<Bytes, String> {
+    s.parse::<Bytes>().map_err(|e| e.to_string())
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let text = e.render().ansi().to_string();
+            let _ = if e.use_stderr() {
+                write!(err, "{text}")
+            } else {
+                write!(out, "{text}")
+            };
+            return code;
+        }
+    };
+    init_tracing(cli.verbose);
+    match dispatch(&cli, out, err) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let _ = writeln!(err, "blkdrv: error: {e}");
+            if e.is_user_error() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            }
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Tests call run() many times in one process; only the first subscriber sticks.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+struct Ctx {
+    root: Root,
+    host: HostConfig,
+    json: bool,
+}
+
+fn dispatch(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), PoolError> {
+    let host = HostConfig::load(&cli.config)?;
+    let root = cli
+        .root
+        .clone()
+        .or_else(|| host.root.clone())
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_ROOT));
+    let ctx = Ctx {
+        root: Root::new(root),
+        host,
+        json: cli.json,
+    };
+    match &cli.cmd {
+        Cmd::Pool(c) => pool_cmd(&ctx, c, out, err),
+        Cmd::Layer(c) => layer_cmd(&ctx, c, out, err),
+        Cmd::Info => output::info(&ctx.root, &cli.config, ctx.json, out),
+    }
+}
+
+fn io_err(e: std::io::Error) -> PoolError {
+    PoolError::io("write output", "-", e)
+}
+
+fn pool_cmd(
+    ctx: &Ctx,
+    c: &PoolCmd,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), PoolError> {
+    match c {
+        PoolCmd::Init {
+            name,
+            driver,
+            size,
+            device,
+            fs,
+            min_free,
+            force,
+        } => {
+            let name = PoolName::new(name)?;
+            let d = &ctx.host.pool;
+            let driver = driver
+                .clone()
+                .or_else(|| d.driver.clone())
+                .unwrap_or_else(|| config::DEFAULT_DRIVER.to_string());
+            let mut options = DriverOptions::new();
+            if let Some(fs) = fs.clone().or_else(|| d.fs.clone()) {
+                options.insert("fs".into(), fs);
+            }
+            let backing = if device.is_empty() {
+                let size = match size {
+                    Some(s) => *s,
+                    None => match &d.size {
+                        Some(s) => s.parse().map_err(|e: blkdrv_drivers::ParseSizeError| {
+                            PoolError::Invalid(e.to_string())
+                        })?,
+                        None => config::DEFAULT_SIZE,
+                    },
+                };
+                BackingSpec::Loopback { size }
+            } else {
+                BackingSpec::Devices(device.clone())
+            };
+            let spec = InitSpec {
+                name,
+                driver,
+                backing,
+                options,
+                min_free_pct: min_free
+                    .or(d.min_free)
+                    .unwrap_or(config::DEFAULT_MIN_FREE_PCT),
+                force: *force,
+            };
+            let bar = output::spinner(&format!("creating pool {}", spec.name));
+            let pool = Pool::init(&ctx.root, spec);
+            bar.finish_and_clear();
+            let pool = pool?;
+            let status = pool.status()?;
+            if ctx.json {
+                output::json(out, &status)
+            } else {
+                writeln!(
+                    out,
+                    "Pool {} created: driver {}, {}",
+                    status.name,
+                    status.driver,
+                    output::backing_summary(&status)
+                )
+                .map_err(io_err)
+            }
+        }
+        PoolCmd::Status { name } => {
+            let pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Read)?;
+            let status = pool.status()?;
+            if ctx.json {
+                output::json(out, &status)
+            } else {
+                output::pool_status(out, &status)
+            }
+        }
+        PoolCmd::Ls => {
+            let mut rows = Vec::new();
+            for name in ctx.root.pools()? {
+                let row = match Pool::open(&ctx.root, &name, Access::Read) {
+                    Ok(p) => serde_json::to_value(p.status()?).unwrap_or_default(),
+                    Err(e) => serde_json::json!({"name": name.as_str(), "error": e.to_string()}),
+                };
+                rows.push(row);
+            }
+            if ctx.json {
+                output::json(out, &rows)
+            } else {
+                output::pool_table(out, &rows)
+            }
+        }
+        PoolCmd::Check { name, repair } => {
+            let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
+            let report = pool.check(*repair)?;
+            if ctx.json {
+                output::json(out, &report)?;
+            } else {
+                output::check_report(out, &report)?;
+            }
+            if !report.is_clean() && !*repair {
+                return Err(PoolError::Invalid(format!(
+                    "pool {name} has drift; run `blkdrv pool check --repair {name}`"
+                )));
+            }
+            Ok(())
+        }
+        PoolCmd::Destroy { name, force } => {
+            let pname = PoolName::new(name)?;
+            match Pool::open(&ctx.root, &pname, Access::Write) {
+                Ok(p) => p.destroy(*force)?,
+                Err(e @ PoolError::PoolNotFound { .. }) => return Err(e),
+                Err(e) if *force => {
+                    let _ = writeln!(
+                        err,
+                        "blkdrv: warning: {e}; removing the pool directory anyway"
+                    );
+                    pool::force_destroy(&ctx.root, &pname)?;
+                }
+                Err(e) => return Err(e),
+            }
+            if ctx.json {
+                output::json(out, &serde_json::json!({"destroyed": name}))
+            } else {
+                writeln!(out, "Pool {name} destroyed").map_err(io_err)
+            }
+        }
+    }
+}
+
+fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, PoolError> {
+    let pool = Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Write)?;
+    for r in pool.recovered() {
+        let _ = writeln!(err, "blkdrv: recovered: {r}");
+    }
+    Ok(pool)
+}
+
+fn open_read(ctx: &Ctx, sel: &PoolSel) -> Result<Pool, PoolError> {
+    Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Read)
+}
+
+fn layer_cmd(
+    ctx: &Ctx,
+    c: &LayerCmd,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), PoolError> {
+    match c {
+        LayerCmd::Create {
+            name,
+            parent,
+            from_tar,
+            from_dir,
+            sel,
+        } => {
+            let name = LayerName::new(name)?;
+            let stdin;
+            let file;
+            let source = match (from_tar, from_dir) {
+                (Some(p), _) if p.as_os_str() == "-" => {
+                    stdin = std::io::stdin();
+                    Source::Tar(Box::new(stdin.lock()))
+                }
+                (Some(p), _) => {
+                    file = std::fs::File::open(p).map_err(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => {
+                            PoolError::Invalid(format!("tar file {} does not exist", p.display()))
+                        }
+                        _ => PoolError::io("open tar", p, e),
+                    })?;
+                    Source::Tar(Box::new(std::io::BufReader::new(file)))
+                }
+                (None, Some(d)) => Source::Dir(d),
+                (None, None) => unreachable!("clap requires a source"),
+            };
+            let mut pool = open_write(ctx, sel, err)?;
+            let bar = output::byte_bar(&format!("importing {name}"));
+            let res = pool.create(&name, parent.as_deref(), source, &mut |b| {
+                bar.set_position(b)
+            });
+            bar.finish_and_clear();
+            let res = res?;
+            if ctx.json {
+                output::json(out, &res)
+            } else if res.reused {
+                writeln!(
+                    out,
+                    "reused layer {} for {name}: same content ({}) on the same parent",
+                    res.layer.id,
+                    res.layer.digest.as_deref().unwrap_or("?")
+                )
+                .map_err(io_err)
+            } else {
+                writeln!(
+                    out,
+                    "created layer {name} (id {}, {}, {})",
+                    res.layer.id,
+                    output::size(res.layer.size_bytes),
+                    res.layer.digest.as_deref().unwrap_or("?")
+                )
+                .map_err(io_err)
+            }
+        }
+        LayerCmd::Snapshot { parent, name, sel } => {
+            let name = LayerName::new(name)?;
+            let info = open_write(ctx, sel, err)?.snapshot(parent, &name)?;
+            if ctx.json {
+                output::json(out, &info)
+            } else {
+                writeln!(
+                    out,
+                    "created active layer {name} (id {}) on {parent}",
+                    info.id
+                )
+                .map_err(io_err)
+            }
+        }
+        LayerCmd::Commit { name, sel } => {
+            let info = open_write(ctx, sel, err)?.commit(name)?;
+            if ctx.json {
+                output::json(out, &info)
+            } else {
+                writeln!(
+                    out,
+                    "committed layer {name} ({})",
+                    output::size(info.size_bytes)
+                )
+                .map_err(io_err)
+            }
+        }
+        LayerCmd::Mount {
+            name,
+            target,
+            ro,
+            sel,
+        } => {
+            let mode = open_write(ctx, sel, err)?.mount(name, target, *ro)?;
+            if ctx.json {
+                output::json(
+                    out,
+                    &serde_json::json!({"layer": name, "target": target, "mode": mode}),
+                )
+            } else {
+                writeln!(out, "mounted {name} at {} ({mode})", target.display()).map_err(io_err)
+            }
+        }
+        LayerCmd::Umount { name, target, sel } => {
+            let done = open_write(ctx, sel, err)?.umount(name, target.as_deref())?;
+            if ctx.json {
+                output::json(out, &serde_json::json!({"layer": name, "unmounted": done}))
+            } else {
+                for t in done {
+                    writeln!(out, "unmounted {name} from {}", t.display()).map_err(io_err)?;
+                }
+                Ok(())
+            }
+        }
+        LayerCmd::Rm { name, force, sel } => {
+            let outcome = open_write(ctx, sel, err)?.remove(name, *force)?;
+            if ctx.json {
+                output::json(out, &serde_json::json!({"layer": name, "result": outcome}))
+            } else {
+                match outcome {
+                    RemoveOutcome::Removed => writeln!(out, "removed layer {name}"),
+                    RemoveOutcome::Untagged => {
+                        writeln!(out, "untagged {name} (the layer has other names)")
+                    }
+                }
+                .map_err(io_err)
+            }
+        }
+        LayerCmd::Ls { tree, sel } => {
+            let layers = open_read(ctx, sel)?.list()?;
+            if ctx.json {
+                output::json(out, &layers)
+            } else if *tree {
+                output::layer_tree(out, &layers)
+            } else {
+                output::layer_table(out, &layers)
+            }
+        }
+        LayerCmd::Inspect { name, sel } => {
+            let info = open_read(ctx, sel)?.inspect(name)?;
+            if ctx.json {
+                output::json(out, &info)
+            } else {
+                output::layer_details(out, &info)
+            }
+        }
+        LayerCmd::Diff {
+            name,
+            output: path,
+            sel,
+        } => {
+            let mut pool = open_write(ctx, sel, err)?;
+            let stats = if path.as_os_str() == "-" {
+                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                let s = pool.diff(name, &mut w)?;
+                w.flush().map_err(io_err)?;
+                s
+            } else {
+                // Write to a temp file and rename: a failed diff leaves no half-written tar.
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                    .map_err(|e| PoolError::io("create output", path, e))?;
+                let s = {
+                    let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+                    let s = pool.diff(name, &mut w)?;
+                    w.flush().map_err(|e| PoolError::io("write", path, e))?;
+                    s
+                };
+                tmp.persist(path)
+                    .map_err(|e| PoolError::io("write output", path, e.error))?;
+                s
+            };
+            if ctx.json {
+                output::json(
+                    out,
+                    &serde_json::json!({"layer": name, "added": stats.added, "modified": stats.modified, "deleted": stats.deleted}),
+                )
+            } else if path.as_os_str() != "-" {
+                writeln!(
+                    out,
+                    "wrote {}: {} added, {} modified, {} deleted",
+                    path.display(),
+                    stats.added,
+                    stats.modified,
+                    stats.deleted
+                )
+                .map_err(io_err)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Names of every compiled-in driver (for help and `info`).
+pub fn driver_names() -> Vec<&'static str> {
+    registry::names()
+}

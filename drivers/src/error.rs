@@ -1,0 +1,103 @@
+//! The drivers crate's one error type. Every variant names the object and the operation, so a
+//! message read in a log says what failed on what without a backtrace.
+
+use crate::ObjectId;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{op} {target}: {source}")]
+    Sys {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: nix::Error,
+    },
+
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+
+    #[error("`{program}` is not installed (needed to {purpose}); run scripts/setup.sh")]
+    MissingTool {
+        program: String,
+        purpose: &'static str,
+    },
+
+    #[error("layer object {id} not found on disk ({op})")]
+    NotFound { id: ObjectId, op: &'static str },
+
+    #[error("layer object {id} already exists on disk ({op})")]
+    Exists { id: ObjectId, op: &'static str },
+
+    #[error("layer object {id}: {op} refused: {reason}")]
+    Refused {
+        id: ObjectId,
+        op: &'static str,
+        reason: String,
+    },
+
+    #[error("invalid option {key}={value:?} for driver {driver}: {reason}")]
+    BadOption {
+        driver: &'static str,
+        key: String,
+        value: String,
+        reason: String,
+    },
+
+    #[error("device {device}: {reason}")]
+    Device { device: PathBuf, reason: String },
+
+    #[error("pool identity mismatch on {device}: recorded {field}={recorded}, found {found}; the device may have been swapped or reformatted")]
+    IdentityMismatch {
+        device: PathBuf,
+        field: String,
+        recorded: String,
+        found: String,
+    },
+
+    #[error("driver {driver} is unavailable on this host: {reason}")]
+    Unavailable { driver: String, reason: String },
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+impl DriverError {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DriverError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn sys(op: &'static str, target: impl std::fmt::Display, source: nix::Error) -> Self {
+        DriverError::Sys {
+            op,
+            target: target.to_string(),
+            source,
+        }
+    }
+
+    /// The errno behind the error, when there is one (lets callers test for EBUSY, ENOSPC...).
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        match self {
+            DriverError::Sys { source, .. } => Some(*source),
+            DriverError::Io { source, .. } => {
+                source.raw_os_error().map(nix::errno::Errno::from_raw)
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The backing shared by the file-level drivers (vfs, overlay): one ext4 or xfs filesystem on
+//! the pool's device, mounted under the pool's state dir. Keeping every driver on the same kind
+//! of backing is what makes benchmarks compare like with like.
+
+use crate::error::{DriverError, Result};
+use crate::sys::{exec, mount, signature};
+use crate::{Bytes, DriverOptions, Identity, PoolContext, Space};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Xfs,
+    Ext4,
+}
+
+impl FsType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsType::Xfs => "xfs",
+            FsType::Ext4 => "ext4",
+        }
+    }
+
+    /// xfs (mkfs default reflink=1) clones file extents on copy-up; ext4 copies the data.
+    pub fn reflink(self) -> bool {
+        self == FsType::Xfs
+    }
+
+    pub fn parse(driver: &'static str, s: &str) -> Result<FsType> {
+        match s {
+            "xfs" => Ok(FsType::Xfs),
+            "ext4" => Ok(FsType::Ext4),
+            _ => Err(DriverError::BadOption {
+                driver,
+                key: "fs".into(),
+                value: s.into(),
+                reason: "expected xfs or ext4".into(),
+            }),
+        }
+    }
+}
+
+/// Option keys this backing understands.
+pub const KEY_FS: &str = "fs";
+const UUID_KEY: &str = "fs_uuid";
+
+/// Validates `fs` (default xfs) and rejects keys the driver does not know.
+pub fn validate_options(driver: &'static str, options: &DriverOptions) -> Result<DriverOptions> {
+    let mut out = DriverOptions::new();
+    for (k, v) in options {
+        if k != KEY_FS {
+            return Err(DriverError::BadOption {
+                driver,
+                key: k.clone(),
+                value: v.clone(),
+                reason: "unknown option (known: fs)".into(),
+            });
+        }
+    }
+    let fs = options.get(KEY_FS).map(String::as_str).unwrap_or("xfs");
+    out.insert(KEY_FS.into(), FsType::parse(driver, fs)?.name().into());
+    Ok(out)
+}
+
+fn fs_type(ctx: &PoolContext) -> Result<FsType> {
+    FsType::parse(
+        "fs",
+        ctx.options.get(KEY_FS).map(String::as_str).unwrap_or("xfs"),
+    )
+}
+
+fn single_device(ctx: &PoolContext) -> Result<&Path> {
+    match ctx.devices.as_slice() {
+        [d] => Ok(d),
+        other => Err(DriverError::Device {
+            device: ctx.state_dir.clone(),
+            reason: format!(
+                "file-level drivers use exactly one device, got {}",
+                other.len()
+            ),
+        }),
+    }
+}
+
+/// Makes the filesystem and returns its UUID as the pool identity.
+pub fn format(ctx: &PoolContext) -> Result<Identity> {
+    let dev = single_device(ctx)?;
+    let fs = fs_type(ctx)?;
+    let dev_s = dev.as_os_str();
+    match fs {
+        // -K: do not discard the whole device at mkfs (slow on big sparse loop files).
+        FsType::Xfs => exec::run(
+            "mkfs.xfs",
+            [
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "-K".as_ref(),
+                "-m".as_ref(),
+                "reflink=1".as_ref(),
+                dev_s,
+            ],
+            "format an xfs pool",
+        )?,
+        // Lazy init off: otherwise ext4 zeroes inode tables in the background after mount,
+        // which skews the first minutes of any benchmark.
+        FsType::Ext4 => exec::run(
+            "mkfs.ext4",
+            [
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-E".as_ref(),
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0".as_ref(),
+                dev_s,
+            ],
+            "format an ext4 pool",
+        )?,
+    };
+    let (_, uuid) = signature::fs_uuid(dev)?.ok_or_else(|| DriverError::Device {
+        device: dev.to_path_buf(),
+        reason: format!("no {} filesystem UUID after mkfs", fs.name()),
+    })?;
+    let mut id = Identity::new();
+    id.insert(UUID_KEY.into(), uuid);
+    id.insert(KEY_FS.into(), fs.name().into());
+    Ok(id)
+}
+
+/// A mounted file-level backing.
+#[derive(Debug)]
+pub struct FsBacking {
+    pub mnt: PathBuf,
+    pub fs: FsType,
+    pub device: PathBuf,
+}
+
+impl FsBacking {
+    /// Checks the device still carries the recorded filesystem, then mounts it (unless it is
+    /// already mounted there) and makes sure `subdir` exists.
+    pub fn open(ctx: &PoolContext, identity: &Identity, subdir: &str) -> Result<FsBacking> {
+        let dev = single_device(ctx)?.to_path_buf();
+        let fs = fs_type(ctx)?;
+        let found = signature::fs_uuid(&dev)?.map(|(_, u)| u);
+        let recorded = identity.get(UUID_KEY).cloned().unwrap_or_default();
+        if found.as_deref() != Some(recorded.as_str()) {
+            return Err(DriverError::IdentityMismatch {
+                device: dev,
+                field: UUID_KEY.into(),
+                recorded,
+                found: found.unwrap_or_else(|| "no filesystem".into()),
+            });
+        }
+        let mnt = ctx.state_dir.join("mnt");
+        std::fs::create_dir_all(&mnt).map_err(|e| DriverError::io("create", &mnt, e))?;
+        if !mount::is_mountpoint(&mnt)? {
+            mount::mount(&dev, &mnt, fs.name(), nix::mount::MsFlags::empty(), None)?;
+        }
+        let sub = mnt.join(subdir);
+        std::fs::create_dir_all(&sub).map_err(|e| DriverError::io("create", &sub, e))?;
+        Ok(FsBacking {
+            mnt,
+            fs,
+            device: dev,
+        })
+    }
+
+    pub fn space(&self) -> Result<Space> {
+        let st = nix::sys::statvfs::statvfs(&self.mnt)
+            .map_err(|e| DriverError::sys("statvfs", self.mnt.display(), e))?;
+        let frsize = st.fragment_size();
+        let total = Bytes(st.blocks() * frsize);
+        let free = Bytes(st.blocks_free() * frsize);
+        let available = Bytes(st.blocks_available() * frsize);
+        Ok(Space {
+            total,
+            used: total.saturating_sub(free),
+            available,
+            inodes_total: st.files(),
+            inodes_free: st.files_free(),
+            details: vec![
+                ("Backing Filesystem".into(), self.fs.name().into()),
+                ("Backing Device".into(), self.device.display().to_string()),
+                ("Mounted At".into(), self.mnt.display().to_string()),
+            ],
+        })
+    }
+
+    pub fn deactivate(&self) -> Result<()> {
+        mount::unmount(&self.mnt)
+    }
+}
+
+/// Creates `final_dir` atomically: `build` fills a sibling temp dir, which is then renamed.
+/// A leftover temp or final dir from a crashed attempt is removed first, so a retried create
+/// after a crash starts clean.
+pub fn create_atomically(final_dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = final_dir.with_extension("tmp");
+    crate::sys::tree::remove_tree(&tmp)?;
+    crate::sys::tree::remove_tree(final_dir)?;
+    std::fs::create_dir(&tmp).map_err(|e| DriverError::io("create", &tmp, e))?;
+    build(&tmp)?;
+    std::fs::rename(&tmp, final_dir).map_err(|e| DriverError::io("rename into place", final_dir, e))
+}
+
+/// Ids of layer directories under `dir` (names that are decimal object ids).
+pub fn list_ids(dir: &Path) -> Result<Vec<crate::ObjectId>> {
+    let mut ids: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| DriverError::io("list", dir, e))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // A half-built `<id>.tmp` is an on-disk object too: report it so checks see it.
+            crate::ObjectId::parse(name.strip_suffix(".tmp").unwrap_or(&name))
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}

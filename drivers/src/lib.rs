@@ -1,0 +1,210 @@
+//! blkdrv storage drivers.
+//!
+//! A driver turns a pool's block devices into copy-on-write layers. The vocabulary follows
+//! containerd's snapshotters: a *committed* layer is read-only and shareable, an *active* layer is
+//! writable and built on a committed parent (or empty), and a *view* is a read-only mount of a
+//! committed layer.
+//!
+//! Drivers keep no metadata of their own: the pool owns ids, parents and state, and passes every
+//! driver call the facts it needs (the object id, the parent chain). A driver names its on-disk
+//! objects after the [`ObjectId`] so the pool can always find an object it recorded an intent for.
+//!
+//! Adding a driver means one new module and one line in [`registry`].
+
+pub mod error;
+pub mod fsbacked;
+pub mod id;
+pub mod overlay;
+pub mod registry;
+pub mod sys;
+pub mod units;
+pub mod vfs;
+
+pub use error::{DriverError, Result};
+pub use id::{InvalidObjectId, ObjectId};
+pub use units::{Bytes, ParseSizeError, Sectors};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Driver-specific options (`--fs xfs`, later `--block-size` ...), kept as strings so the pool can
+/// store them without knowing what they mean. Each driver validates its own.
+pub type DriverOptions = BTreeMap<String, String>;
+
+/// What identifies a formatted pool on its devices (filesystem UUID, thin-pool UUID, zpool GUID).
+/// Recorded at format time and checked on every open, so a swapped device is refused.
+pub type Identity = BTreeMap<String, String>;
+
+/// Everything a driver gets to know about the pool it serves.
+#[derive(Debug, Clone)]
+pub struct PoolContext {
+    /// The pool's name (used to make kernel object names unique, e.g. dm device names).
+    pub pool: String,
+    /// A directory the driver may use for mount points of its own backing.
+    pub state_dir: PathBuf,
+    /// Block devices backing the pool (loop devices for loopback pools).
+    pub devices: Vec<PathBuf>,
+    /// Validated driver options.
+    pub options: DriverOptions,
+}
+
+/// How a layer is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountMode {
+    ReadWrite,
+    ReadOnly,
+}
+
+impl std::fmt::Display for MountMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MountMode::ReadWrite => "rw",
+            MountMode::ReadOnly => "ro",
+        })
+    }
+}
+
+/// A layer as a driver sees it: its object and the committed layers below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerChain {
+    pub id: ObjectId,
+    /// Whether the layer is still writable (active) or frozen (committed).
+    pub active: bool,
+    /// Committed ancestors, nearest parent first.
+    pub ancestors: Vec<ObjectId>,
+}
+
+impl LayerChain {
+    pub fn parent(&self) -> Option<ObjectId> {
+        self.ancestors.first().copied()
+    }
+}
+
+/// The unit in which a driver copies data when a shared file is first written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "unit", rename_all = "lowercase")]
+pub enum Granularity {
+    /// Whole files are copied up. `reflink` says the copy shares extents (xfs/btrfs) and so
+    /// costs metadata only.
+    File { reflink: bool },
+    /// Extents are shared and copied on write (btrfs, ZFS records).
+    Extent,
+    /// Fixed-size blocks are copied on write (dm-thin).
+    Block { size: Bytes },
+}
+
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Granularity::File { reflink: false } => f.write_str("file (full copy-up)"),
+            Granularity::File { reflink: true } => f.write_str("file (reflink copy-up)"),
+            Granularity::Extent => f.write_str("extent"),
+            Granularity::Block { size } => write!(f, "block ({size})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub granularity: Granularity,
+    /// Layers are native snapshots (constant-time create) rather than copies or directory stacks.
+    pub native_snapshots: bool,
+}
+
+/// Space exclusive to one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub bytes: Bytes,
+    pub inodes: u64,
+}
+
+/// Space of the whole pool, plus driver-specific lines for `pool status`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Space {
+    pub total: Bytes,
+    pub used: Bytes,
+    pub available: Bytes,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+    /// Extra facts worth showing, in display order (e.g. "Backing Filesystem" = "xfs").
+    pub details: Vec<(String, String)>,
+}
+
+/// What a driver needs from the host, so the pool can say why it is unavailable.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Requirements {
+    /// Kernel filesystems that must appear in /proc/filesystems.
+    pub filesystems: Vec<&'static str>,
+    /// Programs that must be on PATH.
+    pub tools: Vec<&'static str>,
+    /// Kernel features checked by a path that must exist (e.g. /dev/mapper/control).
+    pub paths: Vec<&'static str>,
+}
+
+/// Creates and opens pools of one driver kind. Stateless; one static instance per driver.
+pub trait DriverFactory: Send + Sync {
+    /// Stable name used in configs and on the command line ("overlay", "vfs", ...).
+    fn name(&self) -> &'static str;
+
+    /// One line for `blkdrv info`.
+    fn description(&self) -> &'static str;
+
+    fn requirements(&self) -> Requirements;
+
+    /// Checks the options a user gave and fills in defaults; unknown keys are errors.
+    fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions>;
+
+    /// Formats the pool's devices for this driver (mkfs, pool creation). Returns the identity to
+    /// record. Called once, at `pool init`.
+    fn format(&self, ctx: &PoolContext) -> Result<Identity>;
+
+    /// Activates an already formatted pool (mounts it, assembles it) after checking its identity.
+    /// Must be idempotent: opening an active pool reuses it.
+    fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>>;
+
+    /// Whether this host can run the driver; `Err` says what is missing.
+    fn check_host(&self) -> Result<()> {
+        sys::host::check(self.name(), &self.requirements())
+    }
+}
+
+/// The layer operations of one open pool.
+///
+/// Every mutating call must be idempotent with respect to a crash: the pool may call `create`
+/// again after a crash left a half-made object (the driver replaces it), `commit` on an already
+/// committed object, and `remove` on an object that is already gone (returns `Ok`).
+pub trait Driver: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates an active (writable) layer object, empty or on top of `layer.ancestors`.
+    fn create(&self, layer: &LayerChain) -> Result<()>;
+
+    /// Freezes an active layer. Afterwards its content never changes.
+    fn commit(&self, layer: &LayerChain) -> Result<()>;
+
+    /// Mounts the layer at `target`. Active layers may be mounted read-write once; committed
+    /// layers only read-only (views), any number of times.
+    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()>;
+
+    /// Unmounts a mount made by [`Driver::mount`].
+    fn unmount(&self, target: &Path) -> Result<()>;
+
+    /// Deletes the layer object. Missing objects are not an error.
+    fn remove(&self, id: ObjectId) -> Result<()>;
+
+    /// Objects present on disk, for drift checks against the pool store.
+    fn list(&self) -> Result<Vec<ObjectId>>;
+
+    /// Space and inodes exclusive to the layer.
+    fn usage(&self, layer: &LayerChain) -> Result<Usage>;
+
+    /// Space of the pool as a whole.
+    fn space(&self) -> Result<Space>;
+
+    /// Deactivates the pool's backing (unmounts it). Layers must be unmounted first.
+    fn deactivate(&self) -> Result<()>;
+}

@@ -1,0 +1,128 @@
+//! Configuration: host defaults from /etc/blkdrv/blkdrv.toml, and each pool's own config, which
+//! lives in its store so that config and metadata can never disagree.
+
+use crate::error::{PoolError, Result};
+use blkdrv_drivers::{Bytes, DriverOptions, Identity};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/blkdrv";
+pub const DEFAULT_CONFIG: &str = "/etc/blkdrv/blkdrv.toml";
+pub const DEFAULT_DRIVER: &str = "overlay";
+pub const DEFAULT_SIZE: Bytes = Bytes(20 << 30);
+pub const DEFAULT_MIN_FREE_PCT: u8 = 10;
+
+/// /etc/blkdrv/blkdrv.toml. Every key is optional; command-line flags win over it.
+///
+/// ```toml
+/// root = "/var/lib/blkdrv"
+/// [pool]
+/// driver = "overlay"
+/// size = "20G"
+/// fs = "xfs"
+/// min_free = 10
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub root: Option<PathBuf>,
+    #[serde(default)]
+    pub pool: PoolDefaults,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDefaults {
+    pub driver: Option<String>,
+    pub size: Option<String>,
+    pub fs: Option<String>,
+    pub min_free: Option<u8>,
+}
+
+impl HostConfig {
+    /// Reads `path`; a missing file is an empty config, a malformed one an error.
+    pub fn load(path: &Path) -> Result<HostConfig> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+            Err(e) => return Err(PoolError::io("read config", path, e)),
+        };
+        let cfg: HostConfig = toml::from_str(&text).map_err(|e| PoolError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string().trim().to_string(),
+        })?;
+        if let Some(s) = &cfg.pool.size {
+            s.parse::<Bytes>().map_err(|e| PoolError::Config {
+                path: path.to_path_buf(),
+                reason: format!("pool.size: {e}"),
+            })?;
+        }
+        if cfg.pool.min_free.is_some_and(|p| p > 99) {
+            return Err(PoolError::Config {
+                path: path.to_path_buf(),
+                reason: "pool.min_free must be a percentage from 0 to 99".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+/// What backs a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Backing {
+    /// Sparse files under the pool directory, attached as loop devices on activation.
+    Loopback { files: Vec<LoopFile> },
+    /// Block devices given by the admin.
+    Devices { paths: Vec<PathBuf> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopFile {
+    /// Relative to the pool directory, so a moved root keeps working.
+    pub file: PathBuf,
+    pub size: Bytes,
+}
+
+/// A pool's configuration, stored in its metadata store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub name: String,
+    pub driver: String,
+    pub backing: Backing,
+    pub options: DriverOptions,
+    pub identity: Identity,
+    pub min_free_pct: u8,
+    pub created: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_config_is_empty() {
+        let c = HostConfig::load(Path::new("/nonexistent/blkdrv.toml")).unwrap();
+        assert_eq!(c, HostConfig::default());
+    }
+
+    #[test]
+    fn config_is_parsed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "root = \"/srv/b\"\n[pool]\ndriver = \"vfs\"\nsize = \"4G\"\n",
+        )
+        .unwrap();
+        let c = HostConfig::load(&p).unwrap();
+        assert_eq!(c.root.as_deref(), Some(Path::new("/srv/b")));
+        assert_eq!(c.pool.driver.as_deref(), Some("vfs"));
+
+        std::fs::write(&p, "[pool]\nsize = \"lots\"\n").unwrap();
+        assert!(HostConfig::load(&p).is_err());
+        std::fs::write(&p, "bogus = 1\n").unwrap();
+        let e = HostConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,161 @@
+//! The pool crate's one error type. Variants carry the object (pool, layer, path) and the
+//! operation; a failed rollback keeps both the cause and the rollback failure.
+
+use blkdrv_drivers::DriverError;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Bad input from the user (exit code 2 in the CLI).
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("pool {pool:?} not found under {root}; create it with `blkdrv pool init {pool}`")]
+    PoolNotFound { pool: String, root: PathBuf },
+
+    #[error("pool {pool:?} already exists under {root}; use `blkdrv pool destroy {pool}` first")]
+    PoolExists { pool: String, root: PathBuf },
+
+    #[error("layer {0:?} not found")]
+    LayerNotFound(String),
+
+    #[error("layer {0:?} already exists")]
+    LayerExists(String),
+
+    #[error("{op} {layer:?} refused: {reason}")]
+    Refused {
+        op: &'static str,
+        layer: String,
+        reason: String,
+    },
+
+    #[error("pool {pool:?}: not enough free space for a new layer: {available} free of {total} ({pct:.1}%), minimum is {min_pct}% (--min-free)")]
+    LowSpace {
+        pool: String,
+        available: blkdrv_drivers::Bytes,
+        total: blkdrv_drivers::Bytes,
+        pct: f64,
+        min_pct: u8,
+    },
+
+    #[error("pool {pool:?} is busy: another blkdrv process holds {lock} (pid {holder})")]
+    Busy {
+        pool: String,
+        lock: PathBuf,
+        holder: String,
+    },
+
+    #[error("pool store {path} is unreadable or corrupt ({op}): {source}; move it aside or restore it from a backup")]
+    CorruptStore {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("pool store {path}: {op}: {source}")]
+    Store {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    #[error("config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    /// A tar entry that would escape the layer, cannot be represented, or is malformed.
+    #[error("tar entry {entry:?}: {reason}")]
+    TarEntry { entry: String, reason: String },
+
+    /// The tar stream itself is unreadable (truncated, not a tar, bad compression).
+    #[error("reading tar stream: {source}")]
+    TarRead {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    // Boxed: driver errors are large and most results never carry one.
+    #[error("{op} layer {layer:?}: {source}")]
+    Driver {
+        op: &'static str,
+        layer: String,
+        #[source]
+        source: Box<DriverError>,
+    },
+
+    #[error("pool {pool:?}: {source}")]
+    Backing {
+        pool: String,
+        #[source]
+        source: Box<DriverError>,
+    },
+
+    #[error("{cause}; rolling back also failed: {rollback}")]
+    Rollback {
+        cause: Box<PoolError>,
+        rollback: Box<PoolError>,
+    },
+}
+
+pub type Result<T, E = PoolError> = std::result::Result<T, E>;
+
+impl PoolError {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PoolError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn driver(op: &'static str, layer: impl Into<String>, source: DriverError) -> Self {
+        PoolError::Driver {
+            op,
+            layer: layer.into(),
+            source: Box::new(source),
+        }
+    }
+
+    pub fn backing(pool: impl std::fmt::Display, source: DriverError) -> Self {
+        PoolError::Backing {
+            pool: pool.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    /// True for errors caused by what the user asked (CLI exit code 2), not by the system.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            PoolError::Invalid(_)
+                | PoolError::PoolNotFound { .. }
+                | PoolError::PoolExists { .. }
+                | PoolError::LayerNotFound(_)
+                | PoolError::LayerExists(_)
+                | PoolError::Refused { .. }
+                | PoolError::TarEntry { .. }
+                | PoolError::TarRead { .. }
+                | PoolError::Config { .. }
+        )
+    }
+
+    /// Attaches a rollback failure to the error that caused the rollback.
+    pub fn with_rollback(self, rollback: std::result::Result<(), PoolError>) -> PoolError {
+        match rollback {
+            Ok(()) => self,
+            Err(r) => PoolError::Rollback {
+                cause: Box::new(self),
+                rollback: Box::new(r),
+            },
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! blkdrv pool manager.
+//!
+//! The only owner of pool config, layer metadata, ids, parent links, state, locking and space
+//! policy. It calls drivers (never the kernel directly) and is called by the CLI.
+
+pub mod archive;
+pub mod config;
+pub mod crash;
+pub mod error;
+pub mod layer;
+pub mod lock;
+pub mod pool;
+pub mod store;
+
+pub use config::{HostConfig, PoolConfig};
+pub use error::{PoolError, Result};
+pub use layer::{LayerKind, LayerName, LayerState, PoolName};
+pub use pool::{Access, BackingSpec, CreateOutcome, InitSpec, LayerInfo, Pool, Root, Source};

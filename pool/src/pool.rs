@@ -1,0 +1,1254 @@
+//! The pool manager: one pool's config, store, lock and driver, and every layer operation.
+//!
+//! Every mutating operation follows one protocol:
+//!   1. record the intent (the layer row enters an in-flight state) in one transaction,
+//!   2. do the driver/kernel work (idempotent),
+//!   3. record completion in one transaction.
+//!
+//! The next writer to open the pool finishes or undoes whatever a dead process left in flight
+//! ([`Pool::open`] calls `reconcile`): creates are rolled back, commits and removes rolled forward.
+
+use crate::archive;
+use crate::config::{Backing, LoopFile, PoolConfig};
+use crate::crash;
+use crate::error::{PoolError, Result};
+use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState, PoolName};
+use crate::lock::PoolLock;
+use crate::store::{content_key, MountRecord, Store};
+use blkdrv_drivers::sys::{loopdev, mount, signature};
+use blkdrv_drivers::{
+    registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountMode,
+    ObjectId, PoolContext, Space, Usage,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a writer waits for another writer before reporting the pool busy.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// A directory holding pools (`--root`, default /var/lib/blkdrv).
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub path: PathBuf,
+}
+
+impl Root {
+    pub fn new(path: impl Into<PathBuf>) -> Root {
+        Root { path: path.into() }
+    }
+
+    pub fn pool_dir(&self, name: &PoolName) -> PathBuf {
+        self.path.join("pools").join(name.as_str())
+    }
+
+    /// Names of the pools under this root (directories that hold a store).
+    pub fn pools(&self) -> Result<Vec<PoolName>> {
+        let dir = self.path.join("pools");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(PoolError::io("list pools", &dir, e)),
+        };
+        let mut out: Vec<PoolName> = entries
+            .flatten()
+            .filter(|e| e.path().join(STORE).is_file())
+            .filter_map(|e| PoolName::new(&e.file_name().to_string_lossy()).ok())
+            .collect();
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(out)
+    }
+}
+
+const STORE: &str = "store.db";
+const LOCK: &str = "lock";
+const ACTIVATE_LOCK: &str = "activate.lock";
+
+/// What to back a new pool with.
+#[derive(Debug, Clone)]
+pub enum BackingSpec {
+    Loopback { size: Bytes },
+    Devices(Vec<PathBuf>),
+}
+
+/// Parameters of `pool init`.
+#[derive(Debug, Clone)]
+pub struct InitSpec {
+    pub name: PoolName,
+    pub driver: String,
+    pub backing: BackingSpec,
+    pub options: DriverOptions,
+    pub min_free_pct: u8,
+    /// Overwrite devices that carry a signature.
+    pub force: bool,
+}
+
+/// Whether this handle may change the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Takes the writer lock and reconciles unfinished operations.
+    Write,
+    /// No lock; sees the last committed state.
+    Read,
+}
+
+/// Where a layer's content comes from on `layer create`.
+pub enum Source<'a> {
+    /// A tar stream (plain or gzip) from a file or stdin.
+    Tar(Box<dyn std::io::Read + 'a>),
+    /// A directory tree, archived deterministically.
+    Dir(&'a Path),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateOutcome {
+    pub layer: LayerInfo,
+    /// True when identical content on the same parent existed: the name now points at it.
+    pub reused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoveOutcome {
+    /// The layer had other names; only this name was dropped.
+    Untagged,
+    Removed,
+}
+
+/// A layer as users see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerInfo {
+    pub name: String,
+    pub names: Vec<String>,
+    pub id: u32,
+    pub parent: Option<String>,
+    pub parent_id: Option<u32>,
+    pub kind: LayerKind,
+    pub state: LayerState,
+    pub digest: Option<String>,
+    pub created: i64,
+    /// Bytes exclusive to this layer (recorded at commit; measured live for active layers).
+    pub size_bytes: Option<u64>,
+    pub inodes: Option<u64>,
+    pub depth: usize,
+    pub mounts: Vec<MountRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub driver: String,
+    pub dir: PathBuf,
+    pub backing: Backing,
+    pub options: DriverOptions,
+    pub identity: BTreeMap<String, String>,
+    pub capabilities: Capabilities,
+    pub space: Space,
+    pub min_free_pct: u8,
+    pub layers: usize,
+    pub committed: usize,
+    pub active: usize,
+    pub in_flight: usize,
+    pub mounts: Vec<MountRecord>,
+}
+
+/// Result of `pool check`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Unfinished operations finished or undone when the pool was opened.
+    pub recovered: Vec<String>,
+    /// Objects on disk that the store does not know.
+    pub orphans: Vec<u32>,
+    /// Layers in the store whose object is missing on disk.
+    pub missing: Vec<u32>,
+    /// Mount records whose target is no longer mounted.
+    pub stale_mounts: Vec<PathBuf>,
+    /// What `--repair` changed.
+    pub repaired: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.orphans.is_empty() && self.missing.is_empty() && self.stale_mounts.is_empty()
+    }
+}
+
+/// An open pool.
+pub struct Pool {
+    name: PoolName,
+    dir: PathBuf,
+    config: PoolConfig,
+    store: Store,
+    driver: Box<dyn Driver>,
+    // Held for the lifetime of a writer handle.
+    _lock: Option<PoolLock>,
+    recovered: Vec<String>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn factory(name: &str) -> Result<&'static dyn DriverFactory> {
+    registry::get(name).ok_or_else(|| {
+        PoolError::Invalid(format!(
+            "unknown driver {name:?} (available: {})",
+            registry::names().join(", ")
+        ))
+    })
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| PoolError::io("create directory", p, e))
+}
+
+impl Pool {
+    /// `blkdrv pool init`: provisions the backing, formats it for the driver and records the
+    /// pool. On failure everything made so far is undone.
+    pub fn init(root: &Root, spec: InitSpec) -> Result<Pool> {
+        let f = factory(&spec.driver)?;
+        f.check_host()
+            .map_err(|e| PoolError::backing(&spec.name, e))?;
+        let options = f
+            .validate_options(&spec.options)
+            .map_err(|e| PoolError::Invalid(e.to_string()))?;
+        if spec.min_free_pct > 99 {
+            return Err(PoolError::Invalid(
+                "--min-free must be a percentage from 0 to 99".into(),
+            ));
+        }
+        let dir = root.pool_dir(&spec.name);
+        if dir.exists() {
+            return Err(PoolError::PoolExists {
+                pool: spec.name.to_string(),
+                root: root.path.clone(),
+            });
+        }
+        // Check devices before touching anything.
+        let backing = match &spec.backing {
+            BackingSpec::Loopback { size } => {
+                if *size < Bytes::mib(320) {
+                    return Err(PoolError::Invalid(format!(
+                        "--size {size} is too small: a pool needs at least 320MiB (xfs minimum)"
+                    )));
+                }
+                Backing::Loopback {
+                    files: vec![LoopFile {
+                        file: PathBuf::from("backing/data.img"),
+                        size: *size,
+                    }],
+                }
+            }
+            BackingSpec::Devices(paths) => {
+                if paths.is_empty() {
+                    return Err(PoolError::Invalid("no --device given".into()));
+                }
+                for p in paths {
+                    signature::check_device_free(p, spec.force)
+                        .map_err(|e| PoolError::Invalid(e.to_string()))?;
+                }
+                Backing::Devices {
+                    paths: paths.clone(),
+                }
+            }
+        };
+        mkdir(&dir.join("tmp"))?;
+        let result = (|| -> Result<Pool> {
+            let mut store = Store::create(&dir.join(STORE))?;
+            let lock = PoolLock::acquire(spec.name.as_str(), &dir.join(LOCK), LOCK_WAIT)?;
+            if let Backing::Loopback { files } = &backing {
+                mkdir(&dir.join("backing"))?;
+                for lf in files {
+                    let p = dir.join(&lf.file);
+                    loopdev::create_sparse_file(&p, lf.size)
+                        .map_err(|e| PoolError::backing(&spec.name, e))?;
+                }
+            }
+            let mut config = PoolConfig {
+                name: spec.name.to_string(),
+                driver: spec.driver.clone(),
+                backing: backing.clone(),
+                options: options.clone(),
+                identity: Default::default(),
+                min_free_pct: spec.min_free_pct,
+                created: now(),
+            };
+            let (ctx, _held) = context(&dir, &config)?;
+            config.identity = f
+                .format(&ctx)
+                .map_err(|e| PoolError::backing(&spec.name, e))?;
+            let json = serde_json::to_string(&config).expect("config serializes");
+            store.tx("record pool config", |t| t.set_meta("config", &json))?;
+            let driver = f
+                .open(&ctx, &config.identity)
+                .map_err(|e| PoolError::backing(&spec.name, e))?;
+            Ok(Pool {
+                name: spec.name.clone(),
+                dir: dir.clone(),
+                config,
+                store,
+                driver,
+                _lock: Some(lock),
+                recovered: Vec::new(),
+            })
+        })();
+        result.map_err(|e| {
+            let rollback = teardown_dir(&dir);
+            e.with_rollback(rollback)
+        })
+    }
+
+    /// Opens an existing pool, activating its backing if needed (after a reboot, loop devices
+    /// and mounts are gone). A writer also finishes unfinished operations.
+    pub fn open(root: &Root, name: &PoolName, access: Access) -> Result<Pool> {
+        let dir = root.pool_dir(name);
+        let store_path = dir.join(STORE);
+        if !store_path.is_file() {
+            return Err(PoolError::PoolNotFound {
+                pool: name.to_string(),
+                root: root.path.clone(),
+            });
+        }
+        let lock = match access {
+            Access::Write => Some(PoolLock::acquire(
+                name.as_str(),
+                &dir.join(LOCK),
+                LOCK_WAIT,
+            )?),
+            Access::Read => None,
+        };
+        let store = Store::open(&store_path)?;
+        let config: PoolConfig = match store.meta("config")? {
+            Some(j) => serde_json::from_str(&j).map_err(|e| {
+                PoolError::Invalid(format!(
+                    "pool {name}: config in {} is unreadable: {e}",
+                    store_path.display()
+                ))
+            })?,
+            None => {
+                return Err(PoolError::Invalid(format!(
+                    "pool {name} was never completely initialized (interrupted `pool init`); remove it with `blkdrv pool destroy --force {name}`"
+                )))
+            }
+        };
+        let driver = {
+            // Activation mounts things; two processes doing it at once would stack mounts.
+            let _act = PoolLock::acquire(name.as_str(), &dir.join(ACTIVATE_LOCK), LOCK_WAIT)?;
+            let f = factory(&config.driver)?;
+            let (ctx, _held) = context(&dir, &config)?;
+            f.open(&ctx, &config.identity)
+                .map_err(|e| PoolError::backing(name, e))?
+        };
+        let mut pool = Pool {
+            name: name.clone(),
+            dir,
+            config,
+            store,
+            driver,
+            _lock: lock,
+            recovered: Vec::new(),
+        };
+        if access == Access::Write {
+            pool.recovered = pool.reconcile()?;
+        }
+        Ok(pool)
+    }
+
+    pub fn name(&self) -> &PoolName {
+        &self.name
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    /// What `open` finished or undid.
+    pub fn recovered(&self) -> &[String] {
+        &self.recovered
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    // ----- lookups -----
+
+    fn records(&self) -> Result<HashMap<ObjectId, LayerRecord>> {
+        Ok(self
+            .store
+            .layers()?
+            .into_iter()
+            .map(|l| (l.id, l))
+            .collect())
+    }
+
+    fn lookup(&self, name: &str) -> Result<LayerRecord> {
+        let id = self
+            .store
+            .resolve(name)?
+            .ok_or_else(|| PoolError::LayerNotFound(name.to_string()))?;
+        self.store
+            .layer(id)?
+            .ok_or_else(|| PoolError::LayerNotFound(name.to_string()))
+    }
+
+    fn chain_of(&self, rec: &LayerRecord, all: &HashMap<ObjectId, LayerRecord>) -> LayerChain {
+        let mut ancestors = Vec::new();
+        let mut cur = rec.parent;
+        while let Some(p) = cur {
+            ancestors.push(p);
+            cur = all.get(&p).and_then(|r| r.parent);
+        }
+        LayerChain {
+            id: rec.id,
+            active: rec.state != LayerState::Committed,
+            ancestors,
+        }
+    }
+
+    fn chain(&self, rec: &LayerRecord) -> Result<LayerChain> {
+        Ok(self.chain_of(rec, &self.records()?))
+    }
+
+    fn display_name(names: &BTreeMap<ObjectId, Vec<String>>, id: ObjectId) -> String {
+        names
+            .get(&id)
+            .and_then(|n| n.first().cloned())
+            .unwrap_or_else(|| format!("<layer {id}>"))
+    }
+
+    fn names_by_layer(&self) -> Result<BTreeMap<ObjectId, Vec<String>>> {
+        let mut m: BTreeMap<ObjectId, Vec<String>> = BTreeMap::new();
+        for (n, id) in self.store.names()? {
+            m.entry(id).or_default().push(n);
+        }
+        Ok(m)
+    }
+
+    fn info_of(
+        &self,
+        rec: &LayerRecord,
+        all: &HashMap<ObjectId, LayerRecord>,
+        names: &BTreeMap<ObjectId, Vec<String>>,
+        mounts: &[MountRecord],
+    ) -> LayerInfo {
+        let chain = self.chain_of(rec, all);
+        let size = match rec.size {
+            Some(s) => Some(s),
+            // Active layers change; measure them now (a failure shows as unknown size).
+            None if rec.state == LayerState::Active => self.driver.usage(&chain).ok(),
+            None => None,
+        };
+        let name = names
+            .get(&rec.id)
+            .and_then(|n| n.first().cloned())
+            .or_else(|| rec.pending_name.clone())
+            .unwrap_or_else(|| format!("<layer {}>", rec.id));
+        LayerInfo {
+            name,
+            names: names.get(&rec.id).cloned().unwrap_or_default(),
+            id: rec.id.get(),
+            parent: rec.parent.map(|p| Self::display_name(names, p)),
+            parent_id: rec.parent.map(ObjectId::get),
+            kind: rec.kind,
+            state: rec.state,
+            digest: rec.digest.clone(),
+            created: rec.created,
+            size_bytes: size.map(|s| s.bytes.0),
+            inodes: size.map(|s| s.inodes),
+            depth: chain.ancestors.len(),
+            mounts: mounts
+                .iter()
+                .filter(|m| m.layer == rec.id)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Every layer, parents before children.
+    pub fn list(&self) -> Result<Vec<LayerInfo>> {
+        let all = self.records()?;
+        let names = self.names_by_layer()?;
+        let mounts = self.store.mounts()?;
+        let mut recs: Vec<&LayerRecord> = all.values().collect();
+        // Ids grow over time and a parent always exists before its child.
+        recs.sort_by_key(|r| r.id);
+        Ok(recs
+            .into_iter()
+            .map(|r| self.info_of(r, &all, &names, &mounts))
+            .collect())
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<LayerInfo> {
+        let rec = self.lookup(name)?;
+        let all = self.records()?;
+        Ok(self.info_of(&rec, &all, &self.names_by_layer()?, &self.store.mounts()?))
+    }
+
+    fn info(&self, id: ObjectId) -> Result<LayerInfo> {
+        let all = self.records()?;
+        let rec = all
+            .get(&id)
+            .ok_or_else(|| PoolError::LayerNotFound(id.to_string()))?;
+        Ok(self.info_of(rec, &all, &self.names_by_layer()?, &self.store.mounts()?))
+    }
+
+    pub fn status(&self) -> Result<PoolStatus> {
+        let layers = self.store.layers()?;
+        let count = |s: LayerState| layers.iter().filter(|l| l.state == s).count();
+        Ok(PoolStatus {
+            name: self.name.to_string(),
+            driver: self.config.driver.clone(),
+            dir: self.dir.clone(),
+            backing: self.config.backing.clone(),
+            options: self.config.options.clone(),
+            identity: self.config.identity.clone(),
+            capabilities: self.driver.capabilities(),
+            space: self
+                .driver
+                .space()
+                .map_err(|e| PoolError::backing(&self.name, e))?,
+            min_free_pct: self.config.min_free_pct,
+            layers: layers.len(),
+            committed: count(LayerState::Committed),
+            active: count(LayerState::Active),
+            in_flight: layers.iter().filter(|l| !l.state.is_settled()).count(),
+            mounts: self.store.mounts()?,
+        })
+    }
+
+    // ----- space policy -----
+
+    fn ensure_space(&self) -> Result<()> {
+        let s = self
+            .driver
+            .space()
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        let pct = s.available.percent_of(s.total);
+        if pct < f64::from(self.config.min_free_pct) {
+            return Err(PoolError::LowSpace {
+                pool: self.name.to_string(),
+                available: s.available,
+                total: s.total,
+                pct,
+                min_pct: self.config.min_free_pct,
+            });
+        }
+        Ok(())
+    }
+
+    fn committed_parent(
+        &self,
+        parent: Option<&str>,
+        op: &'static str,
+        name: &str,
+    ) -> Result<Option<LayerRecord>> {
+        let Some(p) = parent else { return Ok(None) };
+        let rec = self.lookup(p).map_err(|e| match e {
+            PoolError::LayerNotFound(_) => PoolError::Refused {
+                op,
+                layer: name.to_string(),
+                reason: format!("parent {p:?} does not exist"),
+            },
+            e => e,
+        })?;
+        if rec.state != LayerState::Committed {
+            return Err(PoolError::Refused {
+                op,
+                layer: name.to_string(),
+                reason: format!(
+                    "parent {p:?} is {} (only committed layers can be parents; run `blkdrv layer commit {p}`)",
+                    rec.state
+                ),
+            });
+        }
+        Ok(Some(rec))
+    }
+
+    fn ensure_name_free(&self, name: &LayerName) -> Result<()> {
+        if self.store.resolve(name.as_str())?.is_some() {
+            return Err(PoolError::LayerExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    // ----- operations -----
+
+    /// `layer create`: imports a tar or directory as a committed image layer on `parent`.
+    /// Identical content on the same parent is reused (the build cache).
+    pub fn create(
+        &mut self,
+        name: &LayerName,
+        parent: Option<&str>,
+        source: Source<'_>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<CreateOutcome> {
+        let parent_rec = self.committed_parent(parent, "create", name.as_str())?;
+        let existing_name = self.store.resolve(name.as_str())?;
+        // Spool and validate the whole stream before anything exists: bad input changes nothing.
+        let tmp = self.tmp_dir();
+        let (spool, digested) = match source {
+            Source::Tar(r) => archive::spool_tar(r, &tmp)?,
+            Source::Dir(d) => {
+                let md = std::fs::metadata(d).map_err(|e| PoolError::io("read directory", d, e))?;
+                if !md.is_dir() {
+                    return Err(PoolError::Invalid(format!(
+                        "{} is not a directory",
+                        d.display()
+                    )));
+                }
+                let mut t = tempfile::NamedTempFile::new_in(&tmp)
+                    .map_err(|e| PoolError::io("create temp file", &tmp, e))?;
+                archive::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
+                let f = std::fs::File::open(t.path())
+                    .map_err(|e| PoolError::io("reopen", t.path(), e))?;
+                archive::spool_tar(f, &tmp)?
+            }
+        };
+        let parent_id = parent_rec.as_ref().map(|r| r.id);
+        let key = content_key(parent_id, &digested.digest);
+        if let Some(id) = self.store.by_content(&key)? {
+            match existing_name {
+                Some(e) if e == id => {}
+                Some(_) => return Err(PoolError::LayerExists(name.to_string())),
+                None => self
+                    .store
+                    .tx("tag reused layer", |t| t.bind_name(name.as_str(), id))?,
+            }
+            return Ok(CreateOutcome {
+                layer: self.info(id)?,
+                reused: true,
+            });
+        }
+        if existing_name.is_some() {
+            return Err(PoolError::LayerExists(name.to_string()));
+        }
+        self.ensure_space()?;
+
+        let rec = self.store.tx("record create intent", |t| {
+            let rec = LayerRecord {
+                id: t.allocate_id()?,
+                parent: parent_id,
+                kind: LayerKind::Image,
+                state: LayerState::Creating,
+                digest: Some(digested.digest.clone()),
+                pending_name: Some(name.to_string()),
+                created: now(),
+                size: None,
+            };
+            t.insert_layer(&rec)?;
+            Ok(rec)
+        })?;
+        crash::point("create:intent");
+        let chain = self.chain(&rec)?;
+        let work = (|| {
+            self.driver
+                .create(&chain)
+                .map_err(|e| PoolError::driver("create", name.as_str(), e))?;
+            crash::point("create:object");
+            let target = self.tmp_dir().join(format!("import-{}", rec.id));
+            mkdir(&target)?;
+            self.driver
+                .mount(&chain, &target, MountMode::ReadWrite)
+                .map_err(|e| PoolError::driver("mount for import", name.as_str(), e))?;
+            let applied = std::fs::File::open(spool.path())
+                .map_err(|e| PoolError::io("open spooled tar", spool.path(), e))
+                .and_then(|f| {
+                    archive::apply_tar(
+                        std::io::BufReader::new(f),
+                        &target,
+                        &archive::ApplyOptions {
+                            allow_devices: blkdrv_drivers::sys::host::is_root(),
+                        },
+                        progress,
+                    )
+                });
+            // Flush before unmount so the import's cost is paid here, not by the next snapshot.
+            let unmounted = self
+                .driver
+                .unmount(&target)
+                .map_err(|e| PoolError::driver("unmount after import", name.as_str(), e));
+            applied?;
+            unmounted?;
+            let _ = std::fs::remove_dir(&target);
+            crash::point("create:applied");
+            let committed = LayerChain {
+                active: false,
+                ..chain.clone()
+            };
+            self.driver
+                .commit(&committed)
+                .map_err(|e| PoolError::driver("commit", name.as_str(), e))?;
+            let usage = self
+                .driver
+                .usage(&committed)
+                .map_err(|e| PoolError::driver("measure", name.as_str(), e))?;
+            self.store.tx("record create done", |t| {
+                t.set_committed(rec.id, usage, Some(&key))?;
+                t.bind_name(name.as_str(), rec.id)
+            })
+        })();
+        if let Err(e) = work {
+            return Err(e.with_rollback(self.undo_create(rec.id)));
+        }
+        crash::point("create:committed");
+        Ok(CreateOutcome {
+            layer: self.info(rec.id)?,
+            reused: false,
+        })
+    }
+
+    /// Undoes a create: unmounts a leftover import mount, deletes the object and the row.
+    fn undo_create(&mut self, id: ObjectId) -> Result<()> {
+        let target = self.tmp_dir().join(format!("import-{id}"));
+        if mount::is_mountpoint(&target).unwrap_or(false) {
+            self.driver
+                .unmount(&target)
+                .map_err(|e| PoolError::driver("unmount import", id.to_string(), e))?;
+        }
+        let _ = std::fs::remove_dir(&target);
+        self.driver
+            .remove(id)
+            .map_err(|e| PoolError::driver("remove", id.to_string(), e))?;
+        self.store.tx("roll back create", |t| t.delete_layer(id))
+    }
+
+    /// `layer snapshot`: a writable (active) layer on a committed parent.
+    pub fn snapshot(&mut self, parent: &str, name: &LayerName) -> Result<LayerInfo> {
+        let parent_rec = self
+            .committed_parent(Some(parent), "snapshot", name.as_str())?
+            .expect("parent given");
+        self.ensure_name_free(name)?;
+        self.ensure_space()?;
+        let rec = self.store.tx("record snapshot intent", |t| {
+            let rec = LayerRecord {
+                id: t.allocate_id()?,
+                parent: Some(parent_rec.id),
+                kind: LayerKind::Container,
+                state: LayerState::Creating,
+                digest: None,
+                pending_name: Some(name.to_string()),
+                created: now(),
+                size: None,
+            };
+            t.insert_layer(&rec)?;
+            Ok(rec)
+        })?;
+        crash::point("snapshot:intent");
+        let chain = self.chain(&rec)?;
+        let work = (|| {
+            self.driver
+                .create(&chain)
+                .map_err(|e| PoolError::driver("snapshot", name.as_str(), e))?;
+            crash::point("snapshot:object");
+            self.store.tx("record snapshot done", |t| {
+                t.set_state(rec.id, LayerState::Active)?;
+                t.clear_pending_name(rec.id)?;
+                t.bind_name(name.as_str(), rec.id)
+            })
+        })();
+        if let Err(e) = work {
+            return Err(e.with_rollback(self.undo_create(rec.id)));
+        }
+        self.info(rec.id)
+    }
+
+    /// `layer commit`: freezes an active layer.
+    pub fn commit(&mut self, name: &str) -> Result<LayerInfo> {
+        let rec = self.lookup(name)?;
+        if rec.state != LayerState::Active {
+            return Err(PoolError::Refused {
+                op: "commit",
+                layer: name.to_string(),
+                reason: format!(
+                    "layer is {} (only active layers can be committed)",
+                    rec.state
+                ),
+            });
+        }
+        if let Some(m) = self
+            .store
+            .mounts()?
+            .into_iter()
+            .find(|m| m.layer == rec.id && m.mode == MountMode::ReadWrite)
+        {
+            return Err(PoolError::Refused {
+                op: "commit",
+                layer: name.to_string(),
+                reason: format!(
+                    "layer is mounted read-write at {}; run `blkdrv layer umount {name}` first",
+                    m.target.display()
+                ),
+            });
+        }
+        self.store.tx("record commit intent", |t| {
+            t.set_state(rec.id, LayerState::Committing)
+        })?;
+        crash::point("commit:intent");
+        self.finish_commit(rec.id)?;
+        self.info(rec.id)
+    }
+
+    /// Second half of a commit; also how an interrupted commit is rolled forward.
+    fn finish_commit(&mut self, id: ObjectId) -> Result<()> {
+        let rec = self
+            .store
+            .layer(id)?
+            .ok_or_else(|| PoolError::LayerNotFound(id.to_string()))?;
+        let chain = LayerChain {
+            active: false,
+            ..self.chain(&rec)?
+        };
+        self.driver
+            .commit(&chain)
+            .map_err(|e| PoolError::driver("commit", id.to_string(), e))?;
+        crash::point("commit:object");
+        let usage = self
+            .driver
+            .usage(&chain)
+            .map_err(|e| PoolError::driver("measure", id.to_string(), e))?;
+        self.store
+            .tx("record commit done", |t| t.set_committed(id, usage, None))
+    }
+
+    /// `layer mount`. Active layers mount read-write unless `read_only`; committed layers always
+    /// mount read-only (a view). Returns the mode used.
+    pub fn mount(&mut self, name: &str, target: &Path, read_only: bool) -> Result<MountMode> {
+        let rec = self.lookup(name)?;
+        let mode = match rec.state {
+            LayerState::Active if !read_only => MountMode::ReadWrite,
+            LayerState::Active | LayerState::Committed => MountMode::ReadOnly,
+            s => {
+                return Err(PoolError::Refused {
+                    op: "mount",
+                    layer: name.to_string(),
+                    reason: format!("layer is {s}"),
+                })
+            }
+        };
+        mkdir(target)?;
+        let target = target
+            .canonicalize()
+            .map_err(|e| PoolError::io("resolve mount target", target, e))?;
+        if mount::is_mountpoint(&target).unwrap_or(false) {
+            return Err(PoolError::Refused {
+                op: "mount",
+                layer: name.to_string(),
+                reason: format!("{} is already a mount point", target.display()),
+            });
+        }
+        let mounts = self.store.mounts()?;
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| m.layer == rec.id && m.mode == MountMode::ReadWrite)
+        {
+            if mode == MountMode::ReadWrite {
+                return Err(PoolError::Refused {
+                    op: "mount",
+                    layer: name.to_string(),
+                    reason: format!(
+                        "layer is already mounted read-write at {} (an active layer has one writer)",
+                        m.target.display()
+                    ),
+                });
+            }
+        }
+        let chain = self.chain(&rec)?;
+        self.store.tx("record mount intent", |t| {
+            t.add_mount(&target, rec.id, mode)
+        })?;
+        crash::point("mount:intent");
+        if let Err(e) = self.driver.mount(&chain, &target, mode) {
+            let e = PoolError::driver("mount", name, e);
+            let rb = self
+                .store
+                .tx("roll back mount", |t| t.remove_mount(&target));
+            return Err(e.with_rollback(rb));
+        }
+        crash::point("mount:mounted");
+        self.store
+            .tx("record mount done", |t| t.settle_mount(&target))?;
+        Ok(mode)
+    }
+
+    /// `layer umount`: unmounts `name` at `target`, or everywhere it is mounted.
+    pub fn umount(&mut self, name: &str, target: Option<&Path>) -> Result<Vec<PathBuf>> {
+        let rec = self.lookup(name)?;
+        let target = target.map(|t| t.canonicalize().unwrap_or_else(|_| t.to_path_buf()));
+        let mounts: Vec<MountRecord> = self
+            .store
+            .mounts()?
+            .into_iter()
+            .filter(|m| m.layer == rec.id && target.as_ref().is_none_or(|t| &m.target == t))
+            .collect();
+        if mounts.is_empty() {
+            return Err(PoolError::Refused {
+                op: "umount",
+                layer: name.to_string(),
+                reason: match target {
+                    Some(t) => format!("not mounted at {}", t.display()),
+                    None => "not mounted".into(),
+                },
+            });
+        }
+        let mut done = Vec::new();
+        for m in mounts {
+            self.driver
+                .unmount(&m.target)
+                .map_err(|e| PoolError::driver("unmount", name, e))?;
+            self.store
+                .tx("record unmount", |t| t.remove_mount(&m.target))?;
+            done.push(m.target);
+        }
+        Ok(done)
+    }
+
+    /// `layer rm`. Refused while the layer has children or is mounted (`force` unmounts first).
+    /// A layer with several names only loses this name.
+    pub fn remove(&mut self, name: &str, force: bool) -> Result<RemoveOutcome> {
+        let rec = self.lookup(name)?;
+        let names = self.names_by_layer()?;
+        if names.get(&rec.id).is_some_and(|n| n.len() > 1) {
+            self.store.tx("untag", |t| t.unbind_name(name))?;
+            return Ok(RemoveOutcome::Untagged);
+        }
+        let all = self.records()?;
+        let children: Vec<String> = all
+            .values()
+            .filter(|r| r.parent == Some(rec.id))
+            .map(|r| Self::display_name(&names, r.id))
+            .collect();
+        if !children.is_empty() {
+            return Err(PoolError::Refused {
+                op: "remove",
+                layer: name.to_string(),
+                reason: format!("layer has children: {}", children.join(", ")),
+            });
+        }
+        let mounts: Vec<MountRecord> = self
+            .store
+            .mounts()?
+            .into_iter()
+            .filter(|m| m.layer == rec.id)
+            .collect();
+        if !mounts.is_empty() {
+            if !force {
+                let at: Vec<String> = mounts
+                    .iter()
+                    .map(|m| m.target.display().to_string())
+                    .collect();
+                return Err(PoolError::Refused {
+                    op: "remove",
+                    layer: name.to_string(),
+                    reason: format!(
+                        "layer is mounted at {} (use --force to unmount first)",
+                        at.join(", ")
+                    ),
+                });
+            }
+            self.umount(name, None)?;
+        }
+        self.store.tx("record remove intent", |t| {
+            t.set_state(rec.id, LayerState::Removing)
+        })?;
+        crash::point("remove:intent");
+        self.finish_remove(rec.id)?;
+        Ok(RemoveOutcome::Removed)
+    }
+
+    fn finish_remove(&mut self, id: ObjectId) -> Result<()> {
+        self.driver
+            .remove(id)
+            .map_err(|e| PoolError::driver("remove", id.to_string(), e))?;
+        crash::point("remove:object");
+        self.store.tx("record remove done", |t| t.delete_layer(id))
+    }
+
+    /// `layer diff`: the layer's changes against its parent as an OCI layer tar.
+    pub fn diff(&mut self, name: &str, out: &mut dyn std::io::Write) -> Result<archive::DiffStats> {
+        let rec = self.lookup(name)?;
+        if !rec.state.is_settled() {
+            return Err(PoolError::Refused {
+                op: "diff",
+                layer: name.to_string(),
+                reason: format!("layer is {}", rec.state),
+            });
+        }
+        let all = self.records()?;
+        let chain = self.chain_of(&rec, &all);
+        let base = self
+            .tmp_dir()
+            .join(format!("diff-{}-{}", rec.id, std::process::id()));
+        let (top, bottom) = (base.join("layer"), base.join("parent"));
+        let mut mounted: Vec<PathBuf> = Vec::new();
+        let result = (|| {
+            mkdir(&top)?;
+            self.driver
+                .mount(&chain, &top, MountMode::ReadOnly)
+                .map_err(|e| PoolError::driver("mount for diff", name, e))?;
+            mounted.push(top.clone());
+            let parent_path = match rec.parent.and_then(|p| all.get(&p)) {
+                Some(p) => {
+                    mkdir(&bottom)?;
+                    let pc = self.chain_of(p, &all);
+                    self.driver
+                        .mount(&pc, &bottom, MountMode::ReadOnly)
+                        .map_err(|e| PoolError::driver("mount parent for diff", name, e))?;
+                    mounted.push(bottom.clone());
+                    Some(bottom.clone())
+                }
+                None => None,
+            };
+            archive::write_diff(&top, parent_path.as_deref(), out)
+        })();
+        let mut cleanup = Ok(());
+        for m in mounted.iter().rev() {
+            if let Err(e) = self.driver.unmount(m) {
+                cleanup = Err(PoolError::driver("unmount after diff", name, e));
+            }
+        }
+        let _ = std::fs::remove_dir(&top);
+        let _ = std::fs::remove_dir(&bottom);
+        let _ = std::fs::remove_dir(&base);
+        match result {
+            Ok(s) => cleanup.map(|_| s),
+            Err(e) => Err(e.with_rollback(cleanup)),
+        }
+    }
+
+    // ----- recovery and checks -----
+
+    /// Finishes or undoes what a dead process left in flight. Returns what it did.
+    fn reconcile(&mut self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        // Leftover import/diff mounts of a crashed process.
+        let n = mount::detach_all_under(&self.tmp_dir())
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        if n > 0 {
+            done.push(format!("unmounted {n} leftover temporary mount(s)"));
+        }
+        for m in self.store.mounts()? {
+            let live = mount::is_mountpoint(&m.target).unwrap_or(false);
+            if !live {
+                self.store
+                    .tx("drop stale mount", |t| t.remove_mount(&m.target))?;
+                if m.settled {
+                    done.push(format!(
+                        "forgot mount {} (no longer mounted)",
+                        m.target.display()
+                    ));
+                }
+            } else if !m.settled {
+                self.store
+                    .tx("settle mount", |t| t.settle_mount(&m.target))?;
+                done.push(format!("recorded interrupted mount {}", m.target.display()));
+            }
+        }
+        for rec in self.store.layers()? {
+            let label = rec
+                .pending_name
+                .clone()
+                .unwrap_or_else(|| format!("layer {}", rec.id));
+            match rec.state {
+                LayerState::Creating => {
+                    self.undo_create(rec.id)?;
+                    done.push(format!("rolled back interrupted create of {label}"));
+                }
+                LayerState::Committing => {
+                    self.finish_commit(rec.id)?;
+                    done.push(format!("finished interrupted commit of {label}"));
+                }
+                LayerState::Removing => {
+                    self.finish_remove(rec.id)?;
+                    done.push(format!("finished interrupted remove of {label}"));
+                }
+                LayerState::Active | LayerState::Committed => {}
+            }
+        }
+        // Abandoned spool files of crashed imports.
+        if let Ok(entries) = std::fs::read_dir(self.tmp_dir()) {
+            for e in entries.flatten() {
+                if e.path().is_file() {
+                    let _ = std::fs::remove_file(e.path());
+                } else {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        for d in &done {
+            tracing::warn!(pool = %self.name, "{d}");
+        }
+        Ok(done)
+    }
+
+    /// `pool check [--repair]`: drift between the store and what is on disk.
+    pub fn check(&mut self, repair: bool) -> Result<CheckReport> {
+        let mut report = CheckReport {
+            recovered: self.recovered.clone(),
+            ..Default::default()
+        };
+        let on_disk = self
+            .driver
+            .list()
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        let all = self.records()?;
+        for id in &on_disk {
+            if !all.contains_key(id) {
+                report.orphans.push(id.get());
+            }
+        }
+        let mut missing: Vec<ObjectId> = all
+            .keys()
+            .filter(|id| !on_disk.contains(id))
+            .copied()
+            .collect();
+        missing.sort();
+        report.missing = missing.iter().map(|i| i.get()).collect();
+        for m in self.store.mounts()? {
+            if !mount::is_mountpoint(&m.target).unwrap_or(false) {
+                report.stale_mounts.push(m.target);
+            }
+        }
+        if repair {
+            for id in &report.orphans {
+                let id = ObjectId::new(*id).expect("listed ids are valid");
+                self.driver
+                    .remove(id)
+                    .map_err(|e| PoolError::driver("remove orphan", id.to_string(), e))?;
+                report.repaired.push(format!("removed orphan object {id}"));
+            }
+            for t in &report.stale_mounts {
+                self.store.tx("drop stale mount", |tx| tx.remove_mount(t))?;
+                report
+                    .repaired
+                    .push(format!("forgot stale mount {}", t.display()));
+            }
+            // A layer whose data is gone cannot be repaired; forget it unless others build on it.
+            for id in &missing {
+                if all.values().any(|r| r.parent == Some(*id)) {
+                    report.repaired.push(format!(
+                        "kept layer {id}: its data is missing but it has children"
+                    ));
+                    continue;
+                }
+                self.store
+                    .tx("forget missing layer", |t| t.delete_layer(*id))?;
+                report
+                    .repaired
+                    .push(format!("forgot layer {id}: its data was missing"));
+            }
+        }
+        Ok(report)
+    }
+
+    /// `pool destroy`: unmounts everything (refused while layers are mounted unless `force`),
+    /// deactivates the backing and deletes the pool directory. Devices keep their filesystem.
+    pub fn destroy(mut self, force: bool) -> Result<()> {
+        let mounts = self.store.mounts()?;
+        if !mounts.is_empty() && !force {
+            let at: Vec<String> = mounts
+                .iter()
+                .map(|m| m.target.display().to_string())
+                .collect();
+            return Err(PoolError::Refused {
+                op: "destroy",
+                layer: self.name.to_string(),
+                reason: format!(
+                    "layers are mounted at {} (unmount them, or use --force)",
+                    at.join(", ")
+                ),
+            });
+        }
+        for m in &mounts {
+            self.driver
+                .unmount(&m.target)
+                .map_err(|e| PoolError::driver("unmount", m.layer.to_string(), e))?;
+            self.store
+                .tx("record unmount", |t| t.remove_mount(&m.target))?;
+        }
+        self.driver
+            .deactivate()
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        let dir = self.dir.clone();
+        drop(self);
+        teardown_dir(&dir)
+    }
+
+    /// Where the pool lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Builds the driver context; for loopback pools attaches the files (handles must be held until
+/// the driver has mounted or assembled the devices).
+fn context(dir: &Path, config: &PoolConfig) -> Result<(PoolContext, Vec<loopdev::AttachedLoop>)> {
+    let mut held = Vec::new();
+    let devices = match &config.backing {
+        Backing::Loopback { files } => {
+            for lf in files {
+                let a = loopdev::attach(&dir.join(&lf.file))
+                    .map_err(|e| PoolError::backing(&config.name, e))?;
+                held.push(a);
+            }
+            held.iter().map(|a| a.path.clone()).collect()
+        }
+        Backing::Devices { paths } => paths.clone(),
+    };
+    let state_dir = dir.join("driver");
+    mkdir(&state_dir)?;
+    Ok((
+        PoolContext {
+            pool: config.name.clone(),
+            state_dir,
+            devices,
+            options: config.options.clone(),
+        },
+        held,
+    ))
+}
+
+/// Removes a pool directory: unmounts anything still mounted below it, detaches loop devices
+/// backed by its files, deletes it. Used by destroy and by failed inits.
+pub fn teardown_dir(dir: &Path) -> Result<()> {
+    let sys = |e| PoolError::backing(dir.display(), e);
+    mount::detach_all_under(dir).map_err(sys)?;
+    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for (dev, file) in loopdev::list().map_err(sys)? {
+        if file.starts_with(&canon) {
+            loopdev::detach(&dev).map_err(sys)?;
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PoolError::io("remove pool directory", dir, e)),
+    }
+}
+
+/// `pool destroy --force` for a pool whose store cannot be opened (corrupt, interrupted init).
+pub fn force_destroy(root: &Root, name: &PoolName) -> Result<()> {
+    let dir = root.pool_dir(name);
+    if !dir.exists() {
+        return Err(PoolError::PoolNotFound {
+            pool: name.to_string(),
+            root: root.path.clone(),
+        });
+    }
+    teardown_dir(&dir)
+}
+
+pub fn usage_of(info: &LayerInfo) -> Option<Usage> {
+    info.size_bytes.zip(info.inodes).map(|(b, i)| Usage {
+        bytes: Bytes(b),
+        inodes: i,
+    })
+}

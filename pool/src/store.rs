@@ -1,0 +1,547 @@
+//! The pool's metadata store: SQLite in WAL mode, one file per pool.
+//!
+//! Why SQLite: ACID with synchronous=FULL (a committed transaction survives kill -9 and power
+//! loss), and WAL lets any number of reader processes (`layer ls`, `pool status`) read while
+//! a writer works, which an embedded store that locks the whole file per process cannot.
+
+use crate::error::{PoolError, Result};
+use crate::layer::{LayerKind, LayerRecord, LayerState};
+use blkdrv_drivers::{Bytes, MountMode, ObjectId, Usage};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::path::{Path, PathBuf};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER REFERENCES layers(id),
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    digest TEXT,
+    -- parent id (0 for none) + digest of committed image layers: the build-cache key.
+    content_key TEXT UNIQUE,
+    pending_name TEXT,
+    created INTEGER NOT NULL,
+    size_bytes INTEGER,
+    size_inodes INTEGER
+);
+CREATE INDEX IF NOT EXISTS layers_parent ON layers(parent);
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    layer INTEGER NOT NULL REFERENCES layers(id)
+);
+CREATE INDEX IF NOT EXISTS names_layer ON names(layer);
+CREATE TABLE IF NOT EXISTS mounts (
+    target TEXT PRIMARY KEY,
+    layer INTEGER NOT NULL REFERENCES layers(id),
+    mode TEXT NOT NULL,
+    -- 'mounting' is the intent; 'mounted' once mount(2) returned.
+    state TEXT NOT NULL
+);
+";
+
+/// A recorded mount of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MountRecord {
+    pub target: PathBuf,
+    pub layer: ObjectId,
+    pub mode: MountMode,
+    pub settled: bool,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+pub fn content_key(parent: Option<ObjectId>, digest: &str) -> String {
+    format!("{}/{}", parent.map_or(0, ObjectId::get), digest)
+}
+
+impl Store {
+    /// Creates a new store file. Fails if one exists.
+    pub fn create(path: &Path) -> Result<Store> {
+        if path.exists() {
+            return Err(PoolError::Invalid(format!(
+                "store {} already exists",
+                path.display()
+            )));
+        }
+        let s = Self::connect(path)?;
+        s.conn
+            .execute_batch(SCHEMA)
+            .map_err(|e| s.err("create schema", e))?;
+        s.set_meta("schema", &SCHEMA_VERSION.to_string())?;
+        s.set_meta("next_id", "1")?;
+        Ok(s)
+    }
+
+    /// Opens an existing store, checking it is a readable blkdrv store.
+    pub fn open(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            return Err(PoolError::io(
+                "open store",
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let s = Self::connect(path)?;
+        let corrupt = |op, e| PoolError::CorruptStore {
+            path: path.to_path_buf(),
+            op,
+            source: e,
+        };
+        let check: String = s
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| corrupt("integrity check", e))?;
+        if check != "ok" {
+            return Err(corrupt(
+                "integrity check",
+                rusqlite::Error::InvalidParameterName(check),
+            ));
+        }
+        let v: Option<String> = s
+            .conn
+            .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| corrupt("read schema version", e))?;
+        match v.as_deref().and_then(|v| v.parse::<i64>().ok()) {
+            Some(SCHEMA_VERSION) => Ok(s),
+            other => Err(corrupt(
+                "read schema version",
+                rusqlite::Error::InvalidParameterName(format!(
+                    "schema version {other:?}, this blkdrv reads {SCHEMA_VERSION}"
+                )),
+            )),
+        }
+    }
+
+    fn connect(path: &Path) -> Result<Store> {
+        let corrupt = |op, e| PoolError::CorruptStore {
+            path: path.to_path_buf(),
+            op,
+            source: e,
+        };
+        let conn = Connection::open(path).map_err(|e| corrupt("open", e))?;
+        // WAL: readers are never blocked by the writer. FULL: a commit is on disk when it returns.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(|e| corrupt("configure", e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| corrupt("configure", e))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, op: &'static str, source: rusqlite::Error) -> PoolError {
+        PoolError::Store {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Runs `f` in one transaction: all of its changes land, or none.
+    pub fn tx<T>(&mut self, op: &'static str, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let path = self.path.clone();
+        let t = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| PoolError::Store {
+                path: path.clone(),
+                op,
+                source: e,
+            })?;
+        let tx = Tx { t, path, op };
+        let out = f(&tx)?;
+        tx.t.commit().map_err(|e| PoolError::Store {
+            path: tx.path.clone(),
+            op,
+            source: e,
+        })?;
+        Ok(out)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err("read meta", e))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key,value) VALUES(?1,?2) ON CONFLICT(key) DO UPDATE SET value=?2",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(|e| self.err("write meta", e))
+    }
+
+    pub fn layers(&self) -> Result<Vec<LayerRecord>> {
+        read_layers(&self.conn, "", []).map_err(|e| self.err("list layers", e))
+    }
+
+    pub fn layer(&self, id: ObjectId) -> Result<Option<LayerRecord>> {
+        read_layers(&self.conn, "WHERE id=?1", [id.get()])
+            .map(|v| v.into_iter().next())
+            .map_err(|e| self.err("read layer", e))
+    }
+
+    pub fn names(&self) -> Result<Vec<(String, ObjectId)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, layer FROM names ORDER BY name")
+            .map_err(|e| self.err("list names", e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, id_col(r, 1)?)))
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| self.err("list names", e))?;
+        Ok(rows)
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<Option<ObjectId>> {
+        self.conn
+            .query_row("SELECT layer FROM names WHERE name=?1", [name], |r| {
+                id_col(r, 0)
+            })
+            .optional()
+            .map_err(|e| self.err("resolve name", e))
+    }
+
+    pub fn by_content(&self, key: &str) -> Result<Option<ObjectId>> {
+        self.conn
+            .query_row("SELECT id FROM layers WHERE content_key=?1", [key], |r| {
+                id_col(r, 0)
+            })
+            .optional()
+            .map_err(|e| self.err("look up content", e))
+    }
+
+    pub fn mounts(&self) -> Result<Vec<MountRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT target, layer, mode, state FROM mounts ORDER BY target")
+            .map_err(|e| self.err("list mounts", e))?;
+        let rows = st
+            .query_map([], |r| {
+                let mode: String = r.get(2)?;
+                let state: String = r.get(3)?;
+                Ok(MountRecord {
+                    target: PathBuf::from(r.get::<_, String>(0)?),
+                    layer: id_col(r, 1)?,
+                    mode: if mode == "ro" {
+                        MountMode::ReadOnly
+                    } else {
+                        MountMode::ReadWrite
+                    },
+                    settled: state == "mounted",
+                })
+            })
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| self.err("list mounts", e))?;
+        Ok(rows)
+    }
+}
+
+/// A write transaction.
+pub struct Tx<'c> {
+    t: Transaction<'c>,
+    path: PathBuf,
+    op: &'static str,
+}
+
+impl Tx<'_> {
+    fn err(&self, source: rusqlite::Error) -> PoolError {
+        PoolError::Store {
+            path: self.path.clone(),
+            op: self.op,
+            source,
+        }
+    }
+
+    /// Allocates the next object id. Ids are never reused, so a stale on-disk object can never
+    /// be mistaken for a new layer's.
+    pub fn allocate_id(&self) -> Result<ObjectId> {
+        let next: String = self
+            .t
+            .query_row("SELECT value FROM meta WHERE key='next_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        let n: u32 = next
+            .parse()
+            .map_err(|_| PoolError::Invalid(format!("corrupt next_id {next:?} in store")))?;
+        let id =
+            ObjectId::new(n).map_err(|e| PoolError::Invalid(format!("id space exhausted: {e}")))?;
+        self.t
+            .execute(
+                "UPDATE meta SET value=?1 WHERE key='next_id'",
+                [(n + 1).to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    pub fn insert_layer(&self, l: &LayerRecord) -> Result<()> {
+        self.t
+            .execute(
+                "INSERT INTO layers(id,parent,kind,state,digest,pending_name,created,size_bytes,size_inodes)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                params![
+                    l.id.get(),
+                    l.parent.map(ObjectId::get),
+                    l.kind.as_str(),
+                    l.state.as_str(),
+                    l.digest,
+                    l.pending_name,
+                    l.created,
+                    l.size.map(|u| u.bytes.0 as i64),
+                    l.size.map(|u| u.inodes as i64),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_state(&self, id: ObjectId, state: LayerState) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE layers SET state=?2 WHERE id=?1",
+                params![id.get(), state.as_str()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a layer committed with its final size (and content key for image layers).
+    pub fn set_committed(
+        &self,
+        id: ObjectId,
+        size: Usage,
+        content_key: Option<&str>,
+    ) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE layers SET state='committed', size_bytes=?2, size_inodes=?3,
+                        content_key=COALESCE(?4, content_key), pending_name=NULL WHERE id=?1",
+                params![
+                    id.get(),
+                    size.bytes.0 as i64,
+                    size.inodes as i64,
+                    content_key
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn clear_pending_name(&self, id: ObjectId) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE layers SET pending_name=NULL WHERE id=?1",
+                [id.get()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn bind_name(&self, name: &str, id: ObjectId) -> Result<()> {
+        self.t
+            .execute(
+                "INSERT INTO names(name, layer) VALUES(?1, ?2)",
+                params![name, id.get()],
+            )
+            .map(drop)
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    PoolError::LayerExists(name.to_string())
+                }
+                e => self.err(e),
+            })
+    }
+
+    pub fn unbind_name(&self, name: &str) -> Result<()> {
+        self.t
+            .execute("DELETE FROM names WHERE name=?1", [name])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes a layer row with its names and mount records.
+    pub fn delete_layer(&self, id: ObjectId) -> Result<()> {
+        for sql in [
+            "DELETE FROM names WHERE layer=?1",
+            "DELETE FROM mounts WHERE layer=?1",
+            "DELETE FROM layers WHERE id=?1",
+        ] {
+            self.t.execute(sql, [id.get()]).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    pub fn add_mount(&self, target: &Path, id: ObjectId, mode: MountMode) -> Result<()> {
+        self.t
+            .execute(
+                "INSERT INTO mounts(target, layer, mode, state) VALUES(?1,?2,?3,'mounting')
+                 ON CONFLICT(target) DO UPDATE SET layer=?2, mode=?3, state='mounting'",
+                params![target.to_string_lossy(), id.get(), mode.to_string()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn settle_mount(&self, target: &Path) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE mounts SET state='mounted' WHERE target=?1",
+                [target.to_string_lossy()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn remove_mount(&self, target: &Path) -> Result<()> {
+        self.t
+            .execute(
+                "DELETE FROM mounts WHERE target=?1",
+                [target.to_string_lossy()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.t
+            .execute(
+                "INSERT INTO meta(key,value) VALUES(?1,?2) ON CONFLICT(key) DO UPDATE SET value=?2",
+                params![key, value],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn id_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<ObjectId> {
+    let v: u32 = r.get(i)?;
+    ObjectId::new(v).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Integer, Box::new(e))
+    })
+}
+
+fn read_layers<P: rusqlite::Params>(
+    conn: &Connection,
+    filter: &str,
+    p: P,
+) -> rusqlite::Result<Vec<LayerRecord>> {
+    let sql = format!(
+        "SELECT id,parent,kind,state,digest,pending_name,created,size_bytes,size_inodes
+         FROM layers {filter} ORDER BY id"
+    );
+    let mut st = conn.prepare(&sql)?;
+    let bad = |i: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into())
+    };
+    let rows = st.query_map(p, |r| {
+        let kind: String = r.get(2)?;
+        let state: String = r.get(3)?;
+        let parent: Option<u32> = r.get(1)?;
+        let size_bytes: Option<i64> = r.get(7)?;
+        let size_inodes: Option<i64> = r.get(8)?;
+        Ok(LayerRecord {
+            id: id_col(r, 0)?,
+            parent: parent
+                .map(|p| ObjectId::new(p).map_err(|e| bad(1, e.to_string())))
+                .transpose()?,
+            kind: LayerKind::parse(&kind).ok_or_else(|| bad(2, format!("kind {kind:?}")))?,
+            state: LayerState::parse(&state).ok_or_else(|| bad(3, format!("state {state:?}")))?,
+            digest: r.get(4)?,
+            pending_name: r.get(5)?,
+            created: r.get(6)?,
+            size: size_bytes.zip(size_inodes).map(|(b, i)| Usage {
+                bytes: Bytes(b as u64),
+                inodes: i as u64,
+            }),
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: ObjectId, parent: Option<ObjectId>) -> LayerRecord {
+        LayerRecord {
+            id,
+            parent,
+            kind: LayerKind::Image,
+            state: LayerState::Creating,
+            digest: Some("sha256:ab".into()),
+            pending_name: Some("n".into()),
+            created: 1,
+            size: None,
+        }
+    }
+
+    #[test]
+    fn layers_round_trip_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&dir.path().join("s.db")).unwrap();
+        let (a, b) = s
+            .tx("t", |t| {
+                let a = t.allocate_id()?;
+                t.insert_layer(&rec(a, None))?;
+                let b = t.allocate_id()?;
+                t.insert_layer(&rec(b, Some(a)))?;
+                t.bind_name("x", a)?;
+                Ok((a, b))
+            })
+            .unwrap();
+        assert_ne!(a, b);
+        let err = s.tx("t", |t| t.bind_name("x", b)).unwrap_err();
+        assert!(matches!(err, PoolError::LayerExists(_)), "{err}");
+        assert_eq!(s.resolve("x").unwrap(), Some(a));
+        assert_eq!(s.layer(b).unwrap().unwrap().parent, Some(a));
+        s.tx("t", |t| {
+            t.set_committed(a, Usage::default(), Some("0/sha256:ab"))
+        })
+        .unwrap();
+        assert_eq!(s.by_content("0/sha256:ab").unwrap(), Some(a));
+        assert_eq!(s.layer(a).unwrap().unwrap().state, LayerState::Committed);
+    }
+
+    #[test]
+    fn failed_transaction_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&dir.path().join("s.db")).unwrap();
+        let r: Result<()> = s.tx("t", |t| {
+            let a = t.allocate_id()?;
+            t.insert_layer(&rec(a, None))?;
+            Err(PoolError::Invalid("boom".into()))
+        });
+        assert!(r.is_err());
+        assert!(s.layers().unwrap().is_empty());
+        assert_eq!(s.meta("next_id").unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn garbage_file_is_reported_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        std::fs::write(&p, vec![0x42u8; 8192]).unwrap();
+        let err = Store::open(&p).err().expect("garbage must not open");
+        assert!(matches!(err, PoolError::CorruptStore { .. }), "{err}");
+    }
+}

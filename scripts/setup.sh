@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every system package blkdrv needs on a Debian host, then builds the workspace.
+# Idempotent: a second run installs nothing new and rebuilds incrementally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Host tools and build-time headers. Each group says why it is here:
+#   util-linux, e2fsprogs, xfsprogs, btrfs-progs: mkfs/mount/losetup for the pool backings;
+#   libclang-dev, pkg-config: bindgen inside loopdev-3 (loop ioctls from linux/loop.h);
+#   tar: building test fixtures in the conformance suite.
+PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-essential tar)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${BLKDRV_SETUP_NO_BUILD:-0}" != 1 ]; then
+  cargo build --release --workspace --locked 2>/dev/null || cargo build --release --workspace
+fi

@@ -1,0 +1,1 @@
+//! Placeholder library target: this package exists to hold the workspace integration tests in `tests/`.

@@ -1,0 +1,168 @@
+//! Test pools that clean up after themselves, even when a test fails or panics.
+
+use blkdrv_drivers::Bytes;
+use blkdrv_pool::pool::teardown_dir;
+use blkdrv_pool::{Access, BackingSpec, InitSpec, LayerName, Pool, PoolName, Root, Source};
+use std::path::{Path, PathBuf};
+
+pub type TestResult = Result<(), libtest_mimic::Failed>;
+
+/// Fails the test with a message (the suite's assert for `Result`-returning cases).
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)).into());
+        }
+    };
+}
+
+/// Where every test root lives; the leak check after the run looks here.
+pub fn test_base() -> PathBuf {
+    PathBuf::from("/tmp/blkdrv-conformance")
+}
+
+/// A fresh pool of one driver on a sparse loopback file, in its own root directory.
+/// Dropping it destroys the pool: unmounts, detaches loop devices and deletes the files.
+pub struct TestPool {
+    pub root: Root,
+    pub name: PoolName,
+    _dir: tempfile::TempDir,
+    pub scratch: PathBuf,
+}
+
+impl TestPool {
+    pub fn new(driver: &str) -> Result<TestPool, String> {
+        std::fs::create_dir_all(test_base()).map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{driver}-"))
+            .tempdir_in(test_base())
+            .map_err(|e| e.to_string())?;
+        let root = Root::new(dir.path().join("root"));
+        let name = PoolName::new("t").map_err(|e| e.to_string())?;
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+        let tp = TestPool {
+            root,
+            name,
+            _dir: dir,
+            scratch,
+        };
+        Pool::init(
+            &tp.root,
+            InitSpec {
+                name: tp.name.clone(),
+                driver: driver.to_string(),
+                backing: BackingSpec::Loopback {
+                    size: Bytes::mib(512),
+                },
+                options: Default::default(),
+                min_free_pct: 0,
+                force: false,
+            },
+        )
+        .map_err(|e| format!("pool init ({driver}): {e}"))?;
+        Ok(tp)
+    }
+
+    pub fn open(&self) -> Result<Pool, String> {
+        Pool::open(&self.root, &self.name, Access::Write).map_err(|e| format!("open pool: {e}"))
+    }
+
+    /// A directory under the test's scratch space (created).
+    pub fn path(&self, name: &str) -> PathBuf {
+        let p = self.scratch.join(name);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        p
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        if let Ok(p) = Pool::open(&self.root, &self.name, Access::Write) {
+            if let Err(e) = p.destroy(true) {
+                eprintln!("test cleanup: destroy failed: {e}");
+            }
+        }
+        // Whatever destroy could not do (a failed test may have left mounts in scratch).
+        if let Err(e) = teardown_dir(self._dir.path()) {
+            eprintln!("test cleanup: {e}");
+        }
+    }
+}
+
+/// Mounts `name` at a fresh target for the duration of `f`, unmounting even if `f` fails.
+pub fn with_mount<T>(
+    tp: &TestPool,
+    pool: &mut Pool,
+    name: &str,
+    ro: bool,
+    f: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
+    let target = tempfile::tempdir_in(&tp.scratch).map_err(|e| e.to_string())?;
+    pool.mount(name, target.path(), ro)
+        .map_err(|e| format!("mount {name}: {e}"))?;
+    let out = f(target.path());
+    let um = pool.umount(name, Some(target.path()));
+    let out = out?;
+    um.map_err(|e| format!("umount {name}: {e}"))?;
+    Ok(out)
+}
+
+/// Imports a directory built by `fill` as image layer `name` on `parent`.
+pub fn import_dir(
+    tp: &TestPool,
+    pool: &mut Pool,
+    name: &str,
+    parent: Option<&str>,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<blkdrv_pool::CreateOutcome, String> {
+    let src = tempfile::tempdir_in(&tp.scratch).map_err(|e| e.to_string())?;
+    fill(src.path()).map_err(|e| format!("fill {name}: {e}"))?;
+    pool.create(
+        &LayerName::new(name).map_err(|e| e.to_string())?,
+        parent,
+        Source::Dir(src.path()),
+        &mut |_| {},
+    )
+    .map_err(|e| format!("create {name}: {e}"))
+}
+
+/// Snapshot `parent` as `name`, let `edit` change it through a read-write mount, commit it.
+pub fn derive(
+    tp: &TestPool,
+    pool: &mut Pool,
+    parent: &str,
+    name: &str,
+    edit: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), String> {
+    pool.snapshot(parent, &LayerName::new(name).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("snapshot {name}: {e}"))?;
+    with_mount(tp, pool, name, false, |p| {
+        edit(p).map_err(|e| format!("edit {name}: {e}"))
+    })?;
+    pool.commit(name)
+        .map_err(|e| format!("commit {name}: {e}"))?;
+    Ok(())
+}
+
+pub fn read(p: &Path) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))
+}
+
+/// Mounts and unmounts under the test base, and loop devices backed by files there.
+pub fn leaks() -> Vec<String> {
+    let base = test_base();
+    let mut out = Vec::new();
+    if let Ok(ms) = blkdrv_drivers::sys::mount::mounts_under(&base) {
+        out.extend(ms.into_iter().map(|m| format!("mount {}", m.display())));
+    }
+    if let Ok(ls) = blkdrv_drivers::sys::loopdev::list() {
+        out.extend(
+            ls.into_iter()
+                .filter(|(_, f)| f.starts_with(&base))
+                .map(|(d, f)| format!("loop {} -> {}", d.display(), f.display())),
+        );
+    }
+    out
+}
