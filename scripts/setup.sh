@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every system package blkdrv needs on a Debian host, then builds the workspace.
 # Idempotent: a second run installs nothing new and rebuilds incrementally.
+# `setup.sh --main-job` then runs the main job (scripts/main-job.sh) on a loopback pool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found: install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi
 if [ "${BLKDRV_SETUP_NO_BUILD:-0}" != 1 ]; then
-  cargo build --release --workspace --locked 2>/dev/null || cargo build --release --workspace
+  cargo build --release --workspace --locked
+fi
+if [ "${1:-}" = "--main-job" ]; then
+  exec ./scripts/main-job.sh
 fi

@@ -1,1 +1,515 @@
-//! CLI contract tests (filled below).
+//! The CLI contract: exit codes, one-line errors, JSON, and "nothing changed" after bad input.
+//! Runs the CLI in-process through `blkdrv_cli::run`. Needs root (pools on loop devices).
+
+use blkdrv_pool::pool::teardown_dir;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// A state root with one pool "t"; destroyed (with its loop device) on drop, even on panic.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the CLI tests need root (loop devices, mounts)"
+        );
+        std::fs::create_dir_all("/tmp/blkdrv-cli-tests").unwrap();
+        let env = Env {
+            dir: tempfile::tempdir_in("/tmp/blkdrv-cli-tests").unwrap(),
+        };
+        let o = env.run(&["pool", "init", "t", "--driver", "overlay", "--size", "400M"]);
+        assert_eq!(o.code, 0, "pool init: {}", o.stderr);
+        env
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn run_os(&self, args: Vec<OsString>) -> Out {
+        let mut full: Vec<OsString> = vec![
+            "blkdrv".into(),
+            "--root".into(),
+            self.root().into(),
+            "--config".into(),
+            "/nonexistent/blkdrv.toml".into(),
+        ];
+        full.extend(args);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = blkdrv_cli::run(full, &mut out, &mut err);
+        Out {
+            code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        self.run_os(args.iter().map(OsString::from).collect())
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let o = self.run(args);
+        assert_eq!(o.code, 0, "{args:?} failed: {}", o.stderr);
+        o
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// What a bad input must not change.
+    fn state(&self) -> String {
+        let o = self.ok(&["layer", "ls", "--json", "--pool", "t"]);
+        let check = self.run(&["pool", "check", "t"]);
+        assert_eq!(
+            check.code, 0,
+            "pool drifted: {}{}",
+            check.stdout, check.stderr
+        );
+        o.stdout
+    }
+
+    /// Runs a bad command: exit 2, one-line error containing `needle`, state unchanged.
+    fn refused(&self, args: &[&str], needle: &str) {
+        self.refused_os(args.iter().map(OsString::from).collect(), needle)
+    }
+
+    fn refused_os(&self, args: Vec<OsString>, needle: &str) {
+        let before = self.state();
+        let o = self.run_os(args.clone());
+        assert_eq!(o.code, 2, "{args:?}: exit {} ({})", o.code, o.stderr);
+        let lines: Vec<&str> = o.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?}: one-line error, got {:?}",
+            o.stderr
+        );
+        assert!(
+            o.stderr.contains(needle),
+            "{args:?}: error {:?} should mention {needle:?}",
+            o.stderr
+        );
+        assert_eq!(self.state(), before, "{args:?} changed the pool");
+    }
+
+    fn base(&self) {
+        let src = self.path("src");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("etc/hostname"), "h").unwrap();
+        self.ok(&[
+            "layer",
+            "create",
+            "base",
+            "--from-dir",
+            src.to_str().unwrap(),
+            "--pool",
+            "t",
+        ]);
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.run(&["pool", "destroy", "t", "--force"]);
+        if let Err(e) = teardown_dir(self.dir.path()) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().unwrap()
+}
+
+fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h
+}
+
+/// Writes a raw tar entry whose name the tar crate's safe setters would refuse.
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    link: &str,
+    data: &[u8],
+) {
+    let mut h = header(kind, data.len() as u64);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+    gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn write_tar(env: &Env, name: &str, data: &[u8]) -> String {
+    let p = env.path(name);
+    std::fs::write(&p, data).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn bad_layer_names_are_refused() {
+    let env = Env::new();
+    env.base();
+    let long = "x".repeat(129);
+    for (name, needle) in [
+        ("a/b", "'/'"),
+        ("..", "'..'"),
+        ("a..b", "'..'"),
+        ("", "empty"),
+        (long.as_str(), "129 bytes"),
+    ] {
+        env.refused(&["layer", "snapshot", "base", name, "--pool", "t"], needle);
+    }
+    env.refused_os(
+        vec![
+            "layer".into(),
+            "snapshot".into(),
+            "base".into(),
+            OsString::from_vec(b"a\0b".to_vec()),
+            "--pool".into(),
+            "t".into(),
+        ],
+        "NUL",
+    );
+}
+
+#[test]
+fn parents_must_exist_and_be_committed() {
+    let env = Env::new();
+    env.base();
+    env.refused(
+        &["layer", "snapshot", "nope", "c", "--pool", "t"],
+        "does not exist",
+    );
+    env.ok(&["layer", "snapshot", "base", "active", "--pool", "t"]);
+    env.refused(
+        &["layer", "snapshot", "active", "c2", "--pool", "t"],
+        "only committed layers",
+    );
+    let src = env.path("src");
+    env.refused(
+        &[
+            "layer",
+            "create",
+            "x",
+            "--parent",
+            "active",
+            "--from-dir",
+            src.to_str().unwrap(),
+            "--pool",
+            "t",
+        ],
+        "only committed layers",
+    );
+    env.refused(
+        &["layer", "commit", "base", "--pool", "t"],
+        "only active layers",
+    );
+    env.refused(
+        &["layer", "snapshot", "base", "active", "--pool", "t"],
+        "already exists",
+    );
+}
+
+#[test]
+fn unsafe_tars_are_refused() {
+    let env = Env::new();
+    env.base();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dotdot",
+            tar_with(|b| raw_entry(b, "../evil", tar::EntryType::Regular, "", b"x")),
+            "..",
+        ),
+        (
+            "absolute",
+            tar_with(|b| raw_entry(b, "/etc/evil", tar::EntryType::Regular, "", b"x")),
+            "absolute",
+        ),
+        (
+            "symlink-escape",
+            tar_with(|b| {
+                raw_entry(b, "esc", tar::EntryType::Symlink, "/etc", b"");
+                raw_entry(b, "esc/passwd", tar::EntryType::Regular, "", b"x");
+            }),
+            "symlink",
+        ),
+        (
+            "hardlink-outside",
+            tar_with(|b| raw_entry(b, "h", tar::EntryType::Link, "../../etc/passwd", b"")),
+            "..",
+        ),
+        (
+            "hardlink-absolute",
+            tar_with(|b| raw_entry(b, "h", tar::EntryType::Link, "/etc/passwd", b"")),
+            "absolute",
+        ),
+    ];
+    for (name, data, needle) in cases {
+        let f = write_tar(&env, &format!("{name}.tar"), &data);
+        env.refused(
+            &[
+                "layer",
+                "create",
+                name,
+                "--parent",
+                "base",
+                "--from-tar",
+                &f,
+                "--pool",
+                "t",
+            ],
+            needle,
+        );
+    }
+    assert!(!Path::new("/etc/evil").exists());
+}
+
+#[test]
+fn truncated_and_garbage_tars_are_refused() {
+    let env = Env::new();
+    env.base();
+    let good = tar_with(|b| {
+        let data = vec![b'z'; 10_000];
+        b.append_data(
+            &mut header(tar::EntryType::Regular, data.len() as u64),
+            "big",
+            &data[..],
+        )
+        .unwrap();
+    });
+    let cut = write_tar(&env, "cut.tar", &good[..4096]);
+    env.refused(
+        &["layer", "create", "cut", "--from-tar", &cut, "--pool", "t"],
+        "tar",
+    );
+    let junk = write_tar(&env, "junk.tar", &[0x55u8; 3000]);
+    env.refused(
+        &[
+            "layer",
+            "create",
+            "junk",
+            "--from-tar",
+            &junk,
+            "--pool",
+            "t",
+        ],
+        "tar",
+    );
+    env.refused(
+        &[
+            "layer",
+            "create",
+            "missing",
+            "--from-tar",
+            "/nonexistent.tar",
+            "--pool",
+            "t",
+        ],
+        "does not exist",
+    );
+}
+
+#[test]
+fn pool_level_bad_input() {
+    let env = Env::new();
+    let o = env.run(&["pool", "init", "t", "--size", "400M"]);
+    assert_eq!(o.code, 2, "second init: {}", o.stderr);
+    assert!(o.stderr.contains("already exists"), "{}", o.stderr);
+    let o = env.run(&["pool", "init", "u", "--size", "lots"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("invalid size"), "{}", o.stderr);
+    let o = env.run(&["pool", "init", "u", "--driver", "nosuch", "--size", "400M"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("unknown driver"), "{}", o.stderr);
+    let o = env.run(&["pool", "init", "u", "--fs", "ntfs", "--size", "400M"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("xfs or ext4"), "{}", o.stderr);
+    assert!(
+        !env.root().join("pools/u").exists(),
+        "failed inits leave nothing behind"
+    );
+    let o = env.run(&["layer", "ls", "--pool", "nosuch"]);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("pool init"),
+        "error says how to proceed: {}",
+        o.stderr
+    );
+}
+
+#[test]
+fn corrupt_store_is_reported() {
+    let env = Env::new();
+    env.base();
+    let store = env.root().join("pools/t/store.db");
+    // Overwrite the header and the first pages: what a bad disk or a stray `dd` would do.
+    let mut bytes = std::fs::read(&store).unwrap();
+    for b in bytes.iter_mut().take(8192) {
+        *b = 0x42;
+    }
+    std::fs::write(&store, bytes).unwrap();
+    for f in ["store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(env.root().join("pools/t").join(f));
+    }
+    let o = env.run(&["layer", "ls", "--pool", "t"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("corrupt"), "{}", o.stderr);
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    // destroy --force still cleans up a pool whose store is unreadable.
+    let o = env.run(&["pool", "destroy", "t", "--force"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(!env.root().join("pools/t").exists());
+}
+
+#[test]
+fn device_with_signature_is_refused_unless_forced() {
+    let env = Env::new();
+    let img = env.path("dev.img");
+    blkdrv_drivers::sys::loopdev::create_sparse_file(&img, blkdrv_drivers::Bytes::mib(400))
+        .unwrap();
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The loop device stays attached while this handle lives; autoclear detaches it after.
+    let lo = blkdrv_drivers::sys::loopdev::attach(&img).unwrap();
+    let dev = lo.path.to_str().unwrap().to_string();
+    let o = env.run(&["pool", "init", "dev", "--device", &dev, "--driver", "vfs"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("ext4") && o.stderr.contains("--force"),
+        "{}",
+        o.stderr
+    );
+    let o = env.run(&[
+        "pool", "init", "dev", "--device", &dev, "--driver", "vfs", "--force",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = env.run(&["pool", "status", "dev", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["driver"], "vfs");
+    assert_eq!(v["backing"]["type"], "devices");
+    env.ok(&["pool", "destroy", "dev"]);
+    drop(lo);
+}
+
+#[test]
+fn json_output_and_reuse() {
+    let env = Env::new();
+    env.base();
+    let src = env.path("src");
+    let o = env.ok(&[
+        "layer",
+        "create",
+        "again",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--pool",
+        "t",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["reused"], true);
+    let o = env.ok(&[
+        "layer",
+        "create",
+        "again2",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    assert!(o.stdout.contains("reused"), "{}", o.stdout);
+    let o = env.ok(&["layer", "ls", "--pool", "t", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "one layer, three names");
+    assert_eq!(v[0]["names"].as_array().unwrap().len(), 3);
+    let o = env.ok(&["info", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(v["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["name"] == "overlay"));
+    assert_eq!(v["pools"][0]["name"], "t");
+}
+
+#[test]
+fn mount_write_commit_flow_and_tree() {
+    let env = Env::new();
+    env.base();
+    env.ok(&["layer", "snapshot", "base", "c1", "--pool", "t"]);
+    let m = env.path("mnt");
+    let ms = m.to_str().unwrap();
+    env.ok(&["layer", "mount", "c1", ms, "--pool", "t"]);
+    std::fs::write(m.join("new"), vec![1u8; 1 << 20]).unwrap();
+    let o = env.run(&["layer", "rm", "c1", "--pool", "t"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("mounted at"), "{}", o.stderr);
+    let o = env.run(&["pool", "destroy", "t"]);
+    assert_eq!(o.code, 2, "destroy refused while mounted: {}", o.stderr);
+    env.ok(&["layer", "umount", "c1", "--pool", "t"]);
+    env.ok(&["layer", "commit", "c1", "--pool", "t"]);
+    let o = env.ok(&["layer", "ls", "--tree", "--pool", "t"]);
+    assert!(o.stdout.contains("└─ c1"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("1MiB") || o.stdout.contains("1.0MiB"),
+        "size shown: {}",
+        o.stdout
+    );
+    let out = env.path("c1.tar");
+    env.ok(&[
+        "layer",
+        "diff",
+        "c1",
+        "-o",
+        out.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    assert!(std::fs::metadata(&out).unwrap().len() > 1 << 20);
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let env = Env::new();
+    let o = env.run(&["--help"]);
+    assert_eq!(o.code, 0);
+    assert!(o.stdout.contains("Exit codes"));
+    for sub in [
+        &["pool", "init", "--help"][..],
+        &["layer", "create", "--help"],
+        &["layer", "snapshot", "--help"],
+        &["info", "--help"],
+    ] {
+        let o = env.run(sub);
+        assert_eq!(o.code, 0, "{sub:?}");
+        assert!(o.stdout.len() > 100, "{sub:?} explains itself");
+    }
+    let o = env.run(&["layer", "frobnicate"]);
+    assert_eq!(o.code, 2);
+    let o = env.run(&["layer", "create", "x", "--pool", "t"]);
+    assert_eq!(o.code, 2, "a source is required");
+}

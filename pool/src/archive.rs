@@ -1196,6 +1196,14 @@ fn differs(
 /// tar: added and modified entries (by metadata), their parent directories, and `.wh.NAME`
 /// whiteouts for deleted paths. `deleted` counts whiteouts (a deleted directory is one).
 pub fn write_diff(layer: &Path, parent: Option<&Path>, out: impl Write) -> Result<DiffStats> {
+    // A base layer's diff is the whole layer, root metadata included.
+    if parent.is_none() {
+        let added = tar_dir(layer, out)?;
+        return Ok(DiffStats {
+            added,
+            ..Default::default()
+        });
+    }
     let ltree = walk_tree(layer)?;
     let ptree = match parent {
         Some(p) => walk_tree(p)?,
@@ -1528,12 +1536,13 @@ mod tests {
         fs::hard_link(s.join("a/c/f"), s.join("z")).unwrap();
         fs::hard_link(s.join("a/c/f"), s.join("a-b/g")).unwrap();
         let mut t = Vec::new();
-        assert_eq!(tar_dir(s, &mut t).unwrap(), 6);
+        assert_eq!(tar_dir(s, &mut t).unwrap(), 7);
         let names = entry_names(&t);
         use tar::EntryType as E;
         assert_eq!(
             names,
             vec![
+                ("./".into(), E::Directory),
                 ("a".into(), E::Directory),
                 ("a-b".into(), E::Directory),
                 ("a-b/g".into(), E::Regular),
@@ -1958,7 +1967,8 @@ mod tests {
         apply(&TB::new().file("f", b"1", 0o644).done(), &via).unwrap();
         assert!(real.path().join("f").is_file());
         let mut t = Vec::new();
-        assert_eq!(tar_dir(&via, &mut t).unwrap(), 1);
+        // The root ("./") and f.
+        assert_eq!(tar_dir(&via, &mut t).unwrap(), 2);
     }
 
     #[test]
@@ -2063,7 +2073,8 @@ mod tests {
                 let mut out = Vec::new();
                 tar_dir(root.path(), &mut out).unwrap();
                 let mut a = tar::Archive::new(&out[..]);
-                let e = a.entries().unwrap().next().unwrap().unwrap();
+                // Entry 0 is the root directory.
+                let e = a.entries().unwrap().nth(1).unwrap().unwrap();
                 assert_eq!(e.header().entry_type(), tar::EntryType::Char);
                 assert_eq!(e.header().device_major().unwrap(), Some(1));
                 assert_eq!(e.header().device_minor().unwrap(), Some(3));
