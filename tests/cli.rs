@@ -513,3 +513,55 @@ fn help_and_usage_errors() {
     let o = env.run(&["layer", "create", "x", "--pool", "t"]);
     assert_eq!(o.code, 2, "a source is required");
 }
+
+#[test]
+fn readers_are_not_blocked_and_second_writer_is_busy() {
+    let env = Env::new();
+    env.base();
+    // Hold the writer lock as a long import would.
+    let lock_path = env.root().join("pools/t/lock");
+    let _held = blkdrv_pool::lock::PoolLock::acquire("t", &lock_path, std::time::Duration::ZERO)
+        .expect("take the writer lock");
+    let started = std::time::Instant::now();
+    let o = env.ok(&["layer", "ls", "--pool", "t"]);
+    assert!(o.stdout.contains("base"));
+    env.ok(&["pool", "status", "t"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "readers waited"
+    );
+    std::env::set_var("BLKDRV_LOCK_TIMEOUT", "0");
+    let o = env.run(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    std::env::remove_var("BLKDRV_LOCK_TIMEOUT");
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("busy") && o.stderr.contains(&std::process::id().to_string()),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn new_layers_are_refused_below_min_free() {
+    let env = Env::new();
+    let o = env.run(&["pool", "init", "full", "--size", "400M", "--min-free", "99"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let o = env.run(&[
+        "layer",
+        "create",
+        "x",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--pool",
+        "full",
+    ]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("minimum is 99%") && o.stderr.contains("free of"),
+        "numbers given: {}",
+        o.stderr
+    );
+    env.ok(&["pool", "destroy", "full"]);
+}

@@ -25,8 +25,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a writer waits for another writer before reporting the pool busy.
-const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How long a writer waits for another writer before reporting the pool busy
+/// (`BLKDRV_LOCK_TIMEOUT` seconds overrides it).
+fn lock_wait() -> Duration {
+    std::env::var("BLKDRV_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30))
+}
 
 /// A directory holding pools (`--root`, default /var/lib/blkdrv).
 #[derive(Debug, Clone)]
@@ -259,7 +266,7 @@ impl Pool {
         mkdir(&dir.join("tmp"))?;
         let result = (|| -> Result<Pool> {
             let mut store = Store::create(&dir.join(STORE))?;
-            let lock = PoolLock::acquire(spec.name.as_str(), &dir.join(LOCK), LOCK_WAIT)?;
+            let lock = PoolLock::acquire(spec.name.as_str(), &dir.join(LOCK), lock_wait())?;
             if let Backing::Loopback { files } = &backing {
                 mkdir(&dir.join("backing"))?;
                 for lf in files {
@@ -317,7 +324,7 @@ impl Pool {
             Access::Write => Some(PoolLock::acquire(
                 name.as_str(),
                 &dir.join(LOCK),
-                LOCK_WAIT,
+                lock_wait(),
             )?),
             Access::Read => None,
         };
@@ -337,7 +344,7 @@ impl Pool {
         };
         let driver = {
             // Activation mounts things; two processes doing it at once would stack mounts.
-            let _act = PoolLock::acquire(name.as_str(), &dir.join(ACTIVATE_LOCK), LOCK_WAIT)?;
+            let _act = PoolLock::acquire(name.as_str(), &dir.join(ACTIVATE_LOCK), lock_wait())?;
             let f = factory(&config.driver)?;
             let (ctx, _held) = context(&dir, &config)?;
             f.open(&ctx, &config.identity)

@@ -33,6 +33,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("usage_counts_exclusive_bytes", usage),
     ("persistence_across_processes", persistence),
     ("crash_at_every_step", crash_every_step),
+    ("kill_9_during_import_and_remove", kill_9_at_random),
 ];
 
 fn ln(s: &str) -> LayerName {
@@ -659,6 +660,111 @@ fn crash_every_step(driver: &str) -> TestResult {
             pool.check(false)?.is_clean(),
             "{step}: clean after removing victim"
         );
+    }
+    Ok(())
+}
+
+/// A real SIGKILL at several moments of a long import and of a removal: whatever moment it
+/// lands, the reopened pool is consistent and the victim is either absent or complete.
+fn kill_9_at_random(driver: &str) -> TestResult {
+    let tp = TestPool::new(driver)?;
+    let src = tp.path("src");
+    for d in 0..20 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f}")), vec![d as u8; 4096]).map_err(|e| e.to_string())?;
+        }
+    }
+    fs::write(src.join("big"), vec![9u8; 16 << 20]).map_err(|e| e.to_string())?;
+    let s = src.to_str().unwrap();
+    {
+        let mut pool = tp.open()?;
+        import_dir(&tp, &mut pool, "base", None, base_files)?;
+    }
+    // Delays spread over the import (it takes tens to hundreds of ms here).
+    // The last round lets the import finish, so that a removal gets killed too.
+    let delays = [0u64, 10, 50, 150, 400, 1000, 2000, u64::MAX];
+    for (i, delay_ms) in delays.into_iter().enumerate() {
+        let victim = format!("v{i}");
+        let mut child = crate::child::command(
+            &tp,
+            &[
+                "layer",
+                "create",
+                &victim,
+                "--parent",
+                "base",
+                "--from-dir",
+                s,
+            ],
+        )?
+        .spawn()
+        .map_err(|e| e.to_string())?;
+        if delay_ms == u64::MAX {
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            ensure!(out.status.success(), "uninterrupted import: {out:?}");
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+        let mut pool = tp.open()?;
+        let report = pool.check(false)?;
+        ensure!(report.is_clean(), "kill at {delay_ms} ms: drift {report:?}");
+        ensure!(
+            pool.inspect("base")?.state == LayerState::Committed,
+            "base intact"
+        );
+        let outcome = match pool.inspect(&victim) {
+            Ok(_) => "complete",
+            Err(_) => "rolled back",
+        };
+        let when = if delay_ms == u64::MAX {
+            "never".to_string()
+        } else {
+            format!("{delay_ms} ms")
+        };
+        eprintln!("{driver}: SIGKILL {when} into import: victim {outcome}");
+        if let Ok(v) = pool.inspect(&victim) {
+            ensure!(
+                v.state == LayerState::Committed,
+                "kill at {delay_ms} ms: victim {}",
+                v.state
+            );
+            with_mount(&tp, &mut pool, &victim, true, |p| {
+                let n = fs::read_dir(p.join("d19"))
+                    .map_err(|e| e.to_string())?
+                    .count();
+                ensure_s(n == 100, "complete import has every file")?;
+                ensure_s(
+                    fs::metadata(p.join("big"))
+                        .map_err(|e| e.to_string())?
+                        .len()
+                        == 16 << 20,
+                    "big file whole",
+                )
+            })?;
+            // Now kill a removal of it (our writer handle must not hold the lock meanwhile).
+            drop(pool);
+            let mut child = crate::child::command(&tp, &["layer", "rm", &victim])?
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            std::thread::sleep(std::time::Duration::from_millis(i as u64 % 4 * 2));
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut pool = tp.open()?;
+            ensure!(pool.check(false)?.is_clean(), "kill during rm: drift");
+            let kept = pool.inspect(&victim).is_ok();
+            eprintln!(
+                "{driver}: SIGKILL {} ms into rm: victim {}",
+                i % 4 * 2,
+                if kept { "kept" } else { "removed" }
+            );
+            for l in pool.list()? {
+                ensure!(l.state.is_settled(), "{} left {}", l.name, l.state);
+            }
+        }
     }
     Ok(())
 }

@@ -18,8 +18,8 @@ pub fn maybe_run_child() {
     std::process::exit(code);
 }
 
-/// Runs `blkdrv --root <pool root> <args> --pool t` in a child; `crash_at` sets a crash point.
-pub fn run_cli(tp: &TestPool, args: &[&str], crash_at: Option<&str>) -> Result<i32, String> {
+/// The command that runs `blkdrv --root <pool root> <args> --pool t` in a child.
+pub fn command(tp: &TestPool, args: &[&str]) -> Result<Command, String> {
     let mut full: Vec<String> = vec![
         "blkdrv".into(),
         "--root".into(),
@@ -30,7 +30,15 @@ pub fn run_cli(tp: &TestPool, args: &[&str], crash_at: Option<&str>) -> Result<i
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.env(ENV_CHILD, serde_json::to_string(&full).expect("json"))
-        .env("BLKDRV_CONFIG", "/nonexistent");
+        .env("BLKDRV_CONFIG", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Ok(cmd)
+}
+
+/// Runs the CLI in a child and waits; `crash_at` sets a crash point.
+pub fn run_cli(tp: &TestPool, args: &[&str], crash_at: Option<&str>) -> Result<i32, String> {
+    let mut cmd = command(tp, args)?;
     match crash_at {
         Some(s) => cmd.env(blkdrv_pool::crash::ENV, s),
         None => cmd.env_remove(blkdrv_pool::crash::ENV),
