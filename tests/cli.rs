@@ -341,6 +341,12 @@ fn pool_level_bad_input() {
     let o = env.run(&["pool", "init", "u", "--driver", "nosuch", "--size", "400M"]);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("unknown driver"), "{}", o.stderr);
+    let o = env.run(&["pool", "init", "u", "-o", "colour=blue", "--size", "400M"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("unknown option"), "{}", o.stderr);
+    let o = env.run(&["pool", "init", "u", "--size", "100M"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("too small"), "{}", o.stderr);
     let o = env.run(&["pool", "init", "u", "--fs", "ntfs", "--size", "400M"]);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("xfs or ext4"), "{}", o.stderr);

@@ -106,6 +106,9 @@ by default) and mount it under the state dir."
         /// Filesystem for file-level drivers (vfs, overlay): xfs or ext4.
         #[arg(long)]
         fs: Option<String>,
+        /// Driver option KEY=VALUE (repeatable); each driver rejects keys it does not know.
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
+        opt: Vec<(String, String)>,
         /// Refuse new layers when less than this percentage of the pool is free.
         #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=99))]
         min_free: Option<u8>,
@@ -230,6 +233,13 @@ name, reuses the existing layer and prints \"reused\"."
     },
 }
 
+fn parse_opt(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
 fn parse_size(s: &str) -> Result<Bytes, String> {
     s.parse::<Bytes>().map_err(|e| e.to_string())
 }
@@ -325,6 +335,7 @@ fn pool_cmd(
             size,
             device,
             fs,
+            opt,
             min_free,
             force,
         } => {
@@ -334,7 +345,7 @@ fn pool_cmd(
                 .clone()
                 .or_else(|| d.driver.clone())
                 .unwrap_or_else(|| config::DEFAULT_DRIVER.to_string());
-            let mut options = DriverOptions::new();
+            let mut options: DriverOptions = opt.iter().cloned().collect();
             if let Some(fs) = fs.clone().or_else(|| d.fs.clone()) {
                 options.insert("fs".into(), fs);
             }

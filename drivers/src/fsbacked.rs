@@ -40,6 +40,31 @@ impl FsType {
     }
 }
 
+/// What every file-level driver needs, plus its own kernel filesystems.
+pub fn requirements(extra_filesystems: &[&'static str]) -> crate::Requirements {
+    let mut filesystems = extra_filesystems.to_vec();
+    filesystems.extend(["xfs", "ext4"]);
+    crate::Requirements {
+        filesystems,
+        tools: vec!["mkfs.xfs", "mkfs.ext4"],
+        paths: vec!["/dev/loop-control"],
+    }
+}
+
+/// mkfs minimums: xfsprogs refuses filesystems under 300 MiB; ext4 needs far less.
+pub fn min_device_size(options: &DriverOptions) -> Bytes {
+    match options.get(KEY_FS).map(String::as_str) {
+        Some("ext4") => Bytes::mib(32),
+        _ => Bytes::mib(300),
+    }
+}
+
+/// Removes a layer directory and any half-built `<id>.tmp` beside it.
+pub fn remove_object(dir: &Path) -> Result<()> {
+    crate::sys::tree::remove_tree(&dir.with_extension("tmp"))?;
+    crate::sys::tree::remove_tree(dir)
+}
+
 /// Option keys this backing understands.
 pub const KEY_FS: &str = "fs";
 const UUID_KEY: &str = "fs_uuid";

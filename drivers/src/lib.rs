@@ -156,6 +156,12 @@ pub trait DriverFactory: Send + Sync {
     /// Checks the options a user gave and fills in defaults; unknown keys are errors.
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions>;
 
+    /// The smallest device (or loopback file) the driver can format with `options`.
+    fn min_device_size(&self, options: &DriverOptions) -> Bytes {
+        let _ = options;
+        Bytes(0)
+    }
+
     /// Formats the pool's devices for this driver (mkfs, pool creation). Returns the identity to
     /// record. Called once, at `pool init`.
     fn format(&self, ctx: &PoolContext) -> Result<Identity>;

@@ -6,7 +6,7 @@ use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking};
 use crate::sys::{mount, tree};
 use crate::{
-    Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
+    Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
     MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use nix::fcntl::{open, OFlag};
@@ -31,11 +31,11 @@ impl DriverFactory for Factory {
     }
 
     fn requirements(&self) -> Requirements {
-        Requirements {
-            filesystems: vec!["overlay", "xfs", "ext4"],
-            tools: vec!["mkfs.xfs", "mkfs.ext4"],
-            paths: vec!["/dev/loop-control"],
-        }
+        fsbacked::requirements(&["overlay"])
+    }
+
+    fn min_device_size(&self, options: &DriverOptions) -> Bytes {
+        fsbacked::min_device_size(options)
     }
 
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
@@ -214,9 +214,7 @@ impl Driver for Overlay {
     }
 
     fn remove(&self, id: ObjectId) -> Result<()> {
-        let dir = self.dir(id);
-        tree::remove_tree(&dir.with_extension("tmp"))?;
-        tree::remove_tree(&dir)
+        fsbacked::remove_object(&self.dir(id))
     }
 
     fn list(&self) -> Result<Vec<ObjectId>> {

@@ -238,9 +238,11 @@ impl Pool {
         // Check devices before touching anything.
         let backing = match &spec.backing {
             BackingSpec::Loopback { size } => {
-                if *size < Bytes::mib(320) {
+                let min = f.min_device_size(&options);
+                if *size < min {
                     return Err(PoolError::Invalid(format!(
-                        "--size {size} is too small: a pool needs at least 320MiB (xfs minimum)"
+                        "--size {size} is too small: driver {} needs at least {min} with these options",
+                        spec.driver
                     )));
                 }
                 Backing::Loopback {
@@ -640,27 +642,14 @@ impl Pool {
         }
         self.ensure_space()?;
 
-        let rec = self.store.tx("record create intent", |t| {
-            let rec = LayerRecord {
-                id: t.allocate_id()?,
-                parent: parent_id,
-                kind: LayerKind::Image,
-                state: LayerState::Creating,
-                digest: Some(digested.digest.clone()),
-                pending_name: Some(name.to_string()),
-                created: now(),
-                size: None,
-            };
-            t.insert_layer(&rec)?;
-            Ok(rec)
-        })?;
-        crash::point("create:intent");
-        let chain = self.chain(&rec)?;
+        let (rec, chain) = self.begin_create(
+            name,
+            parent_id,
+            LayerKind::Image,
+            Some(digested.digest.clone()),
+            ["create:intent", "create:object"],
+        )?;
         let work = (|| {
-            self.driver
-                .create(&chain)
-                .map_err(|e| PoolError::driver("create", name.as_str(), e))?;
-            crash::point("create:object");
             let target = self.tmp_dir().join(format!("import-{}", rec.id));
             mkdir(&target)?;
             self.driver
@@ -713,6 +702,40 @@ impl Pool {
         })
     }
 
+    /// First half of every create: records the intent (a `creating` row), then makes the driver
+    /// object. A failure undoes the intent.
+    fn begin_create(
+        &mut self,
+        name: &LayerName,
+        parent: Option<ObjectId>,
+        kind: LayerKind,
+        digest: Option<String>,
+        steps: [&'static str; 2],
+    ) -> Result<(LayerRecord, LayerChain)> {
+        let rec = self.store.tx("record create intent", |t| {
+            let rec = LayerRecord {
+                id: t.allocate_id()?,
+                parent,
+                kind,
+                state: LayerState::Creating,
+                digest,
+                pending_name: Some(name.to_string()),
+                created: now(),
+                size: None,
+            };
+            t.insert_layer(&rec)?;
+            Ok(rec)
+        })?;
+        crash::point(steps[0]);
+        let chain = self.chain(&rec)?;
+        if let Err(e) = self.driver.create(&chain) {
+            let e = PoolError::driver("create", name.as_str(), e);
+            return Err(e.with_rollback(self.undo_create(rec.id)));
+        }
+        crash::point(steps[1]);
+        Ok((rec, chain))
+    }
+
     /// Undoes a create: unmounts a leftover import mount, deletes the object and the row.
     fn undo_create(&mut self, id: ObjectId) -> Result<()> {
         let target = self.tmp_dir().join(format!("import-{id}"));
@@ -735,34 +758,19 @@ impl Pool {
             .expect("parent given");
         self.ensure_name_free(name)?;
         self.ensure_space()?;
-        let rec = self.store.tx("record snapshot intent", |t| {
-            let rec = LayerRecord {
-                id: t.allocate_id()?,
-                parent: Some(parent_rec.id),
-                kind: LayerKind::Container,
-                state: LayerState::Creating,
-                digest: None,
-                pending_name: Some(name.to_string()),
-                created: now(),
-                size: None,
-            };
-            t.insert_layer(&rec)?;
-            Ok(rec)
-        })?;
-        crash::point("snapshot:intent");
-        let chain = self.chain(&rec)?;
-        let work = (|| {
-            self.driver
-                .create(&chain)
-                .map_err(|e| PoolError::driver("snapshot", name.as_str(), e))?;
-            crash::point("snapshot:object");
-            self.store.tx("record snapshot done", |t| {
-                t.set_state(rec.id, LayerState::Active)?;
-                t.clear_pending_name(rec.id)?;
-                t.bind_name(name.as_str(), rec.id)
-            })
-        })();
-        if let Err(e) = work {
+        let (rec, _) = self.begin_create(
+            name,
+            Some(parent_rec.id),
+            LayerKind::Container,
+            None,
+            ["snapshot:intent", "snapshot:object"],
+        )?;
+        let done = self.store.tx("record snapshot done", |t| {
+            t.set_state(rec.id, LayerState::Active)?;
+            t.clear_pending_name(rec.id)?;
+            t.bind_name(name.as_str(), rec.id)
+        });
+        if let Err(e) = done {
             return Err(e.with_rollback(self.undo_create(rec.id)));
         }
         self.info(rec.id)
