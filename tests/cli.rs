@@ -571,3 +571,37 @@ fn new_layers_are_refused_below_min_free() {
     );
     env.ok(&["pool", "destroy", "full"]);
 }
+
+#[test]
+fn pool_check_reports_and_repairs_drift() {
+    let env = Env::new();
+    env.base();
+    env.ok(&["layer", "snapshot", "base", "gone", "--pool", "t"]);
+    let objects = env.root().join("pools/t/driver/mnt/overlay");
+    // An object the store does not know (as a crash outside blkdrv's protocol would leave).
+    std::fs::create_dir_all(objects.join("999/diff")).unwrap();
+    // A layer whose data vanished behind blkdrv's back.
+    let gone_id = {
+        let o = env.ok(&["layer", "inspect", "gone", "--pool", "t", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    };
+    std::fs::remove_dir_all(objects.join(gone_id.to_string())).unwrap();
+    let o = env.run(&["pool", "check", "t"]);
+    assert_eq!(o.code, 2, "drift is reported as an error: {}", o.stderr);
+    assert!(o.stdout.contains("orphan: object 999"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains(&format!("missing: layer {gone_id}")),
+        "{}",
+        o.stdout
+    );
+    let o = env.ok(&["pool", "check", "t", "--repair", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["repaired"].as_array().unwrap().len(), 2, "{}", o.stdout);
+    assert!(!objects.join("999").exists());
+    let o = env.ok(&["pool", "check", "t"]);
+    assert!(o.stdout.contains("consistent"), "{}", o.stdout);
+    assert!(env.run(&["layer", "inspect", "gone", "--pool", "t"]).code == 2);
+    assert!(env.run(&["layer", "inspect", "base", "--pool", "t"]).code == 0);
+}
