@@ -16,7 +16,19 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit, CLI contract, conformance)"
-cargo test --workspace --locked --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: the per-binary lines end with doc-test runs of 0 tests.
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+               END { printf "%d passed, %d failed", p, f }' "$log")
+if [ "$rc" -ne 0 ]; then
+  echo "tests: $summary"
+  exit "$rc"
+fi
 echo "== benches build"
 cargo bench --workspace --locked --no-run -q
 
@@ -29,3 +41,4 @@ if [ -n "$leaks$mounts" ]; then
   exit 1
 fi
 echo "no loop devices or mounts left behind"
+echo "tests: $summary"
