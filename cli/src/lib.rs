@@ -109,6 +109,15 @@ by default) and mount it under the state dir."
         /// Driver option KEY=VALUE (repeatable); each driver rejects keys it does not know.
         #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
         opt: Vec<(String, String)>,
+        /// btrfs: do not enable quotas (no per-layer sizes or limits, slightly faster writes).
+        #[arg(long)]
+        no_quota: bool,
+        /// Loopback pools: never grow the file beyond this size (default 4x --size).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        max_size: Option<Bytes>,
+        /// Loopback pools: never grow the file automatically.
+        #[arg(long, conflicts_with = "max_size")]
+        no_autoextend: bool,
         /// Refuse new layers when less than this percentage of the pool is free.
         #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=99))]
         min_free: Option<u8>,
@@ -166,6 +175,9 @@ name, reuses the existing layer and prints \"reused\"."
         /// Directory to import.
         #[arg(long, value_name = "DIR")]
         from_dir: Option<PathBuf>,
+        /// Size limit for the layer (drivers with per-layer limits, e.g. btrfs qgroups).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        size: Option<Bytes>,
         #[command(flatten)]
         sel: PoolSel,
     },
@@ -173,6 +185,9 @@ name, reuses the existing layer and prints \"reused\"."
     Snapshot {
         parent: String,
         name: String,
+        /// Size limit for the layer (drivers with per-layer limits, e.g. btrfs qgroups).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        size: Option<Bytes>,
         #[command(flatten)]
         sel: PoolSel,
     },
@@ -336,6 +351,9 @@ fn pool_cmd(
             device,
             fs,
             opt,
+            no_quota,
+            max_size,
+            no_autoextend,
             min_free,
             force,
         } => {
@@ -346,6 +364,9 @@ fn pool_cmd(
                 .or_else(|| d.driver.clone())
                 .unwrap_or_else(|| config::DEFAULT_DRIVER.to_string());
             let mut options: DriverOptions = opt.iter().cloned().collect();
+            if *no_quota {
+                options.insert("quota".into(), "off".into());
+            }
             if let Some(fs) = fs.clone().or_else(|| d.fs.clone()) {
                 options.insert("fs".into(), fs);
             }
@@ -361,17 +382,33 @@ fn pool_cmd(
                 };
                 BackingSpec::Loopback { size }
             } else {
+                if max_size.is_some() {
+                    return Err(PoolError::Invalid(
+                        "--max-size applies to loopback pools only, not --device".into(),
+                    ));
+                }
                 BackingSpec::Devices(device.clone())
             };
             let spec = InitSpec {
                 name,
                 driver,
-                backing,
+                backing: backing.clone(),
                 options,
                 min_free_pct: min_free
                     .or(d.min_free)
                     .unwrap_or(config::DEFAULT_MIN_FREE_PCT),
                 force: *force,
+                autoextend: match (&backing, *no_autoextend) {
+                    (BackingSpec::Loopback { size }, false) => {
+                        if max_size.is_some_and(|m| m < *size) {
+                            return Err(PoolError::Invalid(format!(
+                                "--max-size must be at least --size ({size})"
+                            )));
+                        }
+                        Some(config::AutoExtend::for_size(*size, *max_size))
+                    }
+                    _ => None,
+                },
             };
             let bar = output::spinner(&format!("creating pool {}", spec.name));
             let pool = Pool::init(&ctx.root, spec);
@@ -461,6 +498,13 @@ fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, Poo
     Ok(pool)
 }
 
+/// Says what a writer did on its own (growing the pool), once, after the operation.
+fn print_notices(pool: &Pool, err: &mut dyn Write) {
+    for n in pool.notices() {
+        let _ = writeln!(err, "blkdrv: note: {n}");
+    }
+}
+
 fn open_read(ctx: &Ctx, sel: &PoolSel) -> Result<Pool, PoolError> {
     Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Read)
 }
@@ -477,6 +521,7 @@ fn layer_cmd(
             parent,
             from_tar,
             from_dir,
+            size,
             sel,
         } => {
             let name = LayerName::new(name)?;
@@ -501,9 +546,10 @@ fn layer_cmd(
             };
             let mut pool = open_write(ctx, sel, err)?;
             let bar = output::byte_bar(&format!("importing {name}"));
-            let res = pool.create(&name, parent.as_deref(), source, &mut |b| {
+            let res = pool.create(&name, parent.as_deref(), source, *size, &mut |b| {
                 bar.set_position(b)
             });
+            print_notices(&pool, err);
             bar.finish_and_clear();
             let res = res?;
             if ctx.json {
@@ -527,9 +573,17 @@ fn layer_cmd(
                 .map_err(io_err)
             }
         }
-        LayerCmd::Snapshot { parent, name, sel } => {
+        LayerCmd::Snapshot {
+            parent,
+            name,
+            size,
+            sel,
+        } => {
             let name = LayerName::new(name)?;
-            let info = open_write(ctx, sel, err)?.snapshot(parent, &name)?;
+            let mut pool = open_write(ctx, sel, err)?;
+            let info = pool.snapshot(parent, &name, *size);
+            print_notices(&pool, err);
+            let info = info?;
             if ctx.json {
                 output::json(out, &info)
             } else {

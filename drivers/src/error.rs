@@ -67,6 +67,9 @@ pub enum DriverError {
         found: String,
     },
 
+    #[error("the {driver} driver does not support {what}")]
+    Unsupported { driver: &'static str, what: String },
+
     #[error("driver {driver} is unavailable on this host: {reason}")]
     Unavailable { driver: String, reason: String },
 }

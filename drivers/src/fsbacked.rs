@@ -201,6 +201,7 @@ impl FsBacking {
             available,
             inodes_total: st.files(),
             inodes_free: st.files_free(),
+            unallocated: None,
             details: vec![
                 ("Backing Filesystem".into(), self.fs.name().into()),
                 ("Backing Device".into(), self.device.display().to_string()),

@@ -113,11 +113,15 @@ pub struct Capabilities {
     pub native_snapshots: bool,
 }
 
-/// Space exclusive to one layer.
+/// Space used by one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Usage {
+    /// Bytes exclusive to the layer (what removing it would free).
     pub bytes: Bytes,
-    pub inodes: u64,
+    /// Inodes exclusive to the layer, where the driver can count them without a walk.
+    pub inodes: Option<u64>,
+    /// Bytes the layer references, shared ones included, where the driver knows it.
+    pub referenced: Option<Bytes>,
 }
 
 /// Space of the whole pool, plus driver-specific lines for `pool status`.
@@ -128,6 +132,9 @@ pub struct Space {
     pub available: Bytes,
     pub inodes_total: u64,
     pub inodes_free: u64,
+    /// Space on the devices not yet given to the filesystem's allocator (btrfs chunks, thin-pool
+    /// data), where that differs from `available`. The pool grows loopback files when it runs low.
+    pub unallocated: Option<Bytes>,
     /// Extra facts worth showing, in display order (e.g. "Backing Filesystem" = "xfs").
     pub details: Vec<(String, String)>,
 }
@@ -213,4 +220,19 @@ pub trait Driver: Send + Sync {
 
     /// Deactivates the pool's backing (unmounts it). Layers must be unmounted first.
     fn deactivate(&self) -> Result<()>;
+
+    /// Takes up space the pool's devices gained (a grown loopback file): resize the filesystem
+    /// or pool to the device size. Drivers that report no `unallocated` space need not act.
+    fn grow(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Limits how much data a layer can hold. Drivers without per-layer limits refuse.
+    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
+        let _ = limit;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: format!("per-layer size limits (layer {id})"),
+        })
+    }
 }

@@ -223,7 +223,11 @@ impl Driver for Overlay {
 
     fn usage(&self, layer: &LayerChain) -> Result<Usage> {
         let (bytes, inodes) = tree::disk_usage(&self.diff(layer.id))?;
-        Ok(Usage { bytes, inodes })
+        Ok(Usage {
+            bytes,
+            inodes: Some(inodes),
+            referenced: None,
+        })
     }
 
     fn space(&self) -> Result<Space> {

@@ -102,7 +102,11 @@ impl Driver for Vfs {
 
     fn usage(&self, layer: &LayerChain) -> Result<Usage> {
         let (bytes, inodes) = tree::disk_usage(&self.dir(layer.id))?;
-        Ok(Usage { bytes, inodes })
+        Ok(Usage {
+            bytes,
+            inodes: Some(inodes),
+            referenced: None,
+        })
     }
 
     fn space(&self) -> Result<Space> {

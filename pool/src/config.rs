@@ -84,6 +84,42 @@ pub struct LoopFile {
     pub size: Bytes,
 }
 
+/// Growing a loopback pool's file when the driver runs short of unallocated space (btrfs chunks,
+/// thin-pool data). Checked by every writer before it adds a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoExtend {
+    /// Grow when unallocated space falls below this percentage of the file size.
+    pub threshold_pct: u8,
+    /// Grow by this percentage of the current size (at least 64 MiB).
+    pub step_pct: u8,
+    /// Never grow the file beyond this size.
+    pub max: Bytes,
+}
+
+impl AutoExtend {
+    /// Defaults for a loopback file of `size`: grow by a quarter below 20% unallocated, up to 4x.
+    pub fn for_size(size: Bytes, max: Option<Bytes>) -> AutoExtend {
+        AutoExtend {
+            threshold_pct: 20,
+            step_pct: 25,
+            max: max.unwrap_or(Bytes(size.0.saturating_mul(4))),
+        }
+    }
+
+    /// The size to grow a file of `current` bytes to, if `unallocated` is low and the ceiling
+    /// allows; `None` when no growth is due or possible.
+    pub fn next_size(&self, current: Bytes, unallocated: Bytes) -> Option<Bytes> {
+        let low = u128::from(unallocated.0) * 100
+            < u128::from(current.0) * u128::from(self.threshold_pct);
+        if !low {
+            return None;
+        }
+        let step = (current.0 / 100 * u64::from(self.step_pct)).max(64 << 20);
+        let next = current.0.saturating_add(step).min(self.max.0);
+        (next > current.0).then_some(Bytes(next))
+    }
+}
+
 /// A pool's configuration, stored in its metadata store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolConfig {
@@ -94,11 +130,36 @@ pub struct PoolConfig {
     pub identity: Identity,
     pub min_free_pct: u8,
     pub created: i64,
+    /// Loopback pools only; `None` means the file never grows.
+    #[serde(default)]
+    pub autoextend: Option<AutoExtend>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn autoextend_grows_only_when_low_and_under_the_ceiling() {
+        let ax = AutoExtend::for_size(Bytes::gib(1), None);
+        assert_eq!(ax.max, Bytes::gib(4));
+        assert_eq!(ax.next_size(Bytes::gib(1), Bytes::mib(500)), None);
+        assert_eq!(
+            ax.next_size(Bytes::gib(1), Bytes::mib(100)),
+            Some(Bytes(Bytes::GIB + Bytes::GIB / 100 * 25))
+        );
+        assert_eq!(
+            ax.next_size(Bytes::gib(4), Bytes(0)),
+            None,
+            "at the ceiling"
+        );
+        let small = AutoExtend::for_size(Bytes::mib(100), Some(Bytes::gib(1)));
+        assert_eq!(
+            small.next_size(Bytes::mib(100), Bytes(0)),
+            Some(Bytes::mib(164)),
+            "64 MiB minimum step"
+        );
+    }
 
     #[test]
     fn missing_config_is_empty() {

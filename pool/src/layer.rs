@@ -184,6 +184,8 @@ pub struct LayerRecord {
     pub created: i64,
     /// Exclusive usage, recorded at commit (committed layers never change).
     pub size: Option<Usage>,
+    /// Size limit given at create/snapshot (drivers with per-layer limits).
+    pub limit: Option<blkdrv_drivers::Bytes>,
 }
 
 #[cfg(test)]

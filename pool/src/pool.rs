@@ -9,7 +9,7 @@
 //! ([`Pool::open`] calls `reconcile`): creates are rolled back, commits and removes rolled forward.
 
 use crate::archive;
-use crate::config::{Backing, LoopFile, PoolConfig};
+use crate::config::{AutoExtend, Backing, LoopFile, PoolConfig};
 use crate::crash;
 use crate::error::{PoolError, Result};
 use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState, PoolName};
@@ -89,6 +89,8 @@ pub struct InitSpec {
     pub min_free_pct: u8,
     /// Overwrite devices that carry a signature.
     pub force: bool,
+    /// Growth policy for loopback pools (ignored for devices).
+    pub autoextend: Option<AutoExtend>,
 }
 
 /// Whether this handle may change the pool.
@@ -138,6 +140,10 @@ pub struct LayerInfo {
     /// Bytes exclusive to this layer (recorded at commit; measured live for active layers).
     pub size_bytes: Option<u64>,
     pub inodes: Option<u64>,
+    /// Bytes the layer references, shared ones included (drivers that know it).
+    pub referenced_bytes: Option<u64>,
+    /// Size limit set at create/snapshot.
+    pub limit_bytes: Option<u64>,
     pub depth: usize,
     pub mounts: Vec<MountRecord>,
 }
@@ -191,6 +197,8 @@ pub struct Pool {
     // Held for the lifetime of a writer handle.
     _lock: Option<PoolLock>,
     recovered: Vec<String>,
+    /// Things a writer did on its own (autoextend) that the user should hear about.
+    notices: Vec<String>,
 }
 
 fn now() -> i64 {
@@ -285,6 +293,10 @@ impl Pool {
                 identity: Default::default(),
                 min_free_pct: spec.min_free_pct,
                 created: now(),
+                autoextend: match backing {
+                    Backing::Loopback { .. } => spec.autoextend,
+                    Backing::Devices { .. } => None,
+                },
             };
             let (ctx, _held) = context(&dir, &config)?;
             config.identity = f
@@ -303,6 +315,7 @@ impl Pool {
                 driver,
                 _lock: Some(lock),
                 recovered: Vec::new(),
+                notices: Vec::new(),
             })
         })();
         result.map_err(|e| {
@@ -360,9 +373,11 @@ impl Pool {
             driver,
             _lock: lock,
             recovered: Vec::new(),
+            notices: Vec::new(),
         };
         if access == Access::Write {
             pool.recovered = pool.reconcile()?;
+            pool.autoextend()?;
         }
         Ok(pool)
     }
@@ -382,6 +397,78 @@ impl Pool {
     /// What `open` finished or undid.
     pub fn recovered(&self) -> &[String] {
         &self.recovered
+    }
+
+    /// What this handle did on its own, such as growing the loopback file.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// Grows a loopback pool's file when the driver's unallocated space runs low (see
+    /// [`AutoExtend`]). The file is grown first and the config last, so a crash in between leaves
+    /// a larger file than recorded, which the next check simply uses.
+    fn autoextend(&mut self) -> Result<()> {
+        let (Some(ax), Backing::Loopback { files }) =
+            (self.config.autoextend, &self.config.backing)
+        else {
+            return Ok(());
+        };
+        let Some(unallocated) = self
+            .driver
+            .space()
+            .map_err(|e| PoolError::backing(&self.name, e))?
+            .unallocated
+        else {
+            return Ok(());
+        };
+        let Some(data) = files.first() else {
+            return Ok(());
+        };
+        let path = self.dir.join(&data.file);
+        let current = Bytes(
+            std::fs::metadata(&path)
+                .map_err(|e| PoolError::io("stat", &path, e))?
+                .len(),
+        );
+        let Some(next) = ax.next_size(current, unallocated) else {
+            if u128::from(unallocated.0) * 100
+                < u128::from(current.0) * u128::from(ax.threshold_pct)
+            {
+                tracing::warn!(pool = %self.name, "low on unallocated space ({unallocated}) and at the autoextend ceiling {}", ax.max);
+            }
+            return Ok(());
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(next.0))
+            .map_err(|e| PoolError::io("grow loopback file", &path, e))?;
+        let canon = path
+            .canonicalize()
+            .map_err(|e| PoolError::io("resolve", &path, e))?;
+        for dev in
+            loopdev::find_by_backing_file(&canon).map_err(|e| PoolError::backing(&self.name, e))?
+        {
+            loopdev::refresh_capacity(&dev).map_err(|e| PoolError::backing(&self.name, e))?;
+        }
+        self.driver
+            .grow()
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        let mut config = self.config.clone();
+        if let Backing::Loopback { files } = &mut config.backing {
+            files[0].size = next;
+        }
+        let json = serde_json::to_string(&config).expect("config serializes");
+        self.store
+            .tx("record grown size", |t| t.set_meta("config", &json))?;
+        self.config = config;
+        let msg = format!(
+            "grew pool {} from {current} to {next}: unallocated space was {unallocated}",
+            self.name
+        );
+        tracing::warn!("{msg}");
+        self.notices.push(msg);
+        Ok(())
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -472,7 +559,9 @@ impl Pool {
             digest: rec.digest.clone(),
             created: rec.created,
             size_bytes: size.map(|s| s.bytes.0),
-            inodes: size.map(|s| s.inodes),
+            inodes: size.and_then(|s| s.inodes),
+            referenced_bytes: size.and_then(|s| s.referenced).map(|b| b.0),
+            limit_bytes: rec.limit.map(|b| b.0),
             depth: chain.ancestors.len(),
             mounts: mounts
                 .iter()
@@ -536,7 +625,8 @@ impl Pool {
 
     // ----- space policy -----
 
-    fn ensure_space(&self) -> Result<()> {
+    fn ensure_space(&mut self) -> Result<()> {
+        self.autoextend()?;
         let s = self
             .driver
             .space()
@@ -598,6 +688,7 @@ impl Pool {
         name: &LayerName,
         parent: Option<&str>,
         source: Source<'_>,
+        limit: Option<Bytes>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<CreateOutcome> {
         let parent_rec = self.committed_parent(parent, "create", name.as_str())?;
@@ -647,6 +738,7 @@ impl Pool {
             parent_id,
             LayerKind::Image,
             Some(digested.digest.clone()),
+            limit,
             ["create:intent", "create:object"],
         )?;
         let work = (|| {
@@ -683,10 +775,7 @@ impl Pool {
             self.driver
                 .commit(&committed)
                 .map_err(|e| PoolError::driver("commit", name.as_str(), e))?;
-            let usage = self
-                .driver
-                .usage(&committed)
-                .map_err(|e| PoolError::driver("measure", name.as_str(), e))?;
+            let usage = self.measure(&committed);
             self.store.tx("record create done", |t| {
                 t.set_committed(rec.id, usage, Some(&key))?;
                 t.bind_name(name.as_str(), rec.id)
@@ -710,6 +799,7 @@ impl Pool {
         parent: Option<ObjectId>,
         kind: LayerKind,
         digest: Option<String>,
+        limit: Option<Bytes>,
         steps: [&'static str; 2],
     ) -> Result<(LayerRecord, LayerChain)> {
         let rec = self.store.tx("record create intent", |t| {
@@ -722,13 +812,18 @@ impl Pool {
                 pending_name: Some(name.to_string()),
                 created: now(),
                 size: None,
+                limit,
             };
             t.insert_layer(&rec)?;
             Ok(rec)
         })?;
         crash::point(steps[0]);
         let chain = self.chain(&rec)?;
-        if let Err(e) = self.driver.create(&chain) {
+        let made = self.driver.create(&chain).and_then(|()| match limit {
+            Some(l) => self.driver.set_limit(rec.id, l),
+            None => Ok(()),
+        });
+        if let Err(e) = made {
             let e = PoolError::driver("create", name.as_str(), e);
             return Err(e.with_rollback(self.undo_create(rec.id)));
         }
@@ -752,7 +847,12 @@ impl Pool {
     }
 
     /// `layer snapshot`: a writable (active) layer on a committed parent.
-    pub fn snapshot(&mut self, parent: &str, name: &LayerName) -> Result<LayerInfo> {
+    pub fn snapshot(
+        &mut self,
+        parent: &str,
+        name: &LayerName,
+        limit: Option<Bytes>,
+    ) -> Result<LayerInfo> {
         let parent_rec = self
             .committed_parent(Some(parent), "snapshot", name.as_str())?
             .expect("parent given");
@@ -763,6 +863,7 @@ impl Pool {
             Some(parent_rec.id),
             LayerKind::Container,
             None,
+            limit,
             ["snapshot:intent", "snapshot:object"],
         )?;
         let done = self.store.tx("record snapshot done", |t| {
@@ -812,6 +913,18 @@ impl Pool {
         self.info(rec.id)
     }
 
+    /// A committed layer's size to record. A driver that cannot measure (btrfs without quotas)
+    /// must not make the commit fail: the size is then unknown.
+    fn measure(&self, chain: &LayerChain) -> Option<Usage> {
+        match self.driver.usage(chain) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::info!(layer = %chain.id, "size unknown: {e}");
+                None
+            }
+        }
+    }
+
     /// Second half of a commit; also how an interrupted commit is rolled forward.
     fn finish_commit(&mut self, id: ObjectId) -> Result<()> {
         let rec = self
@@ -826,10 +939,7 @@ impl Pool {
             .commit(&chain)
             .map_err(|e| PoolError::driver("commit", id.to_string(), e))?;
         crash::point("commit:object");
-        let usage = self
-            .driver
-            .usage(&chain)
-            .map_err(|e| PoolError::driver("measure", id.to_string(), e))?;
+        let usage = self.measure(&chain);
         self.store
             .tx("record commit done", |t| t.set_committed(id, usage, None))
     }
@@ -1259,11 +1369,4 @@ pub fn force_destroy(root: &Root, name: &PoolName) -> Result<()> {
         });
     }
     teardown_dir(&dir)
-}
-
-pub fn usage_of(info: &LayerInfo) -> Option<Usage> {
-    info.size_bytes.zip(info.inodes).map(|(b, i)| Usage {
-        bytes: Bytes(b),
-        inodes: i,
-    })
 }

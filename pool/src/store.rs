@@ -24,8 +24,12 @@ CREATE TABLE IF NOT EXISTS layers (
     content_key TEXT UNIQUE,
     pending_name TEXT,
     created INTEGER NOT NULL,
+    -- Usage recorded at commit; NULL where the driver cannot tell.
     size_bytes INTEGER,
-    size_inodes INTEGER
+    size_inodes INTEGER,
+    size_referenced INTEGER,
+    -- Per-layer size limit given at create/snapshot.
+    size_limit INTEGER
 );
 CREATE INDEX IF NOT EXISTS layers_parent ON layers(parent);
 CREATE TABLE IF NOT EXISTS names (
@@ -295,8 +299,9 @@ impl Tx<'_> {
     pub fn insert_layer(&self, l: &LayerRecord) -> Result<()> {
         self.t
             .execute(
-                "INSERT INTO layers(id,parent,kind,state,digest,pending_name,created,size_bytes,size_inodes)
-                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                "INSERT INTO layers(id,parent,kind,state,digest,pending_name,created,
+                                    size_bytes,size_inodes,size_referenced,size_limit)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
                 params![
                     l.id.get(),
                     l.parent.map(ObjectId::get),
@@ -306,7 +311,9 @@ impl Tx<'_> {
                     l.pending_name,
                     l.created,
                     l.size.map(|u| u.bytes.0 as i64),
-                    l.size.map(|u| u.inodes as i64),
+                    l.size.and_then(|u| u.inodes).map(|i| i as i64),
+                    l.size.and_then(|u| u.referenced).map(|b| b.0 as i64),
+                    l.limit.map(|b| b.0 as i64),
                 ],
             )
             .map(drop)
@@ -324,20 +331,23 @@ impl Tx<'_> {
     }
 
     /// Marks a layer committed with its final size (and content key for image layers).
+    /// Marks a layer committed with its final size, if known (and content key for image layers).
     pub fn set_committed(
         &self,
         id: ObjectId,
-        size: Usage,
+        size: Option<Usage>,
         content_key: Option<&str>,
     ) -> Result<()> {
         self.t
             .execute(
                 "UPDATE layers SET state='committed', size_bytes=?2, size_inodes=?3,
-                        content_key=COALESCE(?4, content_key), pending_name=NULL WHERE id=?1",
+                        size_referenced=?4, content_key=COALESCE(?5, content_key),
+                        pending_name=NULL WHERE id=?1",
                 params![
                     id.get(),
-                    size.bytes.0 as i64,
-                    size.inodes as i64,
+                    size.map(|u| u.bytes.0 as i64),
+                    size.and_then(|u| u.inodes).map(|i| i as i64),
+                    size.and_then(|u| u.referenced).map(|b| b.0 as i64),
                     content_key
                 ],
             )
@@ -446,7 +456,8 @@ fn read_layers<P: rusqlite::Params>(
     p: P,
 ) -> rusqlite::Result<Vec<LayerRecord>> {
     let sql = format!(
-        "SELECT id,parent,kind,state,digest,pending_name,created,size_bytes,size_inodes
+        "SELECT id,parent,kind,state,digest,pending_name,created,size_bytes,size_inodes,
+                size_referenced,size_limit
          FROM layers {filter} ORDER BY id"
     );
     let mut st = conn.prepare(&sql)?;
@@ -459,6 +470,8 @@ fn read_layers<P: rusqlite::Params>(
         let parent: Option<u32> = r.get(1)?;
         let size_bytes: Option<i64> = r.get(7)?;
         let size_inodes: Option<i64> = r.get(8)?;
+        let size_referenced: Option<i64> = r.get(9)?;
+        let size_limit: Option<i64> = r.get(10)?;
         Ok(LayerRecord {
             id: id_col(r, 0)?,
             parent: parent
@@ -469,10 +482,12 @@ fn read_layers<P: rusqlite::Params>(
             digest: r.get(4)?,
             pending_name: r.get(5)?,
             created: r.get(6)?,
-            size: size_bytes.zip(size_inodes).map(|(b, i)| Usage {
+            size: size_bytes.map(|b| Usage {
                 bytes: Bytes(b as u64),
-                inodes: i as u64,
+                inodes: size_inodes.map(|i| i as u64),
+                referenced: size_referenced.map(|r| Bytes(r as u64)),
             }),
+            limit: size_limit.map(|b| Bytes(b as u64)),
         })
     })?;
     rows.collect()
@@ -492,6 +507,7 @@ mod tests {
             pending_name: Some("n".into()),
             created: 1,
             size: None,
+            limit: None,
         }
     }
 
@@ -515,7 +531,7 @@ mod tests {
         assert_eq!(s.resolve("x").unwrap(), Some(a));
         assert_eq!(s.layer(b).unwrap().unwrap().parent, Some(a));
         s.tx("t", |t| {
-            t.set_committed(a, Usage::default(), Some("0/sha256:ab"))
+            t.set_committed(a, Some(Usage::default()), Some("0/sha256:ab"))
         })
         .unwrap();
         assert_eq!(s.by_content("0/sha256:ab").unwrap(), Some(a));

@@ -52,7 +52,7 @@ fn basic(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     import_dir(&tp, &mut pool, "base", None, base_files)?;
-    pool.snapshot("base", &ln("c1"))?;
+    pool.snapshot("base", &ln("c1"), None)?;
     with_mount(&tp, &mut pool, "c1", false, |p| {
         ensure_s(read(&p.join("a"))? == "a1", "base file visible in snapshot")?;
         fs::write(p.join("new"), "n").map_err(|e| e.to_string())
@@ -83,7 +83,7 @@ fn stat_active(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     import_dir(&tp, &mut pool, "base", None, base_files)?;
-    pool.snapshot("base", &ln("act"))?;
+    pool.snapshot("base", &ln("act"), None)?;
     let i = pool.inspect("act")?;
     ensure!(i.state == LayerState::Active, "state {:?}", i.state);
     ensure!(i.parent.as_deref() == Some("base"), "parent {:?}", i.parent);
@@ -95,7 +95,7 @@ fn stat_committed(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     import_dir(&tp, &mut pool, "base", None, base_files)?;
-    pool.snapshot("base", &ln("c"))?;
+    pool.snapshot("base", &ln("c"), None)?;
     pool.commit("c")?;
     let i = pool.inspect("c")?;
     ensure!(i.state == LayerState::Committed, "state {:?}", i.state);
@@ -159,7 +159,7 @@ fn active_ro_mount(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     import_dir(&tp, &mut pool, "base", None, base_files)?;
-    pool.snapshot("base", &ln("c"))?;
+    pool.snapshot("base", &ln("c"), None)?;
     with_mount(&tp, &mut pool, "c", true, |p| {
         ensure_s(
             is_erofs(fs::write(p.join("x"), "x")),
@@ -173,7 +173,7 @@ fn remove_with_children(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     import_dir(&tp, &mut pool, "base", None, base_files)?;
-    pool.snapshot("base", &ln("child"))?;
+    pool.snapshot("base", &ln("child"), None)?;
     let err = pool
         .remove("base", false)
         .err()
@@ -194,7 +194,7 @@ fn remove_while_mounted(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     import_dir(&tp, &mut pool, "base", None, base_files)?;
-    pool.snapshot("base", &ln("c"))?;
+    pool.snapshot("base", &ln("c"), None)?;
     let target = tp.path("m");
     pool.mount("c", &target, false)?;
     let err = pool
@@ -220,7 +220,7 @@ fn list_walk(driver: &str) -> TestResult {
     derive(&tp, &mut pool, "base", "mid", |p| {
         fs::write(p.join("m"), "m")
     })?;
-    pool.snapshot("mid", &ln("top"))?;
+    pool.snapshot("mid", &ln("top"), None)?;
     let l = pool.list()?;
     let names: Vec<&str> = l.iter().map(|i| i.name.as_str()).collect();
     ensure!(
@@ -336,7 +336,7 @@ fn root_permission(driver: &str) -> TestResult {
         fs::set_permissions(p, fs::Permissions::from_mode(0o750))?;
         std::os::unix::fs::chown(p, Some(0), Some(42))
     })?;
-    pool.snapshot("base", &ln("c"))?;
+    pool.snapshot("base", &ln("c"), None)?;
     for name in ["base", "c"] {
         with_mount(&tp, &mut pool, name, true, |p| {
             let m = fs::metadata(p).map_err(|e| e.to_string())?;
@@ -373,7 +373,7 @@ fn chain_128(driver: &str) -> TestResult {
         }
         ensure_s(read(&p.join("top"))? == "127", "topmost layer wins")
     })?;
-    pool.snapshot("l127", &ln("rw"))?;
+    pool.snapshot("l127", &ln("rw"), None)?;
     with_mount(&tp, &mut pool, "rw", false, |p| {
         fs::write(p.join("f0"), "w").map_err(|e| e.to_string())?;
         ensure_s(read(&p.join("f0"))? == "w", "write on a 128-deep chain")
@@ -406,6 +406,7 @@ fn tar_whiteouts(driver: &str) -> TestResult {
         &ln("wh"),
         Some("base"),
         Source::Tar(Box::new(&data[..])),
+        None,
         &mut |_| {},
     )?;
     with_mount(&tp, &mut pool, "wh", true, |p| {
@@ -433,13 +434,19 @@ fn build_cache_reuse(driver: &str) -> TestResult {
     let mut pool = tp.open()?;
     let src = tp.path("src");
     base_files(&src).map_err(|e| e.to_string())?;
-    let first = pool.create(&ln("one"), None, Source::Dir(&src), &mut |_| {})?;
+    let first = pool.create(&ln("one"), None, Source::Dir(&src), None, &mut |_| {})?;
     ensure!(!first.reused, "first import is new");
-    let second = pool.create(&ln("two"), None, Source::Dir(&src), &mut |_| {})?;
+    let second = pool.create(&ln("two"), None, Source::Dir(&src), None, &mut |_| {})?;
     ensure!(second.reused, "same content reused");
     ensure!(second.layer.id == first.layer.id, "same layer");
     // Same content on a different parent is a different layer.
-    let third = pool.create(&ln("three"), Some("one"), Source::Dir(&src), &mut |_| {})?;
+    let third = pool.create(
+        &ln("three"),
+        Some("one"),
+        Source::Dir(&src),
+        None,
+        &mut |_| {},
+    )?;
     ensure!(!third.reused, "different parent means new layer");
     // Removing one of two names only drops the name, even though the layer has a child.
     let r = pool.remove("one", false)?;
@@ -507,6 +514,7 @@ fn diff_export(driver: &str) -> TestResult {
         &ln("re"),
         Some("base"),
         Source::Tar(Box::new(&out[..])),
+        None,
         &mut |_| {},
     )?;
     with_mount(&tp, &mut pool, "re", true, |p| {
@@ -523,7 +531,7 @@ fn usage(driver: &str) -> TestResult {
     import_dir(&tp, &mut pool, "base", None, |p| {
         fs::write(p.join("big"), vec![7u8; 4 << 20])
     })?;
-    pool.snapshot("base", &ln("c"))?;
+    pool.snapshot("base", &ln("c"), None)?;
     with_mount(&tp, &mut pool, "c", false, |p| {
         fs::write(p.join("one"), vec![1u8; 1 << 20]).map_err(|e| e.to_string())
     })?;
@@ -577,7 +585,7 @@ fn crash_every_step(driver: &str) -> TestResult {
     let s = src.to_str().unwrap().to_string();
     {
         let mut pool = tp.open()?;
-        pool.create(&ln("base"), None, Source::Dir(&src), &mut |_| {})?;
+        pool.create(&ln("base"), None, Source::Dir(&src), None, &mut |_| {})?;
     }
     let mnt = tp.path("mnt");
     let m = mnt.to_str().unwrap().to_string();
@@ -588,10 +596,10 @@ fn crash_every_step(driver: &str) -> TestResult {
             let mut pool = tp.open()?;
             match op {
                 "commit" | "mount" => {
-                    pool.snapshot("base", &ln("victim"))?;
+                    pool.snapshot("base", &ln("victim"), None)?;
                 }
                 "remove" => {
-                    pool.snapshot("base", &ln("victim"))?;
+                    pool.snapshot("base", &ln("victim"), None)?;
                 }
                 _ => {}
             }

@@ -1,6 +1,7 @@
 //! Test pools that clean up after themselves, even when a test fails or panics.
 
 use blkdrv_drivers::Bytes;
+use blkdrv_pool::config::AutoExtend;
 use blkdrv_pool::pool::teardown_dir;
 use blkdrv_pool::{Access, BackingSpec, InitSpec, LayerName, Pool, PoolName, Root, Source};
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ impl TestPool {
                 options: Default::default(),
                 min_free_pct: 0,
                 force: false,
+                autoextend: Some(AutoExtend::for_size(Bytes::mib(512), None)),
             },
         )
         .map_err(|e| format!("pool init ({driver}): {e}"))?;
@@ -123,6 +125,7 @@ pub fn import_dir(
         &LayerName::new(name).map_err(|e| e.to_string())?,
         parent,
         Source::Dir(src.path()),
+        None,
         &mut |_| {},
     )
     .map_err(|e| format!("create {name}: {e}"))
@@ -136,8 +139,12 @@ pub fn derive(
     name: &str,
     edit: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), String> {
-    pool.snapshot(parent, &LayerName::new(name).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("snapshot {name}: {e}"))?;
+    pool.snapshot(
+        parent,
+        &LayerName::new(name).map_err(|e| e.to_string())?,
+        None,
+    )
+    .map_err(|e| format!("snapshot {name}: {e}"))?;
     with_mount(tp, pool, name, false, |p| {
         edit(p).map_err(|e| format!("edit {name}: {e}"))
     })?;
