@@ -1,6 +1,6 @@
-//! The backing shared by the file-level drivers (vfs, overlay): one ext4 or xfs filesystem on
-//! the pool's device, mounted under the pool's state dir. Keeping every driver on the same kind
-//! of backing is what makes benchmarks compare like with like.
+//! A pool backed by one filesystem on one device, mounted under the pool's state dir: ext4 or
+//! xfs for the file-level drivers (vfs, overlay), btrfs for the btrfs driver. Keeping drivers on
+//! the same kind of backing is what makes benchmarks compare like with like.
 
 use crate::error::{DriverError, Result};
 use crate::sys::{exec, mount, signature};
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum FsType {
     Xfs,
     Ext4,
+    Btrfs,
 }
 
 impl FsType {
@@ -18,12 +19,13 @@ impl FsType {
         match self {
             FsType::Xfs => "xfs",
             FsType::Ext4 => "ext4",
+            FsType::Btrfs => "btrfs",
         }
     }
 
-    /// xfs (mkfs default reflink=1) clones file extents on copy-up; ext4 copies the data.
+    /// xfs (mkfs default reflink=1) and btrfs clone file extents on copy-up; ext4 copies data.
     pub fn reflink(self) -> bool {
-        self == FsType::Xfs
+        self != FsType::Ext4
     }
 
     pub fn parse(driver: &'static str, s: &str) -> Result<FsType> {
@@ -107,10 +109,14 @@ fn single_device(ctx: &PoolContext) -> Result<&Path> {
     }
 }
 
-/// Makes the filesystem and returns its UUID as the pool identity.
+/// Makes the filesystem chosen by the `fs` option and returns its UUID as the pool identity.
 pub fn format(ctx: &PoolContext) -> Result<Identity> {
+    format_as(ctx, fs_type(ctx)?)
+}
+
+/// Makes a filesystem of type `fs` on the pool's device; returns its UUID as the pool identity.
+pub fn format_as(ctx: &PoolContext, fs: FsType) -> Result<Identity> {
     let dev = single_device(ctx)?;
-    let fs = fs_type(ctx)?;
     let dev_s = dev.as_os_str();
     match fs {
         // -K: do not discard the whole device at mkfs (slow on big sparse loop files).
@@ -139,6 +145,12 @@ pub fn format(ctx: &PoolContext) -> Result<Identity> {
             ],
             "format an ext4 pool",
         )?,
+        // -K: no whole-device discard, as for xfs.
+        FsType::Btrfs => exec::run(
+            "mkfs.btrfs",
+            ["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), dev_s],
+            "format a btrfs pool",
+        )?,
     };
     let (_, uuid) = signature::fs_uuid(dev)?.ok_or_else(|| DriverError::Device {
         device: dev.to_path_buf(),
@@ -162,8 +174,17 @@ impl FsBacking {
     /// Checks the device still carries the recorded filesystem, then mounts it (unless it is
     /// already mounted there) and makes sure `subdir` exists.
     pub fn open(ctx: &PoolContext, identity: &Identity, subdir: &str) -> Result<FsBacking> {
+        Self::open_as(ctx, identity, fs_type(ctx)?, subdir)
+    }
+
+    /// [`FsBacking::open`] for a filesystem type the driver fixes itself.
+    pub fn open_as(
+        ctx: &PoolContext,
+        identity: &Identity,
+        fs: FsType,
+        subdir: &str,
+    ) -> Result<FsBacking> {
         let dev = single_device(ctx)?.to_path_buf();
-        let fs = fs_type(ctx)?;
         let found = signature::fs_uuid(&dev)?.map(|(_, u)| u);
         let recorded = identity.get(UUID_KEY).cloned().unwrap_or_default();
         if found.as_deref() != Some(recorded.as_str()) {

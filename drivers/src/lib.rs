@@ -11,6 +11,7 @@
 //!
 //! Adding a driver means one new module and one line in [`registry`].
 
+pub mod btrfs;
 pub mod error;
 pub mod fsbacked;
 pub mod id;

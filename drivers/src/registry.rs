@@ -2,7 +2,11 @@
 
 use crate::DriverFactory;
 
-static ALL: &[&dyn DriverFactory] = &[&crate::overlay::Factory, &crate::vfs::Factory];
+static ALL: &[&dyn DriverFactory] = &[
+    &crate::overlay::Factory,
+    &crate::vfs::Factory,
+    &crate::btrfs::Factory,
+];
 
 /// Every driver compiled in, in display order.
 pub fn all() -> &'static [&'static dyn DriverFactory] {

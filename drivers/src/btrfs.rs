@@ -1,0 +1,430 @@
+//! btrfs: every layer is a subvolume. An empty layer is a new subvolume, an active layer a
+//! writable snapshot of its committed parent, and commit sets the read-only flag, so a committed
+//! layer can never change again. Copy-on-write is per extent and a snapshot costs the same
+//! whatever the parent's size.
+//!
+//! Talks to the kernel through btrfs-uapi (ioctls on file descriptors, no CLI, no process-wide
+//! current directory) and reads quota group figures from sysfs. Sizes come from qgroups, never
+//! from walking files, so pools are created with quotas on unless `quota=off`.
+
+use crate::error::{DriverError, Result};
+use crate::fsbacked::{self, FsBacking, FsType};
+use crate::sys::mount;
+use crate::{
+    Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
+    MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+};
+use btrfs_uapi::{filesystem, quota, space, subvolume, tree_search};
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+const NAME: &str = "btrfs";
+const KEY_QUOTA: &str = "quota";
+/// mkfs.btrfs refuses single-device filesystems much under this.
+const MIN_SIZE: Bytes = Bytes(256 << 20);
+
+// Kernel tree constants (include/uapi/linux/btrfs_tree.h): deleted subvolumes waiting for the
+// cleaner are orphan items of the root tree.
+const ROOT_TREE_OBJECTID: u64 = 1;
+const ORPHAN_OBJECTID: u64 = -5i64 as u64;
+const ORPHAN_ITEM_KEY: u32 = 48;
+
+pub struct Factory;
+
+impl DriverFactory for Factory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "btrfs subvolumes and snapshots (extent copy-on-write, qgroup accounting)"
+    }
+
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            filesystems: vec!["btrfs"],
+            tools: vec!["mkfs.btrfs"],
+            paths: vec!["/dev/loop-control"],
+        }
+    }
+
+    fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
+        let mut out = DriverOptions::new();
+        for (k, v) in options {
+            let bad = |reason: &str| DriverError::BadOption {
+                driver: NAME,
+                key: k.clone(),
+                value: v.clone(),
+                reason: reason.into(),
+            };
+            match k.as_str() {
+                KEY_QUOTA if v == "on" || v == "off" => {}
+                KEY_QUOTA => return Err(bad("expected on or off")),
+                _ => return Err(bad("unknown option (known: quota)")),
+            }
+        }
+        let quota = options.get(KEY_QUOTA).map(String::as_str).unwrap_or("on");
+        out.insert(KEY_QUOTA.into(), quota.into());
+        Ok(out)
+    }
+
+    fn min_device_size(&self, _options: &DriverOptions) -> Bytes {
+        MIN_SIZE
+    }
+
+    fn format(&self, ctx: &PoolContext) -> Result<Identity> {
+        fsbacked::format_as(ctx, FsType::Btrfs)
+    }
+
+    fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
+        let backing = FsBacking::open_as(ctx, identity, FsType::Btrfs, NAME)?;
+        let uuid = identity.get("fs_uuid").cloned().unwrap_or_default();
+        let quota = ctx.options.get(KEY_QUOTA).map(String::as_str) != Some("off");
+        let d = Btrfs {
+            backing,
+            uuid,
+            quota,
+        };
+        if quota && !d.quota_enabled() {
+            // First open (pool init), or quotas turned off behind our back.
+            let fd = d.open_dir(&d.backing.mnt)?;
+            quota::quota_enable(fd.as_fd(), false)
+                .map_err(|e| DriverError::sys("enable quotas on", d.backing.mnt.display(), e))?;
+            quota::quota_rescan_wait(fd.as_fd()).map_err(|e| {
+                DriverError::sys("wait for quota rescan on", d.backing.mnt.display(), e)
+            })?;
+        }
+        Ok(Box::new(d))
+    }
+}
+
+pub struct Btrfs {
+    backing: FsBacking,
+    uuid: String,
+    quota: bool,
+}
+
+impl Btrfs {
+    fn layers_dir(&self) -> PathBuf {
+        self.backing.mnt.join(NAME)
+    }
+
+    fn path(&self, id: ObjectId) -> PathBuf {
+        self.layers_dir().join(id.to_string())
+    }
+
+    fn open_dir(&self, p: &Path) -> Result<OwnedFd> {
+        open(
+            p,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| DriverError::sys("open", p.display(), e))
+    }
+
+    fn sysfs(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/btrfs").join(&self.uuid)
+    }
+
+    fn quota_enabled(&self) -> bool {
+        std::fs::read_to_string(self.sysfs().join("qgroups/enabled")).is_ok_and(|s| s.trim() == "1")
+    }
+
+    /// The subvolume id of a layer (its qgroup is 0/<id>).
+    fn subvol_id(&self, id: ObjectId) -> Result<u64> {
+        let fd = self.open_dir(&self.path(id))?;
+        subvolume::subvolume_info(fd.as_fd())
+            .map(|i| i.id)
+            .map_err(|e| DriverError::sys("read subvolume info of layer", id, e))
+    }
+
+    /// Where a layer's subvolume (or one below it) is mounted, other than our own pool mount.
+    fn mounted_at(&self, id: ObjectId) -> Result<Vec<PathBuf>> {
+        let all = mount::mountinfo()?;
+        let Some(pool_mount) = all.iter().find(|m| m.target == self.backing.mnt) else {
+            return Ok(Vec::new());
+        };
+        let root = format!("/{NAME}/{id}");
+        Ok(all
+            .iter()
+            .filter(|m| m.fstype == "btrfs" && m.major_minor == pool_mount.major_minor)
+            .filter(|m| m.root == root || m.root.starts_with(&format!("{root}/")))
+            .map(|m| m.target.clone())
+            .collect())
+    }
+
+    /// Subvolumes nested anywhere below `top`, deepest first (the order to delete them in).
+    fn nested(&self, top: u64) -> Result<Vec<u64>> {
+        let fd = self.open_dir(&self.backing.mnt)?;
+        let all = subvolume::subvolume_list(fd.as_fd())
+            .map_err(|e| DriverError::sys("list subvolumes of", self.backing.mnt.display(), e))?;
+        let mut found = Vec::new();
+        let mut frontier = vec![top];
+        while let Some(p) = frontier.pop() {
+            for s in all.iter().filter(|s| s.parent_id == p) {
+                found.push(s.root_id);
+                frontier.push(s.root_id);
+            }
+        }
+        // Children were found after their parents; delete in reverse.
+        found.reverse();
+        Ok(found)
+    }
+
+    fn read_qgroup(&self, subvol: u64, field: &str) -> Option<u64> {
+        std::fs::read_to_string(self.sysfs().join(format!("qgroups/0_{subvol}/{field}")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Deleted subvolumes the kernel has not cleaned up yet.
+    fn pending_cleanups(&self) -> Result<usize> {
+        let fd = self.open_dir(&self.backing.mnt)?;
+        let mut n = 0;
+        let filter = tree_search::SearchFilter::for_objectid_range(
+            ROOT_TREE_OBJECTID,
+            ORPHAN_ITEM_KEY,
+            ORPHAN_OBJECTID,
+            ORPHAN_OBJECTID,
+        );
+        tree_search::tree_search(fd.as_fd(), filter, |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .map_err(|e| DriverError::sys("search orphan items of", self.backing.mnt.display(), e))?;
+        Ok(n)
+    }
+}
+
+fn cname(id: ObjectId) -> CString {
+    CString::new(id.to_string()).expect("decimal ids have no NUL")
+}
+
+impl Driver for Btrfs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            granularity: Granularity::Extent,
+            native_snapshots: true,
+        }
+    }
+
+    fn create(&self, layer: &LayerChain) -> Result<()> {
+        let dest = self.path(layer.id);
+        // A subvolume left by a crash before the store recorded it: start over.
+        if dest.exists() {
+            self.remove(layer.id)?;
+        }
+        let dir = self.open_dir(&self.layers_dir())?;
+        let name = cname(layer.id);
+        match layer.parent() {
+            Some(p) => {
+                let src = self.open_dir(&self.path(p))?;
+                // A snapshot flushes the source's dirty data first; syncing here keeps that
+                // cost out of the snapshot itself (941 ms vs 5 ms measured with 200 MiB dirty).
+                nix::unistd::syncfs(src.as_fd())
+                    .map_err(|e| DriverError::sys("sync parent layer", p, e))?;
+                subvolume::snapshot_create(dir.as_fd(), src.as_fd(), &name, false, &[])
+                    .map_err(|e| DriverError::sys("snapshot layer", p, e))
+            }
+            None => subvolume::subvolume_create(dir.as_fd(), &name, &[])
+                .map_err(|e| DriverError::sys("create subvolume for layer", layer.id, e)),
+        }
+    }
+
+    fn commit(&self, layer: &LayerChain) -> Result<()> {
+        let fd = self.open_dir(&self.path(layer.id))?;
+        subvolume::subvolume_flags_set(fd.as_fd(), subvolume::SubvolumeFlags::RDONLY)
+            .map_err(|e| DriverError::sys("make read-only: layer", layer.id, e))
+    }
+
+    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
+        let subvol = self.subvol_id(layer.id)?;
+        let flags = match mode {
+            MountMode::ReadOnly => nix::mount::MsFlags::MS_RDONLY,
+            MountMode::ReadWrite => nix::mount::MsFlags::empty(),
+        };
+        mount::mount(
+            &self.backing.device,
+            target,
+            "btrfs",
+            flags,
+            Some(&format!("subvolid={subvol}")),
+        )
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        mount::unmount(target)
+    }
+
+    fn remove(&self, id: ObjectId) -> Result<()> {
+        let path = self.path(id);
+        if !path.exists() {
+            return Ok(());
+        }
+        // The kernel deletes a subvolume that is mounted elsewhere and leaves the mount
+        // pointing at nothing ("//deleted"); refuse instead, and say where.
+        let at = self.mounted_at(id)?;
+        if !at.is_empty() {
+            let at: Vec<String> = at.iter().map(|p| p.display().to_string()).collect();
+            return Err(DriverError::Refused {
+                id,
+                op: "remove",
+                reason: format!("subvolume is mounted at {}", at.join(", ")),
+            });
+        }
+        let fd = self.open_dir(&path)?;
+        let subvol = subvolume::subvolume_info(fd.as_fd())
+            .map_err(|e| DriverError::sys("read subvolume info of layer", id, e))?
+            .id;
+        // Writable again so that subvolumes a container nested inside can be unlinked.
+        subvolume::subvolume_flags_set(fd.as_fd(), subvolume::SubvolumeFlags::empty())
+            .map_err(|e| DriverError::sys("make writable for removal: layer", id, e))?;
+        drop(fd);
+        let root = self.open_dir(&self.backing.mnt)?;
+        for nested in self.nested(subvol)? {
+            subvolume::subvolume_delete_by_id(root.as_fd(), nested)
+                .map_err(|e| DriverError::sys("delete nested subvolume of layer", id, e))?;
+        }
+        let dir = self.open_dir(&self.layers_dir())?;
+        subvolume::subvolume_delete(dir.as_fd(), &cname(id))
+            .map_err(|e| DriverError::sys("delete subvolume of layer", id, e))
+    }
+
+    fn list(&self) -> Result<Vec<ObjectId>> {
+        fsbacked::list_ids(&self.layers_dir())
+    }
+
+    fn usage(&self, layer: &LayerChain) -> Result<Usage> {
+        if !self.quota {
+            return Err(DriverError::Unsupported {
+                driver: NAME,
+                what: "per-layer sizes on a pool made with quotas off".into(),
+            });
+        }
+        let subvol = self.subvol_id(layer.id)?;
+        // qgroup figures are updated when a transaction commits.
+        let fd = self.open_dir(&self.path(layer.id))?;
+        nix::unistd::syncfs(fd.as_fd()).map_err(|e| DriverError::sys("sync layer", layer.id, e))?;
+        let excl = self.read_qgroup(subvol, "exclusive");
+        let rfer = self.read_qgroup(subvol, "referenced");
+        match (excl, rfer) {
+            (Some(e), r) => Ok(Usage {
+                bytes: Bytes(e),
+                inodes: None,
+                referenced: r.map(Bytes),
+            }),
+            // Kernels without qgroup sysfs: ask the quota tree.
+            (None, _) => {
+                let list = quota::qgroup_list(fd.as_fd())
+                    .map_err(|e| DriverError::sys("list qgroups for layer", layer.id, e))?;
+                let q = list.qgroups.iter().find(|q| q.qgroupid == subvol).ok_or(
+                    DriverError::NotFound {
+                        id: layer.id,
+                        op: "find qgroup",
+                    },
+                )?;
+                Ok(Usage {
+                    bytes: Bytes(q.excl),
+                    inodes: None,
+                    referenced: Some(Bytes(q.rfer)),
+                })
+            }
+        }
+    }
+
+    fn space(&self) -> Result<Space> {
+        let mut s = self.backing.space()?;
+        let fd = self.open_dir(&self.backing.mnt)?;
+        let mnt = self.backing.mnt.display();
+        let dev = btrfs_uapi::device::device_info(fd.as_fd(), 1)
+            .map_err(|e| DriverError::sys("read device info of", &mnt, e))?;
+        if let Some(d) = &dev {
+            s.unallocated = Some(Bytes(d.total_bytes.saturating_sub(d.bytes_used)));
+            s.details.push((
+                "Device Size".into(),
+                format!(
+                    "{} ({} allocated to chunks)",
+                    Bytes(d.total_bytes),
+                    Bytes(d.bytes_used)
+                ),
+            ));
+        }
+        for info in space::space_info(fd.as_fd())
+            .map_err(|e| DriverError::sys("read space info of", &mnt, e))?
+        {
+            let kind = if info.flags.contains(space::BlockGroupFlags::DATA) {
+                "Data"
+            } else if info.flags.contains(space::BlockGroupFlags::METADATA) {
+                "Metadata"
+            } else {
+                continue;
+            };
+            s.details.push((
+                kind.into(),
+                format!(
+                    "{} used of {} allocated",
+                    Bytes(info.used_bytes),
+                    Bytes(info.total_bytes)
+                ),
+            ));
+        }
+        if let Some(u) = s.unallocated {
+            s.details.push(("Unallocated".into(), u.to_string()));
+        }
+        let quota = if !self.quota {
+            "off".to_string()
+        } else if std::fs::read_to_string(self.sysfs().join("qgroups/inconsistent"))
+            .is_ok_and(|v| v.trim() == "1")
+        {
+            "on (inconsistent: sizes are approximate until a rescan)".to_string()
+        } else {
+            "on".to_string()
+        };
+        s.details.push(("Quotas".into(), quota));
+        s.details.push((
+            "Pending Subvolume Cleanups".into(),
+            self.pending_cleanups()?.to_string(),
+        ));
+        Ok(s)
+    }
+
+    fn deactivate(&self) -> Result<()> {
+        self.backing.deactivate()
+    }
+
+    fn grow(&self) -> Result<()> {
+        let fd = self.open_dir(&self.backing.mnt)?;
+        filesystem::resize(
+            fd.as_fd(),
+            filesystem::ResizeArgs::new(filesystem::ResizeAmount::Max),
+        )
+        .map_err(|e| DriverError::sys("grow filesystem", self.backing.mnt.display(), e))
+    }
+
+    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
+        if !self.quota {
+            return Err(DriverError::Unsupported {
+                driver: NAME,
+                what: "size limits on a pool made with quotas off".into(),
+            });
+        }
+        let subvol = self.subvol_id(id)?;
+        let fd = self.open_dir(&self.backing.mnt)?;
+        // Like moby's btrfs driver: the limit covers everything the layer references.
+        quota::qgroup_limit(
+            fd.as_fd(),
+            subvol,
+            quota::QgroupLimitFlags::MAX_RFER,
+            limit.0,
+            0,
+        )
+        .map_err(|e| DriverError::sys("set qgroup limit of layer", id, e))
+    }
+}
