@@ -491,16 +491,17 @@ fn pool_cmd(
 }
 
 fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, PoolError> {
-    let pool = Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Write)?;
+    let mut pool = Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Write)?;
     for r in pool.recovered() {
         let _ = writeln!(err, "blkdrv: recovered: {r}");
     }
+    print_notices(&mut pool, err);
     Ok(pool)
 }
 
-/// Says what a writer did on its own (growing the pool), once, after the operation.
-fn print_notices(pool: &Pool, err: &mut dyn Write) {
-    for n in pool.notices() {
+/// Says what a writer did on its own (growing the pool).
+fn print_notices(pool: &mut Pool, err: &mut dyn Write) {
+    for n in pool.take_notices() {
         let _ = writeln!(err, "blkdrv: note: {n}");
     }
 }
@@ -549,7 +550,7 @@ fn layer_cmd(
             let res = pool.create(&name, parent.as_deref(), source, *size, &mut |b| {
                 bar.set_position(b)
             });
-            print_notices(&pool, err);
+            print_notices(&mut pool, err);
             bar.finish_and_clear();
             let res = res?;
             if ctx.json {
@@ -582,7 +583,7 @@ fn layer_cmd(
             let name = LayerName::new(name)?;
             let mut pool = open_write(ctx, sel, err)?;
             let info = pool.snapshot(parent, &name, *size);
-            print_notices(&pool, err);
+            print_notices(&mut pool, err);
             let info = info?;
             if ctx.json {
                 output::json(out, &info)

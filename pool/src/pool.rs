@@ -399,9 +399,9 @@ impl Pool {
         &self.recovered
     }
 
-    /// What this handle did on its own, such as growing the loopback file.
-    pub fn notices(&self) -> &[String] {
-        &self.notices
+    /// What this handle did on its own since the last call, such as growing the loopback file.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Grows a loopback pool's file when the driver's unallocated space runs low (see
@@ -466,7 +466,8 @@ impl Pool {
             "grew pool {} from {current} to {next}: unallocated space was {unallocated}",
             self.name
         );
-        tracing::warn!("{msg}");
+        // The CLI prints notices itself; the log has it for library users.
+        tracing::info!("{msg}");
         self.notices.push(msg);
         Ok(())
     }
@@ -1085,7 +1086,14 @@ impl Pool {
             t.set_state(rec.id, LayerState::Removing)
         })?;
         crash::point("remove:intent");
-        self.finish_remove(rec.id)?;
+        if let Err(e) = self.finish_remove(rec.id) {
+            // The driver refused or failed (a mount blkdrv does not know of, EBUSY): the layer
+            // stays as it was rather than half-removed; `pool check` reports any damage.
+            let back = self
+                .store
+                .tx("undo remove intent", |t| t.set_state(rec.id, rec.state));
+            return Err(e.with_rollback(back));
+        }
         Ok(RemoveOutcome::Removed)
     }
 
@@ -1182,21 +1190,27 @@ impl Pool {
                 .pending_name
                 .clone()
                 .unwrap_or_else(|| format!("layer {}", rec.id));
-            match rec.state {
-                LayerState::Creating => {
-                    self.undo_create(rec.id)?;
-                    done.push(format!("rolled back interrupted create of {label}"));
-                }
-                LayerState::Committing => {
-                    self.finish_commit(rec.id)?;
-                    done.push(format!("finished interrupted commit of {label}"));
-                }
-                LayerState::Removing => {
-                    self.finish_remove(rec.id)?;
-                    done.push(format!("finished interrupted remove of {label}"));
-                }
-                LayerState::Active | LayerState::Committed => {}
-            }
+            // One layer that cannot be finished must not keep the pool closed: report it, leave
+            // it in flight for the next writer, and go on with the others.
+            let result = match rec.state {
+                LayerState::Creating => self
+                    .undo_create(rec.id)
+                    .map(|()| format!("rolled back interrupted create of {label}")),
+                LayerState::Committing => self
+                    .finish_commit(rec.id)
+                    .map(|()| format!("finished interrupted commit of {label}")),
+                LayerState::Removing => self
+                    .finish_remove(rec.id)
+                    .map(|()| format!("finished interrupted remove of {label}")),
+                LayerState::Active | LayerState::Committed => continue,
+            };
+            done.push(match result {
+                Ok(msg) => msg,
+                Err(e) => format!(
+                    "could not finish {} of {label} (will retry): {e}",
+                    rec.state
+                ),
+            });
         }
         // Abandoned spool files of crashed imports.
         if let Ok(entries) = std::fs::read_dir(self.tmp_dir()) {
@@ -1209,7 +1223,7 @@ impl Pool {
             }
         }
         for d in &done {
-            tracing::warn!(pool = %self.name, "{d}");
+            tracing::info!(pool = %self.name, "{d}");
         }
         Ok(done)
     }

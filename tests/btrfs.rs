@@ -1,0 +1,354 @@
+//! btrfs-specific behaviour, through the CLI, on real btrfs pools on loop devices. Needs root.
+
+mod common;
+
+use common::Env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const MIB: u64 = 1 << 20;
+
+fn btrfs_env() -> Env {
+    Env::with_pool(&["--driver", "btrfs", "--size", "1G"])
+}
+
+fn json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&env.ok(&a).stdout).expect("JSON output")
+}
+
+fn layer(env: &Env, name: &str) -> serde_json::Value {
+    json(env, &["layer", "inspect", name, "--pool", "t"])
+}
+
+fn write_file(p: &Path, bytes: u64) {
+    // Random-ish content so nothing can be deduplicated or compressed away.
+    let mut data = vec![0u8; bytes as usize];
+    let mut x: u32 = 0x9E37_79B9;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    fs::write(p, data).unwrap();
+}
+
+/// Imports a base layer holding `bytes` of data.
+fn base_of(env: &Env, bytes: u64) {
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("blob"), bytes);
+    env.ok(&[
+        "layer",
+        "create",
+        "base",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+}
+
+fn pool_mnt(env: &Env) -> PathBuf {
+    env.root().join("pools/t/driver/mnt")
+}
+
+fn subvolumes(env: &Env) -> Vec<String> {
+    let out = std::process::Command::new("btrfs")
+        .args(["subvolume", "list"])
+        .arg(pool_mnt(env))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn qgroups_report_exclusive_bytes_of_a_snapshot() {
+    let env = btrfs_env();
+    base_of(&env, 100 * MIB);
+    env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    let m = env.path("m");
+    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    write_file(&m.join("five"), 5 * MIB);
+    env.ok(&["layer", "umount", "c", "--pool", "t"]);
+    let c = layer(&env, "c");
+    let excl = c["size_bytes"].as_u64().unwrap();
+    let rfer = c["referenced_bytes"].as_u64().unwrap();
+    assert!(
+        (5 * MIB..6 * MIB).contains(&excl),
+        "5 MiB written into a snapshot of 100 MiB: exclusive {excl}"
+    );
+    assert!((105 * MIB..107 * MIB).contains(&rfer), "referenced {rfer}");
+    assert_eq!(
+        c["inodes"],
+        serde_json::Value::Null,
+        "qgroups count no inodes"
+    );
+    // The committed size is the qgroup figure too, and `layer ls` shows it.
+    env.ok(&["layer", "commit", "c", "--pool", "t"]);
+    let ls = json(&env, &["layer", "ls", "--pool", "t"]);
+    let c = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "c")
+        .unwrap();
+    assert!((5 * MIB..6 * MIB).contains(&c["size_bytes"].as_u64().unwrap()));
+    let base = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "base")
+        .unwrap();
+    assert!(base["size_bytes"].as_u64().unwrap() >= 100 * MIB);
+}
+
+#[test]
+fn size_limit_is_a_qgroup_limit() {
+    let env = btrfs_env();
+    base_of(&env, MIB);
+    env.ok(&[
+        "layer", "snapshot", "base", "small", "--size", "10M", "--pool", "t",
+    ]);
+    assert_eq!(layer(&env, "small")["limit_bytes"], 10 * MIB);
+    let m = env.path("m");
+    env.ok(&[
+        "layer",
+        "mount",
+        "small",
+        m.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let big = vec![1u8; 20 * MIB as usize];
+    let err = fs::write(m.join("big"), &big).and_then(|_| {
+        // The quota is checked as data reaches the disk.
+        fs::File::open(m.join("big"))?.sync_all()
+    });
+    env.ok(&["layer", "umount", "small", "--pool", "t"]);
+    let err = err.expect_err("writing 20 MiB into a 10 MiB layer must fail");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EDQUOT), "{err}");
+    let o = env.run(&[
+        "layer", "snapshot", "base", "x", "--size", "lots", "--pool", "t",
+    ]);
+    assert_eq!(o.code, 2, "a limit that is not a size: {}", o.stderr);
+}
+
+#[test]
+fn layer_mounted_outside_blkdrv_is_not_removed() {
+    let env = btrfs_env();
+    base_of(&env, MIB);
+    env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    // Mount the subvolume behind blkdrv's back, as another tool or a leaked namespace would.
+    let status = json(&env, &["pool", "status", "t"]);
+    let dev = status["space"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d[0] == "Backing Device")
+        .map(|d| d[1].as_str().unwrap().to_string())
+        .unwrap();
+    let id = layer(&env, "c")["id"].as_u64().unwrap();
+    let m = env.path("elsewhere");
+    fs::create_dir_all(&m).unwrap();
+    nix::mount::mount(
+        Some(Path::new(&dev)),
+        &m,
+        Some("btrfs"),
+        nix::mount::MsFlags::empty(),
+        Some(format!("subvol=btrfs/{id}").as_str()),
+    )
+    .unwrap();
+    let o = env.run(&["layer", "rm", "c", "--pool", "t"]);
+    nix::mount::umount(&m).unwrap();
+    assert_ne!(o.code, 0, "removal of a mounted subvolume must fail");
+    assert!(
+        o.stderr.contains(m.to_str().unwrap()),
+        "says where: {}",
+        o.stderr
+    );
+    assert_eq!(
+        layer(&env, "c")["state"],
+        "active",
+        "layer kept, not half-deleted"
+    );
+    env.ok(&["layer", "rm", "c", "--pool", "t"]);
+}
+
+#[test]
+fn nested_subvolumes_do_not_block_removal() {
+    let env = btrfs_env();
+    base_of(&env, MIB);
+    env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    let m = env.path("m");
+    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    for sub in ["inner", "inner/deeper"] {
+        let out = std::process::Command::new("btrfs")
+            .args(["subvolume", "create"])
+            .arg(m.join(sub))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fs::write(m.join("inner/deeper/f"), "x").unwrap();
+    env.ok(&["layer", "umount", "c", "--pool", "t"]);
+    env.ok(&["layer", "commit", "c", "--pool", "t"]);
+    assert!(
+        subvolumes(&env).len() >= 4,
+        "base, c and two nested: {:?}",
+        subvolumes(&env)
+    );
+    env.ok(&["layer", "rm", "c", "--pool", "t"]);
+    let left = subvolumes(&env);
+    assert_eq!(left.len(), 1, "only base is left: {left:?}");
+    let o = env.ok(&["pool", "check", "t"]);
+    assert!(o.stdout.contains("consistent"), "{}", o.stdout);
+}
+
+#[test]
+fn loopback_pool_grows_when_unallocated_space_runs_low() {
+    let env = Env::with_pool(&["--driver", "btrfs", "--size", "512M", "--max-size", "2G"]);
+    base_of(&env, MIB);
+    let file = env.root().join("pools/t/backing/data.img");
+    let before = fs::metadata(&file).unwrap().len();
+    assert_eq!(before, 512 * MIB);
+    env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
+    let m = env.path("m");
+    env.ok(&[
+        "layer",
+        "mount",
+        "filler",
+        m.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let unallocated = |env: &Env| {
+        json(env, &["pool", "status", "t"])["space"]["unallocated"]
+            .as_u64()
+            .unwrap()
+    };
+    // Fill data chunks until little is unallocated. `pool status` is a reader and never grows
+    // the pool, so the fill can be watched.
+    for i in 0..12 {
+        write_file(&m.join(format!("f{i}")), 32 * MIB);
+        nix::unistd::sync();
+        if unallocated(&env) < 512 * MIB / 5 {
+            break;
+        }
+    }
+    let low = unallocated(&env);
+    assert!(
+        low < 512 * MIB / 5,
+        "the fill left little unallocated: {low}"
+    );
+    // The next writer (here the unmount) grows the file and the filesystem.
+    let o = env.ok(&["layer", "umount", "filler", "--pool", "t"]);
+    assert!(o.stderr.contains("grew pool"), "says it grew: {}", o.stderr);
+    let after = fs::metadata(&file).unwrap().len();
+    assert!(after > before, "file grew: {before} -> {after}");
+    assert!(unallocated(&env) > low, "filesystem took the new space");
+    let status = json(&env, &["pool", "status", "t"]);
+    assert_eq!(
+        status["backing"]["files"][0]["size"], after,
+        "config records the new size"
+    );
+}
+
+#[test]
+fn a_pool_whose_filesystem_changed_is_refused() {
+    let env = btrfs_env();
+    base_of(&env, MIB);
+    // Take the pool's filesystem down and put a different btrfs on its file.
+    let mnt = pool_mnt(&env);
+    nix::mount::umount(&mnt).unwrap();
+    let file = env.root().join("pools/t/backing/data.img");
+    let out = std::process::Command::new("mkfs.btrfs")
+        .args(["-q", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let o = env.run(&["layer", "ls", "--pool", "t"]);
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("identity mismatch") && o.stderr.contains("fs_uuid"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        !blkdrv_drivers::sys::mount::is_mountpoint(&mnt).unwrap(),
+        "not mounted"
+    );
+}
+
+#[test]
+fn status_shows_allocation_and_check_finds_orphan_subvolumes() {
+    let env = btrfs_env();
+    base_of(&env, MIB);
+    let o = env.ok(&["pool", "status", "t"]);
+    for line in [
+        "Data:",
+        "Metadata:",
+        "Unallocated:",
+        "Quotas: on",
+        "Pending Subvolume Cleanups:",
+    ] {
+        assert!(o.stdout.contains(line), "{line} in {}", o.stdout);
+    }
+    let out = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(pool_mnt(&env).join("btrfs/777"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let o = env.run(&["pool", "check", "t"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stdout.contains("orphan: object 777"), "{}", o.stdout);
+    env.ok(&["pool", "check", "t", "--repair"]);
+    assert!(!pool_mnt(&env).join("btrfs/777").exists());
+}
+
+#[test]
+fn quotas_off_means_no_sizes_and_no_limits() {
+    let env = Env::with_pool(&["--driver", "btrfs", "--size", "1G", "--no-quota"]);
+    base_of(&env, MIB);
+    assert_eq!(layer(&env, "base")["size_bytes"], serde_json::Value::Null);
+    let o = env.run(&[
+        "layer", "snapshot", "base", "c", "--size", "10M", "--pool", "t",
+    ]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("quotas off"), "{}", o.stderr);
+    env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    let o = env.ok(&["pool", "status", "t"]);
+    assert!(o.stdout.contains("Quotas: off"), "{}", o.stdout);
+}
+
+#[test]
+fn limits_are_refused_by_drivers_without_them() {
+    let env = Env::new();
+    env.base();
+    let o = env.run(&[
+        "layer", "snapshot", "base", "c", "--size", "10M", "--pool", "t",
+    ]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("does not support"), "{}", o.stderr);
+    let o = env.ok(&["layer", "ls", "--json", "--pool", "t"]);
+    assert!(
+        !o.stdout.contains("\"c\""),
+        "nothing left of the refused snapshot"
+    );
+}
