@@ -484,3 +484,37 @@ fn pool_check_reports_and_repairs_drift() {
     assert!(env.run(&["layer", "inspect", "gone", "--pool", "t"]).code == 2);
     assert!(env.run(&["layer", "inspect", "base", "--pool", "t"]).code == 0);
 }
+
+#[test]
+fn mounted_device_is_refused_even_with_force() {
+    let env = Env::new();
+    let img = env.path("mounted.img");
+    blkdrv_drivers::sys::loopdev::create_sparse_file(&img, blkdrv_drivers::Bytes::mib(300))
+        .unwrap();
+    let out = std::process::Command::new("mkfs.btrfs")
+        .args(["-q", "-f"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lo = blkdrv_drivers::sys::loopdev::attach(&img).unwrap();
+    let m = env.path("busy");
+    std::fs::create_dir_all(&m).unwrap();
+    nix::mount::mount(
+        Some(&lo.path),
+        &m,
+        Some("btrfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let dev = lo.path.to_str().unwrap().to_string();
+    let o = env.run(&[
+        "pool", "init", "x", "--device", &dev, "--driver", "btrfs", "--force",
+    ]);
+    nix::mount::umount(&m).unwrap();
+    drop(lo);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("mounted at"), "{}", o.stderr);
+    assert!(!env.root().join("pools/x").exists());
+}

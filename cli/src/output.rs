@@ -104,11 +104,13 @@ pub fn pool_status(out: Out<'_>, s: &PoolStatus) -> Result<(), PoolError> {
             s.space.available.percent_of(s.space.total)
         ),
     )?;
-    kv(
-        out,
-        "Inodes",
-        format!("{} free of {}", s.space.inodes_free, s.space.inodes_total),
-    )?;
+    // btrfs allocates inodes dynamically and statvfs reports 0 of 0.
+    let inodes = if s.space.inodes_total == 0 {
+        "n/a (allocated dynamically)".to_string()
+    } else {
+        format!("{} free of {}", s.space.inodes_free, s.space.inodes_total)
+    };
+    kv(out, "Inodes", inodes)?;
     kv(out, "Min Free Space", format!("{}%", s.min_free_pct))?;
     for (k, v) in &s.space.details {
         kv(out, k, v)?;
@@ -300,6 +302,12 @@ pub fn layer_details(out: Out<'_>, l: &LayerInfo) -> Result<(), PoolError> {
     kv(out, "Depth", l.depth)?;
     kv(out, "Digest", l.digest.as_deref().unwrap_or("-"))?;
     kv(out, "Size", size(l.size_bytes))?;
+    if let Some(r) = l.referenced_bytes {
+        kv(out, "Referenced", Bytes(r))?;
+    }
+    if let Some(lim) = l.limit_bytes {
+        kv(out, "Size Limit", Bytes(lim))?;
+    }
     kv(
         out,
         "Inodes",
