@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Env;
+use common::{tool, Env};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -56,20 +56,17 @@ fn pool_mnt(env: &Env) -> PathBuf {
 }
 
 fn subvolumes(env: &Env) -> Vec<String> {
-    let out = std::process::Command::new("btrfs")
-        .args(["subvolume", "list"])
-        .arg(pool_mnt(env))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
-        .collect()
+    tool(
+        "btrfs",
+        &[
+            "subvolume".as_ref(),
+            "list".as_ref(),
+            pool_mnt(env).as_os_str(),
+        ],
+    )
+    .lines()
+    .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    .collect()
 }
 
 #[test]
@@ -193,15 +190,13 @@ fn nested_subvolumes_do_not_block_removal() {
     let m = env.path("m");
     env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
     for sub in ["inner", "inner/deeper"] {
-        let out = std::process::Command::new("btrfs")
-            .args(["subvolume", "create"])
-            .arg(m.join(sub))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        tool(
+            "btrfs",
+            &[
+                "subvolume".as_ref(),
+                "create".as_ref(),
+                m.join(sub).as_os_str(),
+            ],
         );
     }
     fs::write(m.join("inner/deeper/f"), "x").unwrap();
@@ -276,12 +271,10 @@ fn a_pool_whose_filesystem_changed_is_refused() {
     let mnt = pool_mnt(&env);
     nix::mount::umount(&mnt).unwrap();
     let file = env.root().join("pools/t/backing/data.img");
-    let out = std::process::Command::new("mkfs.btrfs")
-        .args(["-q", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    tool(
+        "mkfs.btrfs",
+        &["-q".as_ref(), "-f".as_ref(), file.as_os_str()],
+    );
     let o = env.run(&["layer", "ls", "--pool", "t"]);
     assert_ne!(o.code, 0);
     assert!(
@@ -309,12 +302,11 @@ fn status_shows_allocation_and_check_finds_orphan_subvolumes() {
     ] {
         assert!(o.stdout.contains(line), "{line} in {}", o.stdout);
     }
-    let out = std::process::Command::new("btrfs")
-        .args(["subvolume", "create"])
-        .arg(pool_mnt(&env).join("btrfs/777"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let orphan = pool_mnt(&env).join("btrfs/777");
+    tool(
+        "btrfs",
+        &["subvolume".as_ref(), "create".as_ref(), orphan.as_os_str()],
+    );
     let o = env.run(&["pool", "check", "t"]);
     assert_eq!(o.code, 2);
     assert!(o.stdout.contains("orphan: object 777"), "{}", o.stdout);

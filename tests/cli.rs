@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Env;
+use common::{tool, Env};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
@@ -272,12 +272,10 @@ fn device_with_signature_is_refused_unless_forced() {
     let img = env.path("dev.img");
     blkdrv_drivers::sys::loopdev::create_sparse_file(&img, blkdrv_drivers::Bytes::mib(400))
         .unwrap();
-    let out = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    tool(
+        "mkfs.ext4",
+        &["-q".as_ref(), "-F".as_ref(), img.as_os_str()],
+    );
     // The loop device stays attached while this handle lives; autoclear detaches it after.
     let lo = blkdrv_drivers::sys::loopdev::attach(&img).unwrap();
     let dev = lo.path.to_str().unwrap().to_string();
@@ -491,12 +489,10 @@ fn mounted_device_is_refused_even_with_force() {
     let img = env.path("mounted.img");
     blkdrv_drivers::sys::loopdev::create_sparse_file(&img, blkdrv_drivers::Bytes::mib(300))
         .unwrap();
-    let out = std::process::Command::new("mkfs.btrfs")
-        .args(["-q", "-f"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    tool(
+        "mkfs.btrfs",
+        &["-q".as_ref(), "-f".as_ref(), img.as_os_str()],
+    );
     let lo = blkdrv_drivers::sys::loopdev::attach(&img).unwrap();
     let m = env.path("busy");
     std::fs::create_dir_all(&m).unwrap();

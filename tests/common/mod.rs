@@ -136,3 +136,17 @@ impl Drop for Env {
         }
     }
 }
+
+/// Runs a system tool (mkfs.*, btrfs) the way a test sets the scene; panics with its stderr.
+pub fn tool(program: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
