@@ -8,8 +8,14 @@ cd "$(dirname "$0")/.."
 # Host tools and build-time headers. Each group says why it is here:
 #   util-linux, e2fsprogs, xfsprogs, btrfs-progs: mkfs/mount/losetup for the pool backings;
 #   libclang-dev, pkg-config: bindgen inside loopdev-3 (loop ioctls from linux/loop.h);
-#   tar: building test fixtures in the conformance suite.
-PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-essential tar)
+#   tar: building test fixtures in the conformance suite;
+#   libdevmapper-dev: headers the devicemapper crate binds at build time (pure ioctls at run time);
+#   thin-provisioning-tools, lvm2, dmsetup: thin_check/thin_ls, LVM thin pools (run inside the VM);
+#   qemu-system-x86, busybox-static, kmod, cpio, xz-utils: the VM test harness (tests/vm/run),
+#   which boots a stock Debian kernel with device-mapper for the tests this kernel cannot run.
+PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-essential tar
+      libdevmapper-dev thin-provisioning-tools lvm2 dmsetup
+      qemu-system-x86 busybox-static kmod cpio xz-utils)
 
 missing=()
 for p in "${PKGS[@]}"; do

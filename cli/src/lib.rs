@@ -646,6 +646,10 @@ fn layer_cmd(
                     RemoveOutcome::Untagged => {
                         writeln!(out, "untagged {name} (the layer has other names)")
                     }
+                    RemoveOutcome::Deferred => writeln!(
+                        out,
+                        "removal of {name} deferred: its device is busy; the next blkdrv command retries it"
+                    ),
                 }
                 .map_err(io_err)
             }

@@ -48,6 +48,15 @@ pub enum DriverError {
         reason: String,
     },
 
+    /// A transient refusal: the object is in use (EBUSY from a leaked mount namespace). The
+    /// pool retries later instead of failing the operation.
+    #[error("layer object {id}: {op} deferred: {reason}")]
+    Busy {
+        id: ObjectId,
+        op: &'static str,
+        reason: String,
+    },
+
     #[error("invalid option {key}={value:?} for driver {driver}: {reason}")]
     BadOption {
         driver: &'static str,

@@ -223,6 +223,7 @@ impl FsBacking {
             inodes_total: st.files(),
             inodes_free: st.files_free(),
             unallocated: None,
+            metadata: None,
             details: vec![
                 ("Backing Filesystem".into(), self.fs.name().into()),
                 ("Backing Device".into(), self.device.display().to_string()),

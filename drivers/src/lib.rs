@@ -48,6 +48,9 @@ pub struct PoolContext {
     pub devices: Vec<PathBuf>,
     /// Validated driver options.
     pub options: DriverOptions,
+    /// The driver generation the pool recorded after its last completed operation (see
+    /// [`Driver::generation`]); `None` for a pool being formatted.
+    pub generation: Option<u64>,
 }
 
 /// How a layer is mounted.
@@ -136,8 +139,17 @@ pub struct Space {
     /// Space on the devices not yet given to the filesystem's allocator (btrfs chunks, thin-pool
     /// data), where that differs from `available`. The pool grows loopback files when it runs low.
     pub unallocated: Option<Bytes>,
+    /// Metadata space where the driver has a separate, exhaustible metadata area (thin-pool
+    /// metadata); the pool's min-free policy applies to it as to data.
+    pub metadata: Option<MetaSpace>,
     /// Extra facts worth showing, in display order (e.g. "Backing Filesystem" = "xfs").
     pub details: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MetaSpace {
+    pub total: Bytes,
+    pub available: Bytes,
 }
 
 /// What a driver needs from the host, so the pool can say why it is unavailable.
@@ -163,6 +175,14 @@ pub trait DriverFactory: Send + Sync {
 
     /// Checks the options a user gave and fills in defaults; unknown keys are errors.
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions>;
+
+    /// The sparse files a loopback pool of `size` needs, in the order the driver wants them as
+    /// devices: (file stem, size). One data file unless the driver wants more (dm: data and
+    /// metadata).
+    fn loopback_files(&self, options: &DriverOptions, size: Bytes) -> Vec<(&'static str, Bytes)> {
+        let _ = options;
+        vec![("data", size)]
+    }
 
     /// The smallest device (or loopback file) the driver can format with `options`.
     fn min_device_size(&self, options: &DriverOptions) -> Bytes {
@@ -226,6 +246,14 @@ pub trait Driver: Send + Sync {
     /// or pool to the device size. Drivers that report no `unallocated` space need not act.
     fn grow(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// A counter the driver's kernel object keeps across restarts (the thin-pool transaction
+    /// id), advanced once per create or remove. The pool records it after each completed
+    /// operation and hands it back in [`PoolContext::generation`], so a driver can tell a crash
+    /// (one step ahead) from a pool changed behind blkdrv's back. `None`: no such counter.
+    fn generation(&self) -> Result<Option<u64>> {
+        Ok(None)
     }
 
     /// Limits how much data a layer can hold. Drivers without per-layer limits refuse.

@@ -29,9 +29,10 @@ pub enum PoolError {
         reason: String,
     },
 
-    #[error("pool {pool:?}: not enough free space for a new layer: {available} free of {total} ({pct:.1}%), minimum is {min_pct}% (--min-free)")]
+    #[error("pool {pool:?}: not enough free {what} space for a new layer: {available} free of {total} ({pct:.1}%), minimum is {min_pct}% (--min-free)")]
     LowSpace {
         pool: String,
+        what: &'static str,
         available: blkdrv_drivers::Bytes,
         total: blkdrv_drivers::Bytes,
         pct: f64,

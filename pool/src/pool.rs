@@ -123,6 +123,8 @@ pub enum RemoveOutcome {
     /// The layer had other names; only this name was dropped.
     Untagged,
     Removed,
+    /// The driver found the object busy; the layer stays `removing` and the next writer retries.
+    Deferred,
 }
 
 /// A layer as users see it.
@@ -254,10 +256,14 @@ impl Pool {
                     )));
                 }
                 Backing::Loopback {
-                    files: vec![LoopFile {
-                        file: PathBuf::from("backing/data.img"),
-                        size: *size,
-                    }],
+                    files: f
+                        .loopback_files(&options, *size)
+                        .into_iter()
+                        .map(|(stem, size)| LoopFile {
+                            file: PathBuf::from(format!("backing/{stem}.img")),
+                            size,
+                        })
+                        .collect(),
                 }
             }
             BackingSpec::Devices(paths) => {
@@ -298,7 +304,7 @@ impl Pool {
                     Backing::Devices { .. } => None,
                 },
             };
-            let (ctx, _held) = context(&dir, &config)?;
+            let (ctx, _held) = context(&dir, &config, None)?;
             config.identity = f
                 .format(&ctx)
                 .map_err(|e| PoolError::backing(&spec.name, e))?;
@@ -307,7 +313,7 @@ impl Pool {
             let driver = f
                 .open(&ctx, &config.identity)
                 .map_err(|e| PoolError::backing(&spec.name, e))?;
-            Ok(Pool {
+            let mut pool = Pool {
                 name: spec.name.clone(),
                 dir: dir.clone(),
                 config,
@@ -316,7 +322,9 @@ impl Pool {
                 _lock: Some(lock),
                 recovered: Vec::new(),
                 notices: Vec::new(),
-            })
+            };
+            pool.record_generation()?;
+            Ok(pool)
         })();
         result.map_err(|e| {
             let rollback = teardown_dir(&dir);
@@ -361,7 +369,8 @@ impl Pool {
             // Activation mounts things; two processes doing it at once would stack mounts.
             let _act = PoolLock::acquire(name.as_str(), &dir.join(ACTIVATE_LOCK), lock_wait())?;
             let f = factory(&config.driver)?;
-            let (ctx, _held) = context(&dir, &config)?;
+            let generation = store.meta("generation")?.and_then(|g| g.parse().ok());
+            let (ctx, _held) = context(&dir, &config, generation)?;
             f.open(&ctx, &config.identity)
                 .map_err(|e| PoolError::backing(name, e))?
         };
@@ -377,6 +386,7 @@ impl Pool {
         };
         if access == Access::Write {
             pool.recovered = pool.reconcile()?;
+            pool.record_generation()?;
             pool.autoextend()?;
         }
         Ok(pool)
@@ -392,6 +402,20 @@ impl Pool {
 
     pub fn driver_name(&self) -> &'static str {
         self.driver.name()
+    }
+
+    /// Records the driver's generation after a completed operation (see `Driver::generation`).
+    fn record_generation(&mut self) -> Result<()> {
+        if let Some(g) = self
+            .driver
+            .generation()
+            .map_err(|e| PoolError::backing(&self.name, e))?
+        {
+            self.store.tx("record generation", |t| {
+                t.set_meta("generation", &g.to_string())
+            })?;
+        }
+        Ok(())
     }
 
     /// What `open` finished or undid.
@@ -632,15 +656,22 @@ impl Pool {
             .driver
             .space()
             .map_err(|e| PoolError::backing(&self.name, e))?;
-        let pct = s.available.percent_of(s.total);
-        if pct < f64::from(self.config.min_free_pct) {
-            return Err(PoolError::LowSpace {
-                pool: self.name.to_string(),
-                available: s.available,
-                total: s.total,
-                pct,
-                min_pct: self.config.min_free_pct,
-            });
+        let mut areas = vec![("data", s.available, s.total)];
+        if let Some(m) = s.metadata {
+            areas.push(("metadata", m.available, m.total));
+        }
+        for (what, available, total) in areas {
+            let pct = available.percent_of(total);
+            if pct < f64::from(self.config.min_free_pct) {
+                return Err(PoolError::LowSpace {
+                    pool: self.name.to_string(),
+                    what,
+                    available,
+                    total,
+                    pct,
+                    min_pct: self.config.min_free_pct,
+                });
+            }
         }
         Ok(())
     }
@@ -829,6 +860,7 @@ impl Pool {
             return Err(e.with_rollback(self.undo_create(rec.id)));
         }
         crash::point(steps[1]);
+        self.record_generation()?;
         Ok((rec, chain))
     }
 
@@ -844,7 +876,8 @@ impl Pool {
         self.driver
             .remove(id)
             .map_err(|e| PoolError::driver("remove", id.to_string(), e))?;
-        self.store.tx("roll back create", |t| t.delete_layer(id))
+        self.store.tx("roll back create", |t| t.delete_layer(id))?;
+        self.record_generation()
     }
 
     /// `layer snapshot`: a writable (active) layer on a committed parent.
@@ -1086,13 +1119,22 @@ impl Pool {
             t.set_state(rec.id, LayerState::Removing)
         })?;
         crash::point("remove:intent");
-        if let Err(e) = self.finish_remove(rec.id) {
-            // The driver refused or failed (a mount blkdrv does not know of, EBUSY): the layer
-            // stays as it was rather than half-removed; `pool check` reports any damage.
-            let back = self
-                .store
-                .tx("undo remove intent", |t| t.set_state(rec.id, rec.state));
-            return Err(e.with_rollback(back));
+        match self.finish_remove(rec.id) {
+            Ok(()) => {}
+            Err(PoolError::Driver { source, .. })
+                if matches!(*source, blkdrv_drivers::DriverError::Busy { .. }) =>
+            {
+                tracing::info!(layer = name, "removal deferred: {source}");
+                return Ok(RemoveOutcome::Deferred);
+            }
+            Err(e) => {
+                // The driver refused or failed (a mount blkdrv does not know of, EBUSY): the layer
+                // stays as it was rather than half-removed; `pool check` reports any damage.
+                let back = self
+                    .store
+                    .tx("undo remove intent", |t| t.set_state(rec.id, rec.state));
+                return Err(e.with_rollback(back));
+            }
         }
         Ok(RemoveOutcome::Removed)
     }
@@ -1102,7 +1144,9 @@ impl Pool {
             .remove(id)
             .map_err(|e| PoolError::driver("remove", id.to_string(), e))?;
         crash::point("remove:object");
-        self.store.tx("record remove done", |t| t.delete_layer(id))
+        self.store
+            .tx("record remove done", |t| t.delete_layer(id))?;
+        self.record_generation()
     }
 
     /// `layer diff`: the layer's changes against its parent as an OCI layer tar.
@@ -1329,7 +1373,11 @@ impl Pool {
 
 /// Builds the driver context; for loopback pools attaches the files (handles must be held until
 /// the driver has mounted or assembled the devices).
-fn context(dir: &Path, config: &PoolConfig) -> Result<(PoolContext, Vec<loopdev::AttachedLoop>)> {
+fn context(
+    dir: &Path,
+    config: &PoolConfig,
+    generation: Option<u64>,
+) -> Result<(PoolContext, Vec<loopdev::AttachedLoop>)> {
     let mut held = Vec::new();
     let devices = match &config.backing {
         Backing::Loopback { files } => {
@@ -1350,6 +1398,7 @@ fn context(dir: &Path, config: &PoolConfig) -> Result<(PoolContext, Vec<loopdev:
             state_dir,
             devices,
             options: config.options.clone(),
+            generation,
         },
         held,
     ))
