@@ -22,6 +22,14 @@ pub enum DriverError {
         source: nix::Error,
     },
 
+    /// A kernel interface failure with no errno to show (device-mapper library errors).
+    #[error("{op} {target}: {message}")]
+    Kernel {
+        op: &'static str,
+        target: String,
+        message: String,
+    },
+
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {
         command: String,

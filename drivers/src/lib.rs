@@ -12,6 +12,7 @@
 //! Adding a driver means one new module and one line in [`registry`].
 
 pub mod btrfs;
+pub mod devicemapper;
 pub mod error;
 pub mod fsbacked;
 pub mod id;

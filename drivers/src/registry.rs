@@ -6,6 +6,7 @@ static ALL: &[&dyn DriverFactory] = &[
     &crate::overlay::Factory,
     &crate::vfs::Factory,
     &crate::btrfs::Factory,
+    &crate::devicemapper::Factory,
 ];
 
 /// Every driver compiled in, in display order.

@@ -35,6 +35,13 @@ pub fn missing(req: &Requirements) -> Vec<String> {
     out
 }
 
+/// True when what is missing is only kernel support (a filesystem or a device node), which a
+/// VM with another kernel can provide; tools can be installed on this host instead.
+pub fn only_kernel_missing(req: &Requirements) -> bool {
+    let tools_ok = req.tools.iter().all(|t| which(t).is_some());
+    tools_ok && !missing(req).is_empty()
+}
+
 pub fn check(driver: &str, req: &Requirements) -> Result<()> {
     let m = missing(req);
     if m.is_empty() {

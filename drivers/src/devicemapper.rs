@@ -1,0 +1,1084 @@
+//! devicemapper: block-granularity copy-on-write on a dm-thin pool, the way Red Hat and Fedora
+//! hosts ran container storage.
+//!
+//! The pool is a `thin-pool` target over a metadata and a data device (two loopback files, two
+//! block devices, or one device split in two). One base thin device (thin id 0) is formatted once
+//! at `pool init`; every layer is a thin snapshot (`create_snap`) of its parent or of the base, so
+//! no layer pays for mkfs. Thin ids are the pool's object ids. Each create and delete advances the
+//! thin-pool transaction id, which the pool records, so a pool changed behind blkdrv's back is
+//! refused on open.
+//!
+//! Everything goes through the `devicemapper` crate's ioctls; device nodes are `/dev/dm-N` from
+//! devtmpfs, so no udev is needed. `thin_check` (on activation) and `thin_ls` (listing and exact
+//! per-layer usage) run through `sys::exec`.
+
+use crate::error::{DriverError, Result};
+use crate::fsbacked::FsType;
+use crate::sys::{exec, mount, signature};
+use crate::{
+    Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
+    MetaSpace, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+};
+use devicemapper as dmc;
+use devicemapper::{
+    DevId, Device, DmDevice, DmError, DmFlags, DmName, DmNameBuf, DmOptions, LinearDev,
+    LinearDevTargetParams, LinearTargetParams, TargetLine, ThinDev, ThinDevId, ThinPoolDev,
+    ThinPoolStatus, ThinPoolStatusSummary, DM,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const NAME: &str = "devicemapper";
+/// The base device every layer descends from; object ids start at 1, so 0 is free.
+const BASE_ID: u32 = 0;
+const KIB64: u64 = 64 << 10;
+
+const KEY_FS: &str = "fs";
+const KEY_BLOCK_SIZE: &str = "block_size";
+const KEY_BASE_SIZE: &str = "base_size";
+const KEY_METADATA_SIZE: &str = "metadata_size";
+const KEY_DISCARD: &str = "discard";
+const KEY_OVERCOMMIT: &str = "overcommit";
+const KNOWN: &[&str] = &[
+    KEY_FS,
+    KEY_BLOCK_SIZE,
+    KEY_BASE_SIZE,
+    KEY_METADATA_SIZE,
+    KEY_DISCARD,
+    KEY_OVERCOMMIT,
+];
+
+pub struct Factory;
+
+fn bad(key: &str, value: &str, reason: impl Into<String>) -> DriverError {
+    DriverError::BadOption {
+        driver: NAME,
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_size(key: &str, v: &str) -> Result<Bytes> {
+    v.parse::<Bytes>().map_err(|e| bad(key, v, e.to_string()))
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(bad(key, v, "expected on or off")),
+    }
+}
+
+/// Metadata needed for a data area, after thin_metadata_size's rules of thumb: a mapping costs
+/// about 64 bytes and snapshots share btree nodes; doubled for headroom, never under 16 MiB
+/// (the kernel needs 2 MiB; small pools fill metadata fast with many snapshots), at most the
+/// kernel's 16 GiB.
+pub fn metadata_size_for(data: Bytes, block: Bytes) -> Bytes {
+    let blocks = data.0 / block.0.max(1);
+    let bytes = (blocks * 128).clamp(16 << 20, 16 << 30);
+    Bytes(bytes.div_ceil(1 << 20) << 20)
+}
+
+fn dm_errno(e: &DmError) -> Option<nix::errno::Errno> {
+    match e {
+        DmError::Core(dmc::errors::Error::Ioctl(_, _, _, errno)) => Some(**errno),
+        _ => None,
+    }
+}
+
+fn dm_err(op: &'static str, target: impl std::fmt::Display, e: DmError) -> DriverError {
+    match dm_errno(&e) {
+        Some(errno) => DriverError::sys(op, target, errno),
+        None => DriverError::Kernel {
+            op,
+            target: target.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Size of a block device in bytes, from sysfs (no open, so it works on busy devices).
+fn device_size(dev: &Path) -> Result<Bytes> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dev).map_err(|e| DriverError::io("stat", dev, e))?;
+    let rdev = md.rdev();
+    let sys = format!(
+        "/sys/dev/block/{}:{}/size",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    let sectors: u64 = std::fs::read_to_string(&sys)
+        .map_err(|e| DriverError::io("read", &sys, e))?
+        .trim()
+        .parse()
+        .map_err(|_| DriverError::Device {
+            device: dev.to_path_buf(),
+            reason: format!("unreadable size in {sys}"),
+        })?;
+    Ok(Bytes(sectors * 512))
+}
+
+fn device_of(dev: &Path) -> Result<Device> {
+    let devno = dmc::devnode_to_devno(dev)
+        .map_err(|e| dm_err("look up device number of", dev.display(), e))?
+        .ok_or_else(|| DriverError::Device {
+            device: dev.to_path_buf(),
+            reason: "not a block device".into(),
+        })?;
+    Ok(Device::from(devno))
+}
+
+fn sectors(b: Bytes) -> dmc::Sectors {
+    dmc::Sectors(b.0 / 512)
+}
+
+/// Where the metadata and data areas live on the pool's devices.
+struct Areas {
+    meta: (PathBuf, Bytes, Bytes),
+    data: (PathBuf, Bytes, Bytes),
+}
+
+/// Devices in context order: [data, metadata] (two devices or two loopback files), or [one]
+/// split into metadata first, then data.
+fn areas(ctx: &PoolContext, options: &Settings) -> Result<Areas> {
+    match ctx.devices.as_slice() {
+        [data, meta] => Ok(Areas {
+            data: (data.clone(), Bytes(0), device_size(data)?),
+            meta: (meta.clone(), Bytes(0), device_size(meta)?),
+        }),
+        [one] => {
+            let total = device_size(one)?;
+            let meta = options
+                .metadata_size
+                .unwrap_or_else(|| metadata_size_for(total, options.block_size));
+            if meta.0 * 2 >= total.0 {
+                return Err(DriverError::Device {
+                    device: one.clone(),
+                    reason: format!("{total} is too small to hold {meta} of metadata and data"),
+                });
+            }
+            Ok(Areas {
+                meta: (one.clone(), Bytes(0), meta),
+                data: (one.clone(), meta, Bytes(total.0 - meta.0)),
+            })
+        }
+        other => Err(DriverError::Device {
+            device: ctx.state_dir.clone(),
+            reason: format!(
+                "a thin pool needs a data device and optionally a metadata device, got {}",
+                other.len()
+            ),
+        }),
+    }
+}
+
+/// Validated options.
+#[derive(Debug, Clone)]
+struct Settings {
+    fs: FsType,
+    block_size: Bytes,
+    base_size: Option<Bytes>,
+    metadata_size: Option<Bytes>,
+    discard: bool,
+    overcommit: bool,
+}
+
+impl Settings {
+    fn parse(options: &DriverOptions) -> Result<Settings> {
+        for (k, v) in options {
+            if !KNOWN.contains(&k.as_str()) {
+                return Err(bad(
+                    k,
+                    v,
+                    format!("unknown option (known: {})", KNOWN.join(", ")),
+                ));
+            }
+        }
+        let get = |k: &str| options.get(k).map(String::as_str);
+        let fs = match get(KEY_FS).unwrap_or("xfs") {
+            "xfs" => FsType::Xfs,
+            "ext4" => FsType::Ext4,
+            v => return Err(bad(KEY_FS, v, "expected xfs or ext4")),
+        };
+        let block_size = match get(KEY_BLOCK_SIZE) {
+            Some(v) => parse_size(KEY_BLOCK_SIZE, v)?,
+            None => Bytes(KIB64),
+        };
+        // The kernel takes 64 KiB to 1 GiB in multiples of 64 KiB.
+        if block_size.0 % KIB64 != 0 || block_size.0 == 0 || block_size.0 > 1 << 30 {
+            return Err(bad(
+                KEY_BLOCK_SIZE,
+                &block_size.to_string(),
+                "must be a multiple of 64KiB between 64KiB and 1GiB",
+            ));
+        }
+        let base_size = get(KEY_BASE_SIZE)
+            .map(|v| parse_size(KEY_BASE_SIZE, v))
+            .transpose()?;
+        let metadata_size = get(KEY_METADATA_SIZE)
+            .map(|v| parse_size(KEY_METADATA_SIZE, v))
+            .transpose()?;
+        if let Some(m) = metadata_size {
+            if m < Bytes::mib(2) || m > Bytes::gib(16) {
+                return Err(bad(
+                    KEY_METADATA_SIZE,
+                    &m.to_string(),
+                    "thin-pool metadata must be between 2MiB and 16GiB",
+                ));
+            }
+        }
+        Ok(Settings {
+            fs,
+            block_size,
+            base_size,
+            metadata_size,
+            discard: get(KEY_DISCARD)
+                .map(|v| on_off(KEY_DISCARD, v))
+                .transpose()?
+                .unwrap_or(true),
+            overcommit: get(KEY_OVERCOMMIT)
+                .map(|v| on_off(KEY_OVERCOMMIT, v))
+                .transpose()?
+                .unwrap_or(false),
+        })
+    }
+
+    fn to_options(&self) -> DriverOptions {
+        let mut o = DriverOptions::new();
+        o.insert(KEY_FS.into(), self.fs.name().into());
+        o.insert(KEY_BLOCK_SIZE.into(), self.block_size.0.to_string());
+        if let Some(b) = self.base_size {
+            o.insert(KEY_BASE_SIZE.into(), b.0.to_string());
+        }
+        if let Some(m) = self.metadata_size {
+            o.insert(KEY_METADATA_SIZE.into(), m.0.to_string());
+        }
+        o.insert(
+            KEY_DISCARD.into(),
+            if self.discard { "on" } else { "off" }.into(),
+        );
+        o.insert(
+            KEY_OVERCOMMIT.into(),
+            if self.overcommit { "on" } else { "off" }.into(),
+        );
+        o
+    }
+
+    /// Low water mark: the kernel raises an event when free data blocks fall under it.
+    fn low_water(&self, data: Bytes) -> dmc::DataBlocks {
+        dmc::DataBlocks((data.0 / self.block_size.0) / 10)
+    }
+
+    fn feature_args(&self) -> Vec<String> {
+        // Zeroing new blocks is redundant on fresh loop files and costs every first write;
+        // LVM's `--zero n` and container-storage-setup make the same choice. A full pool must
+        // fail writes with ENOSPC, not queue them forever.
+        let mut f = vec!["skip_block_zeroing".into(), "error_if_no_space".into()];
+        if !self.discard {
+            f.push("ignore_discard".into());
+        }
+        f
+    }
+}
+
+/// dm names of one pool's devices. The prefix is random per pool (kept in the identity), so
+/// pools of the same name under different roots never collide.
+#[derive(Debug, Clone)]
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn name(&self, what: &str) -> DmNameBuf {
+        DmNameBuf::new(format!("{}-{what}", self.prefix)).expect("short ascii names are valid")
+    }
+    fn pool(&self) -> DmNameBuf {
+        self.name("pool")
+    }
+    fn thin(&self, id: u32) -> DmNameBuf {
+        if id == BASE_ID {
+            self.name("base")
+        } else {
+            self.name(&id.to_string())
+        }
+    }
+}
+
+fn random_prefix() -> String {
+    let mut b = [0u8; 4];
+    let got = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    if got.is_err() {
+        // Time and pid are unique enough for a name prefix.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        b = (t ^ std::process::id()).to_le_bytes();
+    }
+    format!("blkdrv-{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
+}
+
+fn dm() -> Result<DM> {
+    DM::new().map_err(|e| DriverError::Unavailable {
+        driver: NAME.into(),
+        reason: format!("cannot open /dev/mapper/control: {e}"),
+    })
+}
+
+/// Brings up the linear metadata/data devices and the thin-pool (or attaches to them).
+fn setup_pool(dm: &DM, names: &Names, a: &Areas, s: &Settings, fresh: bool) -> Result<ThinPoolDev> {
+    let linear = |what: &str, (dev, off, len): &(PathBuf, Bytes, Bytes)| -> Result<LinearDev> {
+        let params =
+            LinearDevTargetParams::Linear(LinearTargetParams::new(device_of(dev)?, sectors(*off)));
+        LinearDev::setup(
+            dm,
+            &names.name(what),
+            None,
+            vec![TargetLine::new(dmc::Sectors(0), sectors(*len), params)],
+        )
+        .map_err(|e| dm_err("set up linear device", &*names.name(what), e))
+    };
+    let meta = linear("meta", &a.meta)?;
+    let data = linear("data", &a.data)?;
+    let block = sectors(s.block_size);
+    let lwm = s.low_water(a.data.2);
+    let pool_exists = dmc::device_exists(dm, &names.pool())
+        .map_err(|e| dm_err("list devices for", &*names.pool(), e))?;
+    if fresh {
+        ThinPoolDev::new(
+            dm,
+            &names.pool(),
+            None,
+            meta,
+            data,
+            block,
+            lwm,
+            s.feature_args(),
+        )
+        .map_err(|e| dm_err("create thin-pool", &*names.pool(), e))
+    } else {
+        if !pool_exists {
+            // LVM runs thin_check before activating a pool; so do we: activating damaged
+            // metadata can make it worse.
+            let node = meta.devnode();
+            exec::run(
+                "thin_check",
+                ["-q".as_ref(), node.as_os_str()],
+                "check thin-pool metadata before activation",
+            )
+            .map_err(|e| DriverError::Device {
+                device: a.meta.0.clone(),
+                reason: format!(
+                    "thin_check found damaged pool metadata ({e}); repair it with thin_repair before using the pool"
+                ),
+            })?;
+        }
+        ThinPoolDev::setup(
+            dm,
+            &names.pool(),
+            None,
+            meta,
+            data,
+            block,
+            lwm,
+            s.feature_args(),
+        )
+        .map_err(|e| dm_err("activate thin-pool", &*names.pool(), e))
+    }
+}
+
+impl DriverFactory for Factory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "device-mapper thin provisioning (block copy-on-write, thin snapshots)"
+    }
+
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            filesystems: vec!["xfs", "ext4"],
+            tools: vec!["thin_check", "thin_ls", "mkfs.xfs", "mkfs.ext4"],
+            // The node /dev/mapper/control can exist without the driver (packages create it);
+            // sysfs shows whether the kernel really has device-mapper.
+            paths: vec!["/sys/class/misc/device-mapper"],
+        }
+    }
+
+    fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
+        Settings::parse(options).map(|s| s.to_options())
+    }
+
+    fn loopback_files(&self, options: &DriverOptions, size: Bytes) -> Vec<(&'static str, Bytes)> {
+        let s = Settings::parse(options).ok();
+        let block = s.as_ref().map_or(Bytes(KIB64), |s| s.block_size);
+        let meta = s
+            .and_then(|s| s.metadata_size)
+            .unwrap_or_else(|| metadata_size_for(size, block));
+        vec![("data", size), ("metadata", meta)]
+    }
+
+    fn min_device_size(&self, options: &DriverOptions) -> Bytes {
+        // The base filesystem must fit: xfs refuses under 300 MiB.
+        match options.get(KEY_FS).map(String::as_str) {
+            Some("ext4") => Bytes::mib(64),
+            _ => Bytes::mib(320),
+        }
+    }
+
+    fn format(&self, ctx: &PoolContext) -> Result<Identity> {
+        let s = Settings::parse(&ctx.options)?;
+        let a = areas(ctx, &s)?;
+        let names = Names {
+            prefix: random_prefix(),
+        };
+        let data_size = a.data.2;
+        let base_size = match s.base_size {
+            Some(b) if b > data_size && !s.overcommit => {
+                return Err(bad(
+                    KEY_BASE_SIZE,
+                    &b.to_string(),
+                    format!(
+                    "larger than the pool's {data_size} of data; add -o overcommit=on to allow it"
+                ),
+                ))
+            }
+            Some(b) => b,
+            // Each layer can hold as much as the pool, up to the 10 GiB moby used.
+            None => Bytes(data_size.0.min(10 << 30)),
+        };
+        if base_size < self.min_device_size(&ctx.options) {
+            return Err(bad(
+                KEY_BASE_SIZE,
+                &base_size.to_string(),
+                format!("too small for a {} filesystem", s.fs.name()),
+            ));
+        }
+        // Fresh metadata: the kernel formats the area only if its superblock is blank.
+        zero_head(&a.meta.0, a.meta.1)?;
+        let dm = dm()?;
+        let pool = setup_pool(&dm, &names, &a, &s, true)?;
+        let id = ThinDevId::new_u64(BASE_ID.into()).expect("0 is a valid thin id");
+        let mut base = ThinDev::new(
+            &dm,
+            &names.thin(BASE_ID),
+            None,
+            sectors(base_size),
+            &pool,
+            id,
+        )
+        .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
+        let node = base.devnode();
+        let made = mkfs(&node, s.fs).and_then(|()| {
+            let (_, uuid) = signature::fs_uuid(&node)?.ok_or_else(|| DriverError::Device {
+                device: node.clone(),
+                reason: "no filesystem UUID after mkfs".into(),
+            })?;
+            Ok(uuid)
+        });
+        let teardown = base
+            .teardown(&dm)
+            .map_err(|e| dm_err("deactivate base device", &*names.thin(BASE_ID), e));
+        let uuid = made?;
+        teardown?;
+        set_txid(&dm, &names, 0, 1)?;
+        let mut identity = Identity::new();
+        identity.insert("dm_prefix".into(), names.prefix.clone());
+        identity.insert("base_fs_uuid".into(), uuid);
+        identity.insert("base_size".into(), base_size.0.to_string());
+        identity.insert("fs".into(), s.fs.name().into());
+        Ok(identity)
+    }
+
+    fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
+        let s = Settings::parse(&ctx.options)?;
+        let a = areas(ctx, &s)?;
+        let get = |k: &str| {
+            identity
+                .get(k)
+                .cloned()
+                .ok_or_else(|| DriverError::IdentityMismatch {
+                    device: a.data.0.clone(),
+                    field: k.into(),
+                    recorded: "(missing)".into(),
+                    found: "a pool record without it".into(),
+                })
+        };
+        let names = Names {
+            prefix: get("dm_prefix")?,
+        };
+        let base_size = Bytes(get("base_size")?.parse().unwrap_or(0));
+        let recorded_uuid = get("base_fs_uuid")?;
+        let dm = dm()?;
+        let pool = setup_pool(&dm, &names, &a, &s, false)?;
+        let d = DmThin {
+            inner: Mutex::new(Inner { dm, pool }),
+            names,
+            settings: s,
+            base_size,
+            devices: ctx.devices.clone(),
+        };
+        let txid = d.txid()?;
+        if let Some(g) = ctx.generation {
+            // One ahead is a crash between a kernel change and the store update, which the
+            // pool's recovery finishes or undoes; anything else was done behind our back.
+            if txid != g && txid != g + 1 {
+                return Err(DriverError::IdentityMismatch {
+                    device: a.data.0.clone(),
+                    field: "thin-pool transaction id".into(),
+                    recorded: g.to_string(),
+                    found: format!(
+                        "{txid}: the pool was changed outside blkdrv (or belongs to another pool record)"
+                    ),
+                });
+            }
+        }
+        let found = d.with_thin(BASE_ID, signature::fs_uuid)?;
+        let found = found
+            .map(|(_, u)| u)
+            .unwrap_or_else(|| "no filesystem".into());
+        if found != recorded_uuid {
+            return Err(DriverError::IdentityMismatch {
+                device: a.data.0.clone(),
+                field: "base filesystem UUID".into(),
+                recorded: recorded_uuid,
+                found,
+            });
+        }
+        Ok(Box::new(d))
+    }
+}
+
+fn zero_head(dev: &Path, offset: Bytes) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| DriverError::io("open", dev, e))?;
+    f.seek(SeekFrom::Start(offset.0))
+        .and_then(|_| f.write_all(&[0u8; 4096]))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| DriverError::io("zero metadata superblock on", dev, e))
+}
+
+fn mkfs(node: &Path, fs: FsType) -> Result<()> {
+    let n = node.as_os_str();
+    match fs {
+        FsType::Ext4 => exec::run(
+            "mkfs.ext4",
+            [
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-E".as_ref(),
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0".as_ref(),
+                n,
+            ],
+            "format the base device",
+        ),
+        _ => exec::run(
+            "mkfs.xfs",
+            ["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), n],
+            "format the base device",
+        ),
+    }
+    .map(drop)
+}
+
+fn set_txid(dm: &DM, names: &Names, old: u64, new: u64) -> Result<()> {
+    dm.target_msg(
+        &DevId::Name(&names.pool()),
+        None,
+        &format!("set_transaction_id {old} {new}"),
+    )
+    .map(drop)
+    .map_err(|e| dm_err("set transaction id of", &*names.pool(), e))
+}
+
+struct Inner {
+    dm: DM,
+    pool: ThinPoolDev,
+}
+
+pub struct DmThin {
+    // libdevmapper was never thread-safe and the pool table is reloaded on grow: one lock.
+    inner: Mutex<Inner>,
+    names: Names,
+    settings: Settings,
+    base_size: Bytes,
+    devices: Vec<PathBuf>,
+}
+
+impl DmThin {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn status(&self) -> Result<Box<dmc::ThinPoolWorkingStatus>> {
+        let g = self.lock();
+        match g.pool.status(&g.dm, DmOptions::default()) {
+            Ok(ThinPoolStatus::Working(w)) => Ok(w),
+            Ok(other) => Err(DriverError::Kernel {
+                op: "read status of",
+                target: (*self.names.pool()).to_string(),
+                message: format!(
+                    "thin-pool is {other:?}: it needs repair (thin_check / thin_repair)"
+                ),
+            }),
+            Err(e) => Err(dm_err("read status of", &*self.names.pool(), e)),
+        }
+    }
+
+    fn txid(&self) -> Result<u64> {
+        Ok(self.status()?.transaction_id)
+    }
+
+    /// Advances the transaction id by one: called once per create and delete.
+    fn bump(&self) -> Result<()> {
+        let t = self.txid()?;
+        let g = self.lock();
+        set_txid(&g.dm, &self.names, t, t + 1)
+    }
+
+    fn is_active(&self, dm: &DM, id: u32) -> Result<bool> {
+        dmc::device_exists(dm, &self.names.thin(id))
+            .map_err(|e| dm_err("list devices for", &*self.names.thin(id), e))
+    }
+
+    fn thin_id(id: u32) -> ThinDevId {
+        ThinDevId::new_u64(id.into()).expect("object ids fit in 24 bits")
+    }
+
+    /// Activates a thin device (or attaches to it if active).
+    fn activate(&self, g: &Inner, id: u32) -> Result<ThinDev> {
+        ThinDev::setup(
+            &g.dm,
+            &self.names.thin(id),
+            None,
+            sectors(self.base_size),
+            &g.pool,
+            Self::thin_id(id),
+        )
+        .map_err(|e| dm_err("activate thin device", &*self.names.thin(id), e))
+    }
+
+    /// Runs `f` on the node of thin device `id`, deactivating it afterwards if it was not
+    /// active before.
+    fn with_thin<T>(&self, id: u32, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let g = self.lock();
+        let was_active = self.is_active(&g.dm, id)?;
+        let mut dev = self.activate(&g, id)?;
+        let out = f(&dev.devnode());
+        if !was_active {
+            dev.teardown(&g.dm)
+                .map_err(|e| dm_err("deactivate thin device", &*self.names.thin(id), e))?;
+        }
+        out
+    }
+
+    /// Removes the dm device of thin `id` if it is active and unused. Busy: Ok(false).
+    fn deactivate(&self, g: &Inner, id: u32) -> Result<bool> {
+        let name = self.names.thin(id);
+        if !self.is_active(&g.dm, id)? {
+            return Ok(true);
+        }
+        let info =
+            g.dm.device_info(&DevId::Name(&name))
+                .map_err(|e| dm_err("read device info of", &*name, e))?;
+        if info.open_count() > 0 {
+            return Ok(false);
+        }
+        match g
+            .dm
+            .device_remove(&DevId::Name(&name), DmOptions::default())
+        {
+            Ok(_) => Ok(true),
+            Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) => Ok(false),
+            Err(e) => Err(dm_err("deactivate thin device", &*name, e)),
+        }
+    }
+
+    /// Thin ids in the pool's metadata and their exclusive/mapped bytes, from thin_ls on a
+    /// metadata snapshot (the live metadata cannot be read while the pool runs).
+    fn thin_ls(&self) -> Result<Vec<(u32, Bytes, Bytes)>> {
+        let g = self.lock();
+        let pool = DevId::Name(&self.names.pool());
+        let meta_node = g.pool.meta_dev().devnode();
+        g.dm.target_msg(&pool, None, "reserve_metadata_snap")
+            .map_err(|e| dm_err("reserve metadata snapshot of", &*self.names.pool(), e))?;
+        let out = exec::run(
+            "thin_ls",
+            [
+                "--metadata-snap".as_ref(),
+                "--no-headers".as_ref(),
+                "-o".as_ref(),
+                "DEV,EXCLUSIVE_BYTES,MAPPED_BYTES".as_ref(),
+                meta_node.as_os_str(),
+            ],
+            "list thin devices",
+        );
+        let released =
+            g.dm.target_msg(&pool, None, "release_metadata_snap")
+                .map_err(|e| dm_err("release metadata snapshot of", &*self.names.pool(), e));
+        let out = out?;
+        released?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let id = f.next()?.parse().ok()?;
+                let excl = f.next()?.parse().ok()?;
+                let mapped = f.next()?.parse().ok()?;
+                Some((id, Bytes(excl), Bytes(mapped)))
+            })
+            .collect())
+    }
+
+    fn discard_all(&self, node: &Path) -> Result<()> {
+        nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(node)
+            .map_err(|e| DriverError::io("open", node, e))?;
+        let range = [0u64, self.base_size.0];
+        // SAFETY: BLKDISCARD reads two u64 (start, length) from the pointer.
+        unsafe { blkdiscard(f.as_raw_fd(), &range) }
+            .map(drop)
+            .map_err(|e| DriverError::sys("discard", node.display(), e))
+    }
+}
+
+impl Driver for DmThin {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            granularity: Granularity::Block {
+                size: self.settings.block_size,
+            },
+            native_snapshots: true,
+        }
+    }
+
+    fn create(&self, layer: &LayerChain) -> Result<()> {
+        let new = layer.id.get();
+        let origin = layer.parent().map_or(BASE_ID, ObjectId::get);
+        let g = self.lock();
+        let msg = format!("create_snap {new} {origin}");
+        let pool = DevId::Name(&self.names.pool());
+        // An active origin must be suspended around create_snap (kernel thin-provisioning.txt).
+        let suspend = self.is_active(&g.dm, origin)?;
+        let origin_name = self.names.thin(origin);
+        if suspend {
+            g.dm.device_suspend(
+                &DevId::Name(&origin_name),
+                DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+            )
+            .map_err(|e| dm_err("suspend origin", &*origin_name, e))?;
+        }
+        let mut sent = g.dm.target_msg(&pool, None, &msg);
+        if let Err(e) = &sent {
+            if dm_errno(e) == Some(nix::errno::Errno::EEXIST) {
+                // Left by a crash before the store recorded it: replace it.
+                let _ = g.dm.target_msg(&pool, None, &format!("delete {new}"));
+                sent = g.dm.target_msg(&pool, None, &msg);
+            }
+        }
+        // Resume whatever happened, or every later I/O to the origin would hang.
+        if suspend {
+            g.dm.device_suspend(&DevId::Name(&origin_name), DmOptions::default())
+                .map_err(|e| dm_err("resume origin", &*origin_name, e))?;
+        }
+        sent.map_err(|e| dm_err("create snapshot in", &*self.names.pool(), e))?;
+        drop(g);
+        self.bump()
+    }
+
+    // The pool mounts committed layers read-only; nothing to freeze at the block level.
+    fn commit(&self, _layer: &LayerChain) -> Result<()> {
+        Ok(())
+    }
+
+    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
+        let g = self.lock();
+        let id = layer.id.get();
+        let dev = self.activate(&g, id)?;
+        let flags = match mode {
+            MountMode::ReadOnly => nix::mount::MsFlags::MS_RDONLY,
+            MountMode::ReadWrite => nix::mount::MsFlags::empty(),
+        };
+        // Every snapshot carries the base filesystem's UUID; xfs refuses duplicates otherwise.
+        let data = match self.settings.fs {
+            FsType::Xfs => Some("nouuid"),
+            _ => None,
+        };
+        let r = mount::mount(&dev.devnode(), target, self.settings.fs.name(), flags, data);
+        if r.is_err() {
+            let _ = self.deactivate(&g, id);
+        }
+        r
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        // Which thin device is mounted there, to deactivate it once unused.
+        let canon = target
+            .canonicalize()
+            .unwrap_or_else(|_| target.to_path_buf());
+        let source = mount::mountinfo()?
+            .into_iter()
+            .find(|m| m.target == canon)
+            .map(|m| m.source);
+        mount::unmount(target)?;
+        let Some(src) = source else { return Ok(()) };
+        let Some(dm_n) = Path::new(&src)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
+            return Ok(());
+        };
+        let name =
+            std::fs::read_to_string(format!("/sys/block/{dm_n}/dm/name")).unwrap_or_default();
+        let Some(id) = name
+            .trim()
+            .strip_prefix(&format!("{}-", self.names.prefix))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            return Ok(());
+        };
+        let g = self.lock();
+        // Still mounted elsewhere (another view): leave it active.
+        self.deactivate(&g, id).map(drop)
+    }
+
+    fn remove(&self, id: ObjectId) -> Result<()> {
+        let n = id.get();
+        let g = self.lock();
+        if self.settings.discard && !self.is_active(&g.dm, n)? {
+            // Discard while the device is unused, so the pool and the loopback file get the
+            // space back (deleting a thin id frees pool blocks but passes no discard down).
+            if let Ok(mut dev) = self.activate(&g, n) {
+                let r = self.discard_all(&dev.devnode());
+                let _ = dev.teardown(&g.dm);
+                if let Err(e) = r {
+                    tracing::info!(layer = %id, "discard skipped: {e}");
+                }
+            }
+        }
+        if !self.deactivate(&g, n)? {
+            // Open somewhere, perhaps in a leaked mount namespace: let the kernel remove the
+            // device when its last user goes, and delete the thin id on a later try.
+            let name = self.names.thin(n);
+            let _ = g.dm.device_remove(
+                &DevId::Name(&name),
+                DmOptions::default().set_flags(DmFlags::DM_DEFERRED_REMOVE),
+            );
+            return Err(DriverError::Busy {
+                id,
+                op: "remove",
+                reason: format!("thin device {} is open", &*name),
+            });
+        }
+        let pool = DevId::Name(&self.names.pool());
+        let msg = format!("delete {n}");
+        let mut tries = 0;
+        loop {
+            match g.dm.target_msg(&pool, None, &msg) {
+                Ok(_) => break,
+                // Not in the pool: a crash after the delete, or never created.
+                Err(e) if dm_errno(&e) == Some(nix::errno::Errno::ENODATA) => return Ok(()),
+                // Right after a deferred remove the kernel may still hold the device briefly.
+                Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) && tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                }
+                Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) => {
+                    return Err(DriverError::Busy {
+                        id,
+                        op: "remove",
+                        reason: "the thin id is still in use".into(),
+                    })
+                }
+                Err(e) => return Err(dm_err("delete thin device from", &*self.names.pool(), e)),
+            }
+        }
+        drop(g);
+        self.bump()
+    }
+
+    fn list(&self) -> Result<Vec<ObjectId>> {
+        Ok(self
+            .thin_ls()?
+            .into_iter()
+            .filter_map(|(id, _, _)| ObjectId::new(id).ok())
+            .collect())
+    }
+
+    fn usage(&self, layer: &LayerChain) -> Result<Usage> {
+        let id = layer.id.get();
+        let (_, excl, mapped) = self
+            .thin_ls()?
+            .into_iter()
+            .find(|(i, _, _)| *i == id)
+            .ok_or(DriverError::NotFound {
+                id: layer.id,
+                op: "usage",
+            })?;
+        Ok(Usage {
+            bytes: excl,
+            inodes: None,
+            referenced: Some(mapped),
+        })
+    }
+
+    fn space(&self) -> Result<Space> {
+        let w = self.status()?;
+        let block = self.settings.block_size.0;
+        let total = Bytes(w.usage.total_data.0 * block);
+        let used = Bytes(w.usage.used_data.0 * block);
+        let meta_total = Bytes(w.usage.total_meta.0 * 4096);
+        let meta_used = Bytes(w.usage.used_meta.0 * 4096);
+        let state = match w.summary {
+            ThinPoolStatusSummary::Good => "ok",
+            ThinPoolStatusSummary::ReadOnly => "read-only (metadata problem: run thin_check)",
+            ThinPoolStatusSummary::OutOfSpace => "out of data space (writes fail with ENOSPC)",
+        };
+        let mut details = vec![
+            ("Pool Device".into(), (*self.names.pool()).to_string()),
+            ("Pool State".into(), state.to_string()),
+            ("Needs Check".into(), w.needs_check.to_string()),
+            (
+                "Metadata Space".into(),
+                format!("{meta_used} used of {meta_total}"),
+            ),
+            ("Transaction Id".into(), w.transaction_id.to_string()),
+            ("Block Size".into(), self.settings.block_size.to_string()),
+            ("Base Device Size".into(), self.base_size.to_string()),
+            ("Base Filesystem".into(), self.settings.fs.name().into()),
+            (
+                "Discard On Remove".into(),
+                if self.settings.discard { "on" } else { "off" }.into(),
+            ),
+        ];
+        // Loopback files: what the host really spends vs. their apparent size.
+        let loops = crate::sys::loopdev::list().unwrap_or_default();
+        for (dev, file) in loops.iter().filter(|(d, _)| self.devices.contains(d)) {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(md) = std::fs::metadata(file) {
+                details.push((
+                    format!("Loop File {}", dev.display()),
+                    format!(
+                        "{} ({} allocated of {})",
+                        file.display(),
+                        Bytes(md.blocks() * 512),
+                        Bytes(md.len())
+                    ),
+                ));
+            }
+        }
+        Ok(Space {
+            total,
+            used,
+            available: total.saturating_sub(used),
+            inodes_total: 0,
+            inodes_free: 0,
+            unallocated: Some(total.saturating_sub(used)),
+            metadata: Some(MetaSpace {
+                total: meta_total,
+                available: meta_total.saturating_sub(meta_used),
+            }),
+            details,
+        })
+    }
+
+    fn deactivate(&self) -> Result<()> {
+        let g = self.lock();
+        let prefix = format!("{}-", self.names.prefix);
+        let all =
+            g.dm.list_devices()
+                .map_err(|e| dm_err("list devices", "device-mapper", e))?;
+        // Thin devices first, then the pool, then the linear devices under it.
+        let mut order: Vec<DmNameBuf> = all.into_iter().map(|(n, _, _)| n).collect();
+        order.retain(|n| n.to_string().starts_with(&prefix));
+        order.sort_by_key(|n| match n.to_string().trim_start_matches(&prefix) {
+            "pool" => 1,
+            "meta" | "data" => 2,
+            _ => 0,
+        });
+        for n in order {
+            let name: &DmName = &n;
+            g.dm.device_remove(&DevId::Name(name), DmOptions::default())
+                .map_err(|e| dm_err("deactivate", name, e))?;
+        }
+        Ok(())
+    }
+
+    fn grow(&self) -> Result<()> {
+        let mut g = self.lock();
+        let data_dev = self.devices.first().cloned().ok_or(DriverError::Device {
+            device: PathBuf::from("-"),
+            reason: "no data device".into(),
+        })?;
+        let size = device_size(&data_dev)?;
+        let offset = if self.devices.len() == 1 {
+            // Split device: data follows the metadata area.
+            g.pool.meta_dev().size().bytes()
+        } else {
+            dmc::Bytes(0)
+        };
+        let offset = Bytes(*offset as u64);
+        let len = Bytes(size.0.saturating_sub(offset.0));
+        let params = LinearDevTargetParams::Linear(LinearTargetParams::new(
+            device_of(&data_dev)?,
+            sectors(offset),
+        ));
+        let Inner { dm, pool } = &mut *g;
+        pool.set_data_table(
+            dm,
+            vec![TargetLine::new(dmc::Sectors(0), sectors(len), params)],
+        )
+        .and_then(|()| pool.resume(dm))
+        .map_err(|e| dm_err("grow data of", &*self.names.pool(), e))
+    }
+
+    fn generation(&self) -> Result<Option<u64>> {
+        self.txid().map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        let mut o = DriverOptions::new();
+        o.insert(KEY_BLOCK_SIZE.into(), "96K".into());
+        assert!(Settings::parse(&o).is_err(), "not a multiple of 64K");
+        o.insert(KEY_BLOCK_SIZE.into(), "128K".into());
+        assert_eq!(Settings::parse(&o).unwrap().block_size, Bytes(128 << 10));
+        o.insert("colour".into(), "blue".into());
+        assert!(Settings::parse(&o).is_err());
+        let mut o = DriverOptions::new();
+        o.insert(KEY_METADATA_SIZE.into(), "1M".into());
+        assert!(Settings::parse(&o).is_err(), "under the kernel's 2 MiB");
+        o.insert(KEY_METADATA_SIZE.into(), "lots".into());
+        assert!(Settings::parse(&o).is_err());
+    }
+
+    #[test]
+    fn metadata_is_sized_from_data() {
+        assert_eq!(
+            metadata_size_for(Bytes::gib(1), Bytes(KIB64)),
+            Bytes::mib(16)
+        );
+        let big = metadata_size_for(Bytes::gib(100), Bytes(KIB64));
+        assert_eq!(big, Bytes::mib(200));
+        assert!(metadata_size_for(Bytes(1 << 50), Bytes(KIB64)) <= Bytes::gib(16));
+    }
+}
