@@ -140,6 +140,16 @@ by default) and mount it under the state dir."
         #[arg(long)]
         repair: bool,
     },
+    /// Bring the pool's devices up (after a reboot); every command also does this on its own.
+    Activate {
+        #[arg(default_value = "default")]
+        name: String,
+    },
+    /// Take the pool's devices down (dm tables, mounts, loop devices), keeping its data.
+    Deactivate {
+        #[arg(default_value = "default")]
+        name: String,
+    },
     /// Unmount everything, deactivate the backing and delete the pool.
     Destroy {
         #[arg(default_value = "default")]
@@ -466,6 +476,27 @@ fn pool_cmd(
                 )));
             }
             Ok(())
+        }
+        PoolCmd::Activate { name } => {
+            let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
+            for r in pool.recovered() {
+                let _ = writeln!(err, "blkdrv: recovered: {r}");
+            }
+            print_notices(&mut pool, err);
+            let n = pool.list()?.len();
+            if ctx.json {
+                output::json(out, &serde_json::json!({"activated": name, "layers": n}))
+            } else {
+                writeln!(out, "Pool {name} active ({n} layers)").map_err(io_err)
+            }
+        }
+        PoolCmd::Deactivate { name } => {
+            Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?.deactivate()?;
+            if ctx.json {
+                output::json(out, &serde_json::json!({"deactivated": name}))
+            } else {
+                writeln!(out, "Pool {name} deactivated").map_err(io_err)
+            }
         }
         PoolCmd::Destroy { name, force } => {
             let pname = PoolName::new(name)?;

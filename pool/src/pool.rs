@@ -1332,6 +1332,39 @@ impl Pool {
         Ok(report)
     }
 
+    /// `pool deactivate`: takes the pool's kernel objects down (filesystem mount, dm tables,
+    /// loop devices) and keeps everything on disk, as a shutdown would. Refused while layers are
+    /// mounted. Any later command (or `pool activate`) brings the pool back.
+    pub fn deactivate(self) -> Result<()> {
+        let mounts = self.store.mounts()?;
+        if !mounts.is_empty() {
+            let at: Vec<String> = mounts
+                .iter()
+                .map(|m| m.target.display().to_string())
+                .collect();
+            return Err(PoolError::Refused {
+                op: "deactivate",
+                layer: self.name.to_string(),
+                reason: format!("layers are mounted at {}", at.join(", ")),
+            });
+        }
+        self.driver
+            .deactivate()
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        if let Backing::Loopback { files } = &self.config.backing {
+            for lf in files {
+                let p = self.dir.join(&lf.file);
+                let canon = p.canonicalize().unwrap_or(p);
+                for dev in loopdev::find_by_backing_file(&canon)
+                    .map_err(|e| PoolError::backing(&self.name, e))?
+                {
+                    loopdev::detach(&dev).map_err(|e| PoolError::backing(&self.name, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `pool destroy`: unmounts everything (refused while layers are mounted unless `force`),
     /// deactivates the backing and deletes the pool directory. Devices keep their filesystem.
     pub fn destroy(mut self, force: bool) -> Result<()> {

@@ -49,18 +49,31 @@ impl TestPool {
             _dir: dir,
             scratch,
         };
+        // BLKDRV_TEST_DEVICES="/dev/vdb /dev/vdc" runs the suite on raw block devices (the VM
+        // harness sets it; cases must then run one at a time).
+        let devices: Vec<PathBuf> = std::env::var("BLKDRV_TEST_DEVICES")
+            .map(|v| v.split_whitespace().map(PathBuf::from).collect())
+            .unwrap_or_default();
+        let (backing, autoextend) = if devices.is_empty() {
+            (
+                BackingSpec::Loopback {
+                    size: Bytes::mib(512),
+                },
+                Some(AutoExtend::for_size(Bytes::mib(512), None)),
+            )
+        } else {
+            (BackingSpec::Devices(devices), None)
+        };
         Pool::init(
             &tp.root,
             InitSpec {
                 name: tp.name.clone(),
                 driver: driver.to_string(),
-                backing: BackingSpec::Loopback {
-                    size: Bytes::mib(512),
-                },
+                backing,
                 options: Default::default(),
                 min_free_pct: 0,
-                force: false,
-                autoextend: Some(AutoExtend::for_size(Bytes::mib(512), None)),
+                force: true,
+                autoextend,
             },
         )
         .map_err(|e| format!("pool init ({driver}): {e}"))?;
