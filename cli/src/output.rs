@@ -22,9 +22,18 @@ pub fn json<T: Serialize + ?Sized>(out: Out<'_>, v: &T) -> Result<(), PoolError>
     writeln!(out).map_err(io)
 }
 
+/// `BLKDRV_NO_PROGRESS=1` hides progress bars even on a terminal (serial consoles, tests).
+fn new_bar() -> ProgressBar {
+    if std::env::var_os("BLKDRV_NO_PROGRESS").is_some() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    }
+}
+
 /// A spinner on stderr for steps that can take seconds; hidden when stderr is not a terminal.
 pub fn spinner(msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new_spinner();
+    let pb = new_bar();
     pb.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
     pb.set_message(msg.to_string());
     pb.enable_steady_tick(Duration::from_millis(120));
@@ -33,7 +42,7 @@ pub fn spinner(msg: &str) -> ProgressBar {
 
 /// Byte counter for imports (the total is unknown for stdin).
 pub fn byte_bar(msg: &str) -> ProgressBar {
-    let pb = ProgressBar::new_spinner();
+    let pb = new_bar();
     pb.set_style(
         ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec}) {elapsed}")
             .expect("template"),

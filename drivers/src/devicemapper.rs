@@ -328,8 +328,50 @@ fn dm() -> Result<DM> {
     })
 }
 
-/// Brings up the linear metadata/data devices and the thin-pool (or attaches to them).
+/// Removes every dm device of one pool: thin devices, then the pool, then the linear devices
+/// under it.
+fn remove_all(dm: &DM, names: &Names) -> Result<()> {
+    let prefix = format!("{}-", names.prefix);
+    let all = dm
+        .list_devices()
+        .map_err(|e| dm_err("list devices", "device-mapper", e))?;
+    let mut order: Vec<DmNameBuf> = all.into_iter().map(|(n, _, _)| n).collect();
+    order.retain(|n| n.to_string().starts_with(&prefix));
+    order.sort_by_key(|n| match n.to_string().trim_start_matches(&prefix) {
+        "pool" => 1,
+        "meta" | "data" => 2,
+        _ => 0,
+    });
+    for n in order {
+        let name: &DmName = &n;
+        dm.device_remove(&DevId::Name(name), DmOptions::default())
+            .map_err(|e| dm_err("deactivate", name, e))?;
+    }
+    Ok(())
+}
+
+/// [`setup_pool_inner`], and on failure takes down what it set up (the linear devices would
+/// otherwise hold the loop devices), unless the pool was already active before.
 fn setup_pool(dm: &DM, names: &Names, a: &Areas, s: &Settings, fresh: bool) -> Result<ThinPoolDev> {
+    let was_active = dmc::device_exists(dm, &names.pool())
+        .map_err(|e| dm_err("list devices for", &*names.pool(), e))?;
+    setup_pool_inner(dm, names, a, s, fresh).inspect_err(|_| {
+        if !was_active {
+            if let Err(r) = remove_all(dm, names) {
+                tracing::warn!("cleaning up after a failed activation: {r}");
+            }
+        }
+    })
+}
+
+/// Brings up the linear metadata/data devices and the thin-pool (or attaches to them).
+fn setup_pool_inner(
+    dm: &DM,
+    names: &Names,
+    a: &Areas,
+    s: &Settings,
+    fresh: bool,
+) -> Result<ThinPoolDev> {
     let linear = |what: &str, (dev, off, len): &(PathBuf, Bytes, Bytes)| -> Result<LinearDev> {
         let params =
             LinearDevTargetParams::Linear(LinearTargetParams::new(device_of(dev)?, sectors(*off)));
@@ -461,31 +503,14 @@ impl DriverFactory for Factory {
         // Fresh metadata: the kernel formats the area only if its superblock is blank.
         zero_head(&a.meta.0, a.meta.1)?;
         let dm = dm()?;
-        let pool = setup_pool(&dm, &names, &a, &s, true)?;
-        let id = ThinDevId::new_u64(BASE_ID.into()).expect("0 is a valid thin id");
-        let mut base = ThinDev::new(
-            &dm,
-            &names.thin(BASE_ID),
-            None,
-            sectors(base_size),
-            &pool,
-            id,
-        )
-        .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
-        let node = base.devnode();
-        let made = mkfs(&node, s.fs).and_then(|()| {
-            let (_, uuid) = signature::fs_uuid(&node)?.ok_or_else(|| DriverError::Device {
-                device: node.clone(),
-                reason: "no filesystem UUID after mkfs".into(),
-            })?;
-            Ok(uuid)
-        });
-        let teardown = base
-            .teardown(&dm)
-            .map_err(|e| dm_err("deactivate base device", &*names.thin(BASE_ID), e));
+        let made = format_pool(&dm, &names, &a, &s, base_size);
+        if made.is_err() {
+            // A half-made pool would keep the loop devices busy: take it all down.
+            if let Err(r) = remove_all(&dm, &names) {
+                tracing::warn!("cleaning up after a failed format: {r}");
+            }
+        }
         let uuid = made?;
-        teardown?;
-        set_txid(&dm, &names, 0, 1)?;
         let mut identity = Identity::new();
         identity.insert("dm_prefix".into(), names.prefix.clone());
         identity.insert("base_fs_uuid".into(), uuid);
@@ -551,6 +576,42 @@ impl DriverFactory for Factory {
         }
         Ok(Box::new(d))
     }
+}
+
+/// Creates the pool and its base device, formats the base and returns its filesystem UUID.
+fn format_pool(
+    dm: &DM,
+    names: &Names,
+    a: &Areas,
+    s: &Settings,
+    base_size: Bytes,
+) -> Result<String> {
+    let pool = setup_pool(dm, names, a, s, true)?;
+    let id = ThinDevId::new_u64(BASE_ID.into()).expect("0 is a valid thin id");
+    let mut base = ThinDev::new(
+        dm,
+        &names.thin(BASE_ID),
+        None,
+        sectors(base_size),
+        &pool,
+        id,
+    )
+    .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
+    let node = base.devnode();
+    let made = mkfs(&node, s.fs).and_then(|()| {
+        let (_, uuid) = signature::fs_uuid(&node)?.ok_or_else(|| DriverError::Device {
+            device: node.clone(),
+            reason: "no filesystem UUID after mkfs".into(),
+        })?;
+        Ok(uuid)
+    });
+    let teardown = base
+        .teardown(dm)
+        .map_err(|e| dm_err("deactivate base device", &*names.thin(BASE_ID), e));
+    let uuid = made?;
+    teardown?;
+    set_txid(dm, names, 0, 1)?;
+    Ok(uuid)
 }
 
 fn zero_head(dev: &Path, offset: Bytes) -> Result<()> {
@@ -998,24 +1059,7 @@ impl Driver for DmThin {
 
     fn deactivate(&self) -> Result<()> {
         let g = self.lock();
-        let prefix = format!("{}-", self.names.prefix);
-        let all =
-            g.dm.list_devices()
-                .map_err(|e| dm_err("list devices", "device-mapper", e))?;
-        // Thin devices first, then the pool, then the linear devices under it.
-        let mut order: Vec<DmNameBuf> = all.into_iter().map(|(n, _, _)| n).collect();
-        order.retain(|n| n.to_string().starts_with(&prefix));
-        order.sort_by_key(|n| match n.to_string().trim_start_matches(&prefix) {
-            "pool" => 1,
-            "meta" | "data" => 2,
-            _ => 0,
-        });
-        for n in order {
-            let name: &DmName = &n;
-            g.dm.device_remove(&DevId::Name(name), DmOptions::default())
-                .map_err(|e| dm_err("deactivate", name, e))?;
-        }
-        Ok(())
+        remove_all(&g.dm, &self.names)
     }
 
     fn grow(&self) -> Result<()> {

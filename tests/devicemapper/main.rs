@@ -25,6 +25,11 @@ const CASES: &[(&str, Case)] = &[
     ("busy_device_goes_to_deferred_removal", deferred_removal),
     ("full_pool_gives_enospc_and_refuses_layers", full_pool),
     ("bad_options_are_refused", bad_options),
+    (
+        "loopback_data_file_grows_when_free_space_runs_low",
+        autoextend,
+    ),
+    ("swapped_devices_are_refused_on_activation", swapped_devices),
 ];
 
 fn main() {
@@ -338,5 +343,71 @@ fn bad_options() -> Result<(), Failed> {
             return Err(format!("{args:?} left a pool directory").into());
         }
     }
+    Ok(())
+}
+
+/// The loopback pool's data file grows (and the pool table is reloaded) once free data falls
+/// under the autoextend threshold.
+fn autoextend() -> Result<(), Failed> {
+    let env = Env::with_pool(&[
+        "--driver",
+        "devicemapper",
+        "--size",
+        "512M",
+        "--max-size",
+        "2G",
+    ]);
+    base(&env);
+    env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
+    let m = env.path("m");
+    env.ok(&[
+        "layer",
+        "mount",
+        "filler",
+        m.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let total_before = json(&env, &["pool", "status", "t"])["space"]["total"]
+        .as_u64()
+        .unwrap();
+    fill(&m.join("f"), 440 * MIB).map_err(|e| format!("fill: {e}"))?;
+    // The unmount is a writer: it grows the pool before doing its work.
+    let o = env.ok(&["layer", "umount", "filler", "--pool", "t"]);
+    let total_after = json(&env, &["pool", "status", "t"])["space"]["total"]
+        .as_u64()
+        .unwrap();
+    let file = fs::metadata(env.root().join("pools/t/backing/data.img"))
+        .unwrap()
+        .len();
+    if !o.stderr.contains("grew pool") || total_after <= total_before || file <= 512 * MIB {
+        return Err(format!(
+            "no growth: {} total {total_before} -> {total_after}, file {file}",
+            o.stderr
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Data and metadata files swapped behind blkdrv's back: activation must refuse, not corrupt.
+fn swapped_devices() -> Result<(), Failed> {
+    let env = dm_env(&[]);
+    base(&env);
+    env.ok(&["pool", "deactivate", "t"]);
+    let dir = env.root().join("pools/t/backing");
+    fs::rename(dir.join("data.img"), dir.join("tmp.img")).unwrap();
+    fs::rename(dir.join("metadata.img"), dir.join("data.img")).unwrap();
+    fs::rename(dir.join("tmp.img"), dir.join("metadata.img")).unwrap();
+    let o = env.run(&["layer", "ls", "--pool", "t"]);
+    // Put them back so the guard can clean up normally.
+    fs::rename(dir.join("data.img"), dir.join("tmp.img")).unwrap();
+    fs::rename(dir.join("metadata.img"), dir.join("data.img")).unwrap();
+    fs::rename(dir.join("tmp.img"), dir.join("metadata.img")).unwrap();
+    if o.code == 0 {
+        return Err(format!("a pool with swapped devices activated: {}", o.stdout).into());
+    }
+    eprintln!("swapped devices refused: {}", o.stderr.trim());
+    env.ok(&["layer", "ls", "--pool", "t"]);
     Ok(())
 }
