@@ -408,7 +408,7 @@ fn setup_pool_inner(
             let node = meta.devnode();
             exec::run(
                 "thin_check",
-                ["-q".as_ref(), node.as_os_str()],
+                [node.as_os_str()],
                 "check thin-pool metadata before activation",
             )
             .map_err(|e| DriverError::Device {
@@ -598,7 +598,7 @@ fn format_pool(
     )
     .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
     let node = base.devnode();
-    let made = mkfs(&node, s.fs).and_then(|()| {
+    let made = crate::fsbacked::mkfs(&node, s.fs).and_then(|()| {
         let (_, uuid) = signature::fs_uuid(&node)?.ok_or_else(|| DriverError::Device {
             device: node.clone(),
             reason: "no filesystem UUID after mkfs".into(),
@@ -624,29 +624,6 @@ fn zero_head(dev: &Path, offset: Bytes) -> Result<()> {
         .and_then(|_| f.write_all(&[0u8; 4096]))
         .and_then(|_| f.sync_all())
         .map_err(|e| DriverError::io("zero metadata superblock on", dev, e))
-}
-
-fn mkfs(node: &Path, fs: FsType) -> Result<()> {
-    let n = node.as_os_str();
-    match fs {
-        FsType::Ext4 => exec::run(
-            "mkfs.ext4",
-            [
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-E".as_ref(),
-                "nodiscard,lazy_itable_init=0,lazy_journal_init=0".as_ref(),
-                n,
-            ],
-            "format the base device",
-        ),
-        _ => exec::run(
-            "mkfs.xfs",
-            ["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), n],
-            "format the base device",
-        ),
-    }
-    .map(drop)
 }
 
 fn set_txid(dm: &DM, names: &Names, old: u64, new: u64) -> Result<()> {

@@ -117,6 +117,20 @@ pub fn format(ctx: &PoolContext) -> Result<Identity> {
 /// Makes a filesystem of type `fs` on the pool's device; returns its UUID as the pool identity.
 pub fn format_as(ctx: &PoolContext, fs: FsType) -> Result<Identity> {
     let dev = single_device(ctx)?;
+    mkfs(dev, fs)?;
+    let (_, uuid) = signature::fs_uuid(dev)?.ok_or_else(|| DriverError::Device {
+        device: dev.to_path_buf(),
+        reason: format!("no {} filesystem UUID after mkfs", fs.name()),
+    })?;
+    let mut id = Identity::new();
+    id.insert(UUID_KEY.into(), uuid);
+    id.insert(KEY_FS.into(), fs.name().into());
+    Ok(id)
+}
+
+/// Makes a filesystem on `dev`, overwriting whatever is there (callers check signatures first).
+/// The one place that knows blkdrv's mkfs arguments.
+pub fn mkfs(dev: &Path, fs: FsType) -> Result<()> {
     let dev_s = dev.as_os_str();
     match fs {
         // -K: do not discard the whole device at mkfs (slow on big sparse loop files).
@@ -130,8 +144,8 @@ pub fn format_as(ctx: &PoolContext, fs: FsType) -> Result<Identity> {
                 "reflink=1".as_ref(),
                 dev_s,
             ],
-            "format an xfs pool",
-        )?,
+            "format an xfs filesystem",
+        ),
         // Lazy init off: otherwise ext4 zeroes inode tables in the background after mount,
         // which skews the first minutes of any benchmark.
         FsType::Ext4 => exec::run(
@@ -143,23 +157,15 @@ pub fn format_as(ctx: &PoolContext, fs: FsType) -> Result<Identity> {
                 "nodiscard,lazy_itable_init=0,lazy_journal_init=0".as_ref(),
                 dev_s,
             ],
-            "format an ext4 pool",
-        )?,
-        // -K: no whole-device discard, as for xfs.
+            "format an ext4 filesystem",
+        ),
         FsType::Btrfs => exec::run(
             "mkfs.btrfs",
             ["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), dev_s],
-            "format a btrfs pool",
-        )?,
-    };
-    let (_, uuid) = signature::fs_uuid(dev)?.ok_or_else(|| DriverError::Device {
-        device: dev.to_path_buf(),
-        reason: format!("no {} filesystem UUID after mkfs", fs.name()),
-    })?;
-    let mut id = Identity::new();
-    id.insert(UUID_KEY.into(), uuid);
-    id.insert(KEY_FS.into(), fs.name().into());
-    Ok(id)
+            "format a btrfs filesystem",
+        ),
+    }
+    .map(drop)
 }
 
 /// A mounted file-level backing.
