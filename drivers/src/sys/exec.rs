@@ -36,15 +36,23 @@ where
         .output()
         .map_err(|e| DriverError::io("execute", &exe, e))?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stderr = stderr.trim();
+        // Errors are one line: fold the tool's output.
+        let fold = |b: &[u8]| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let stderr = fold(&out.stderr);
         return Err(DriverError::Command {
             command: line,
             status: out.status.to_string(),
             stderr: if stderr.is_empty() {
-                String::from_utf8_lossy(&out.stdout).trim().to_string()
+                fold(&out.stdout)
             } else {
-                stderr.to_string()
+                stderr
             },
         });
     }
@@ -66,5 +74,12 @@ mod tests {
         let err = run("sh", ["-c", "echo boom >&2; exit 3"], "test").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("boom") && msg.contains("sh -c"), "{msg}");
+    }
+
+    #[test]
+    fn multi_line_output_is_folded_into_one_line() {
+        let err = run("sh", ["-c", "printf 'a\\n\\nb\\n' >&2; exit 1"], "test").unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n') && msg.contains("a; b"), "{msg}");
     }
 }
