@@ -103,6 +103,9 @@ by default) and mount it under the state dir."
         /// Block device to use instead of a loopback file.
         #[arg(long, value_name = "DEV")]
         device: Vec<PathBuf>,
+        /// devicemapper: a separate device for thin-pool metadata (with one --device for data).
+        #[arg(long, value_name = "DEV", requires = "device")]
+        metadata_device: Option<PathBuf>,
         /// Filesystem for file-level drivers (vfs, overlay): xfs or ext4.
         #[arg(long)]
         fs: Option<String>,
@@ -279,7 +282,12 @@ where
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
-            let text = e.render().ansi().to_string();
+            // Colours only for a terminal; scripts and logs get plain text.
+            let text = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
             let _ = if e.use_stderr() {
                 write!(err, "{text}")
             } else {
@@ -359,6 +367,7 @@ fn pool_cmd(
             driver,
             size,
             device,
+            metadata_device,
             fs,
             opt,
             no_quota,
@@ -397,7 +406,9 @@ fn pool_cmd(
                         "--max-size applies to loopback pools only, not --device".into(),
                     ));
                 }
-                BackingSpec::Devices(device.clone())
+                let mut devices = device.clone();
+                devices.extend(metadata_device.iter().cloned());
+                BackingSpec::Devices(devices)
             };
             let spec = InitSpec {
                 name,
