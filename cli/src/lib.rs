@@ -80,6 +80,8 @@ struct PoolSel {
     pool: String,
 }
 
+// Parsed once per process; boxing the big variant would only cost readability.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum PoolCmd {
     /// Create a pool: on a sparse loopback file (default) or on block devices (--device).
@@ -88,7 +90,12 @@ enum PoolCmd {
 file under the state dir (only the space actually written is used on the host). With --device \
 the pool formats the given block device; a device that carries a filesystem, partition table or \
 LVM signature is refused unless --force.\n\nvfs and overlay format the backing with --fs (xfs \
-by default) and mount it under the state dir."
+by default) and mount it under the state dir.\n\ndevicemapper makes a thin pool on two loopback \
+files, on --device DATA [--metadata-device META], on an LVM volume group it creates (--lvm \
+--device DEV [--vg NAME]) or on an existing empty LVM thin pool (--thinpool VG/LV). Examples:\n  \
+blkdrv pool init --driver devicemapper --size 20G\n  \
+blkdrv pool init --driver devicemapper --lvm --device /dev/sdb\n  \
+blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
     )]
     Init {
         /// Pool name.
@@ -104,8 +111,23 @@ by default) and mount it under the state dir."
         #[arg(long, value_name = "DEV")]
         device: Vec<PathBuf>,
         /// devicemapper: a separate device for thin-pool metadata (with one --device for data).
-        #[arg(long, value_name = "DEV", requires = "device")]
+        #[arg(long, value_name = "DEV", requires = "device", conflicts_with = "lvm")]
         metadata_device: Option<PathBuf>,
+        /// devicemapper: make an LVM volume group on the --device(s) and a thin-pool LV in it
+        /// (40% of the VG; the rest is room for LVM's autoextend profile), like
+        /// container-storage-setup on Red Hat/Fedora hosts.
+        #[arg(long, requires = "device")]
+        lvm: bool,
+        /// devicemapper --lvm: name of the volume group (default blkdrv-<pool>).
+        #[arg(long, value_name = "NAME", requires = "lvm")]
+        vg: Option<String>,
+        /// devicemapper: an extra argument for mkfs of the base filesystem (repeatable, one word
+        /// each), e.g. --mkfs-arg=-i --mkfs-arg=size=512 for xfs.
+        #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+        mkfs_arg: Vec<String>,
+        /// devicemapper: use this existing, empty LVM thin-pool LV instead of devices.
+        #[arg(long, value_name = "VG/LV", conflicts_with_all = ["device", "size", "lvm"])]
+        thinpool: Option<String>,
         /// Filesystem for file-level drivers (vfs, overlay): xfs or ext4.
         #[arg(long)]
         fs: Option<String>,
@@ -368,6 +390,10 @@ fn pool_cmd(
             size,
             device,
             metadata_device,
+            lvm,
+            vg,
+            thinpool,
+            mkfs_arg,
             fs,
             opt,
             no_quota,
@@ -389,7 +415,26 @@ fn pool_cmd(
             if let Some(fs) = fs.clone().or_else(|| d.fs.clone()) {
                 options.insert("fs".into(), fs);
             }
-            let backing = if device.is_empty() {
+            if *lvm {
+                options.insert("lvm".into(), "on".into());
+            }
+            if let Some(vg) = vg {
+                options.insert("vg".into(), vg.clone());
+            }
+            if let Some(t) = thinpool {
+                options.insert("thinpool".into(), t.clone());
+            }
+            if let Some(bad) = mkfs_arg.iter().find(|a| a.contains(char::is_whitespace)) {
+                return Err(PoolError::Invalid(format!(
+                    "--mkfs-arg '{bad}': one word per --mkfs-arg"
+                )));
+            }
+            if !mkfs_arg.is_empty() {
+                options.insert("mkfs_args".into(), mkfs_arg.join(" "));
+            }
+            let backing = if thinpool.is_some() {
+                BackingSpec::Existing
+            } else if device.is_empty() {
                 let size = match size {
                     Some(s) => *s,
                     None => match &d.size {

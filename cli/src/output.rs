@@ -89,6 +89,7 @@ pub fn backing_summary(s: &PoolStatus) -> String {
             let p: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
             format!("device {}{fs}", p.join(", "))
         }
+        Backing::Existing {} => format!("existing storage named by the driver options{fs}"),
     }
 }
 

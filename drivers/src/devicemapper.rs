@@ -14,6 +14,7 @@
 
 use crate::error::{DriverError, Result};
 use crate::fsbacked::FsType;
+use crate::sys::lvm::{self, PoolLv};
 use crate::sys::{exec, mount, signature};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
@@ -39,6 +40,12 @@ const KEY_BASE_SIZE: &str = "base_size";
 const KEY_METADATA_SIZE: &str = "metadata_size";
 const KEY_DISCARD: &str = "discard";
 const KEY_OVERCOMMIT: &str = "overcommit";
+const KEY_LVM: &str = "lvm";
+const KEY_VG: &str = "vg";
+const KEY_THINPOOL: &str = "thinpool";
+const KEY_AX_THRESHOLD: &str = "autoextend_threshold";
+const KEY_AX_PERCENT: &str = "autoextend_percent";
+const KEY_MKFS_ARGS: &str = "mkfs_args";
 const KNOWN: &[&str] = &[
     KEY_FS,
     KEY_BLOCK_SIZE,
@@ -46,7 +53,17 @@ const KNOWN: &[&str] = &[
     KEY_METADATA_SIZE,
     KEY_DISCARD,
     KEY_OVERCOMMIT,
+    KEY_LVM,
+    KEY_VG,
+    KEY_THINPOOL,
+    KEY_AX_THRESHOLD,
+    KEY_AX_PERCENT,
+    KEY_MKFS_ARGS,
 ];
+/// The LV blkdrv creates in `--lvm` mode, as container-storage-setup named Docker's.
+const LVM_POOL_LV: &str = "thinpool";
+/// Share of the VG's free space the pool's data starts with; the rest is room to autoextend.
+const LVM_DATA_PCT: u8 = 40;
 
 pub struct Factory;
 
@@ -183,6 +200,22 @@ struct Settings {
     metadata_size: Option<Bytes>,
     discard: bool,
     overcommit: bool,
+    /// Make a VG and a thin-pool LV on the devices (`--lvm`).
+    lvm: bool,
+    vg: Option<String>,
+    /// Use this existing thin-pool LV (`--thinpool VG/LV`).
+    thinpool: Option<PoolLv>,
+    autoextend: lvm::Autoextend,
+    /// Extra mkfs arguments for the base filesystem (words, space-separated).
+    mkfs_args: Vec<String>,
+}
+
+fn pct(key: &str, v: &str) -> Result<u8> {
+    v.trim_end_matches('%')
+        .parse::<u8>()
+        .ok()
+        .filter(|p| (1..=100).contains(p))
+        .ok_or_else(|| bad(key, v, "expected a percentage from 1 to 100"))
 }
 
 impl Settings {
@@ -229,7 +262,48 @@ impl Settings {
                 ));
             }
         }
+        let lvm = get(KEY_LVM)
+            .map(|v| on_off(KEY_LVM, v))
+            .transpose()?
+            .unwrap_or(false);
+        let vg = get(KEY_VG).map(str::to_string);
+        if let Some(v) = &vg {
+            if !lvm::valid_name(v) {
+                return Err(bad(KEY_VG, v, "not a valid LVM volume group name"));
+            }
+            if !lvm {
+                return Err(bad(KEY_VG, v, "a volume group name goes with --lvm"));
+            }
+        }
+        let thinpool = get(KEY_THINPOOL)
+            .map(|v| v.parse::<PoolLv>().map_err(|e| bad(KEY_THINPOOL, v, e)))
+            .transpose()?;
+        if let (Some(t), true) = (&thinpool, lvm) {
+            return Err(bad(
+                KEY_THINPOOL,
+                &t.to_string(),
+                "--thinpool uses an existing pool; --lvm makes a new one: pick one",
+            ));
+        }
+        let autoextend = lvm::Autoextend {
+            threshold_pct: get(KEY_AX_THRESHOLD)
+                .map(|v| pct(KEY_AX_THRESHOLD, v))
+                .transpose()?
+                .unwrap_or(80),
+            percent: get(KEY_AX_PERCENT)
+                .map(|v| pct(KEY_AX_PERCENT, v))
+                .transpose()?
+                .unwrap_or(20),
+        };
+        let mkfs_args = get(KEY_MKFS_ARGS)
+            .map(|v| v.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
         Ok(Settings {
+            mkfs_args,
+            lvm,
+            vg,
+            thinpool,
+            autoextend,
             fs,
             block_size,
             base_size,
@@ -263,6 +337,25 @@ impl Settings {
             KEY_OVERCOMMIT.into(),
             if self.overcommit { "on" } else { "off" }.into(),
         );
+        if self.lvm {
+            o.insert(KEY_LVM.into(), "on".into());
+        }
+        if let Some(v) = &self.vg {
+            o.insert(KEY_VG.into(), v.clone());
+        }
+        if let Some(t) = &self.thinpool {
+            o.insert(KEY_THINPOOL.into(), t.to_string());
+        }
+        if !self.mkfs_args.is_empty() {
+            o.insert(KEY_MKFS_ARGS.into(), self.mkfs_args.join(" "));
+        }
+        if self.lvm || self.thinpool.is_some() {
+            o.insert(
+                KEY_AX_THRESHOLD.into(),
+                self.autoextend.threshold_pct.to_string(),
+            );
+            o.insert(KEY_AX_PERCENT.into(), self.autoextend.percent.to_string());
+        }
         o
     }
 
@@ -288,14 +381,26 @@ impl Settings {
 #[derive(Debug, Clone)]
 struct Names {
     prefix: String,
+    /// The thin-pool device: `<prefix>-pool`, or the LVM pool LV's dm name.
+    pool: DmNameBuf,
 }
 
 impl Names {
+    fn new(prefix: String, lvm: Option<&PoolLv>) -> Names {
+        let pool = match lvm {
+            Some(p) => p.dm_name(""),
+            None => format!("{prefix}-pool"),
+        };
+        Names {
+            pool: DmNameBuf::new(pool).expect("LVM and blkdrv names are valid dm names"),
+            prefix,
+        }
+    }
     fn name(&self, what: &str) -> DmNameBuf {
         DmNameBuf::new(format!("{}-{what}", self.prefix)).expect("short ascii names are valid")
     }
     fn pool(&self) -> DmNameBuf {
-        self.name("pool")
+        self.pool.clone()
     }
     fn thin(&self, id: u32) -> DmNameBuf {
         if id == BASE_ID {
@@ -372,6 +477,11 @@ fn setup_pool_inner(
     s: &Settings,
     fresh: bool,
 ) -> Result<ThinPoolDev> {
+    // The pool first: a table-less pool holds nothing, a table-less linear device nothing.
+    clear_tableless(dm, &names.pool())?;
+    for what in ["meta", "data"] {
+        clear_tableless(dm, &names.name(what))?;
+    }
     let linear = |what: &str, (dev, off, len): &(PathBuf, Bytes, Bytes)| -> Result<LinearDev> {
         let params =
             LinearDevTargetParams::Linear(LinearTargetParams::new(device_of(dev)?, sectors(*off)));
@@ -474,36 +584,17 @@ impl DriverFactory for Factory {
 
     fn format(&self, ctx: &PoolContext) -> Result<Identity> {
         let s = Settings::parse(&ctx.options)?;
-        let a = areas(ctx, &s)?;
-        let names = Names {
-            prefix: random_prefix(),
-        };
-        let data_size = a.data.2;
-        let base_size = match s.base_size {
-            Some(b) if b > data_size && !s.overcommit => {
-                return Err(bad(
-                    KEY_BASE_SIZE,
-                    &b.to_string(),
-                    format!(
-                    "larger than the pool's {data_size} of data; add -o overcommit=on to allow it"
-                ),
-                ))
-            }
-            Some(b) => b,
-            // Each layer can hold as much as the pool, up to the 10 GiB moby used.
-            None => Bytes(data_size.0.min(10 << 30)),
-        };
-        if base_size < self.min_device_size(&ctx.options) {
-            return Err(bad(
-                KEY_BASE_SIZE,
-                &base_size.to_string(),
-                format!("too small for a {} filesystem", s.fs.name()),
-            ));
+        let dm = dm()?;
+        if s.lvm || s.thinpool.is_some() {
+            return format_lvm(&dm, ctx, &s);
         }
+        let a = areas(ctx, &s)?;
+        let names = Names::new(random_prefix(), None);
+        let base_size = base_size_for(&s, a.data.2, self.min_device_size(&ctx.options))?;
         // Fresh metadata: the kernel formats the area only if its superblock is blank.
         zero_head(&a.meta.0, a.meta.1)?;
-        let dm = dm()?;
-        let made = format_pool(&dm, &names, &a, &s, base_size);
+        let made = setup_pool(&dm, &names, &a, &s, true)
+            .and_then(|pool| make_base(&dm, &names, &pool, &s, base_size));
         if made.is_err() {
             // A half-made pool would keep the loop devices busy: take it all down.
             if let Err(r) = remove_all(&dm, &names) {
@@ -521,31 +612,70 @@ impl DriverFactory for Factory {
 
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
         let s = Settings::parse(&ctx.options)?;
-        let a = areas(ctx, &s)?;
+        let label = ctx
+            .devices
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ctx.state_dir.clone());
         let get = |k: &str| {
             identity
                 .get(k)
                 .cloned()
                 .ok_or_else(|| DriverError::IdentityMismatch {
-                    device: a.data.0.clone(),
+                    device: label.clone(),
                     field: k.into(),
                     recorded: "(missing)".into(),
                     found: "a pool record without it".into(),
                 })
         };
-        let names = Names {
-            prefix: get("dm_prefix")?,
-        };
+        let prefix = get("dm_prefix")?;
         let base_size = Bytes(get("base_size")?.parse().unwrap_or(0));
         let recorded_uuid = get("base_fs_uuid")?;
         let dm = dm()?;
-        let pool = setup_pool(&dm, &names, &a, &s, false)?;
+        let (names, pool, home, label) = match identity.get("lvm_pool") {
+            Some(p) => {
+                let lv: PoolLv = p.parse().map_err(|e: String| DriverError::Device {
+                    device: label.clone(),
+                    reason: format!("recorded LVM pool: {e}"),
+                })?;
+                let lv_path = PathBuf::from(format!("/dev/{lv}"));
+                let info = lvm::pool_info(&lv)?;
+                let recorded = get("lvm_uuid")?;
+                if info.uuid != recorded {
+                    return Err(DriverError::IdentityMismatch {
+                        device: lv_path,
+                        field: "LVM thin-pool LV UUID".into(),
+                        recorded,
+                        found: format!("{}: {lv} was recreated or is another pool", info.uuid),
+                    });
+                }
+                let names = Names::new(prefix, Some(&lv));
+                if !exists(&dm, &names.pool())? {
+                    lvm::activate(&lv)?;
+                }
+                let pool = attach_pool(&dm, &names.pool())?;
+                let home = Home::Lvm {
+                    created: get("lvm_created").is_ok_and(|v| v == "yes"),
+                    vg_created: get("lvm_vg_created").is_ok_and(|v| v == "yes"),
+                    pool: lv,
+                };
+                (names, pool, home, lv_path)
+            }
+            None => {
+                let a = areas(ctx, &s)?;
+                let names = Names::new(prefix, None);
+                let pool = setup_pool(&dm, &names, &a, &s, false)?;
+                (names, pool, Home::Devices, a.data.0)
+            }
+        };
         let d = DmThin {
+            block: Bytes(pool.data_block_size().0 * 512),
             inner: Mutex::new(Inner { dm, pool }),
             names,
             settings: s,
             base_size,
             devices: ctx.devices.clone(),
+            home,
         };
         let txid = d.txid()?;
         if let Some(g) = ctx.generation {
@@ -553,7 +683,7 @@ impl DriverFactory for Factory {
             // pool's recovery finishes or undoes; anything else was done behind our back.
             if txid != g && txid != g + 1 {
                 return Err(DriverError::IdentityMismatch {
-                    device: a.data.0.clone(),
+                    device: label,
                     field: "thin-pool transaction id".into(),
                     recorded: g.to_string(),
                     found: format!(
@@ -568,7 +698,7 @@ impl DriverFactory for Factory {
             .unwrap_or_else(|| "no filesystem".into());
         if found != recorded_uuid {
             return Err(DriverError::IdentityMismatch {
-                device: a.data.0.clone(),
+                device: label,
                 field: "base filesystem UUID".into(),
                 recorded: recorded_uuid,
                 found,
@@ -578,27 +708,244 @@ impl DriverFactory for Factory {
     }
 }
 
-/// Creates the pool and its base device, formats the base and returns its filesystem UUID.
-fn format_pool(
+/// Size of the base device (and so of every layer): as asked, or the pool's data up to the
+/// 10 GiB moby used; over the pool only with overcommit.
+fn base_size_for(s: &Settings, data_size: Bytes, min: Bytes) -> Result<Bytes> {
+    let base_size = match s.base_size {
+        Some(b) if b > data_size && !s.overcommit => {
+            return Err(bad(
+                KEY_BASE_SIZE,
+                &b.to_string(),
+                format!(
+                    "larger than the pool's {data_size} of data; add -o overcommit=on to allow it"
+                ),
+            ))
+        }
+        Some(b) => b,
+        None => Bytes(data_size.0.min(10 << 30)),
+    };
+    if base_size < min {
+        return Err(bad(
+            KEY_BASE_SIZE,
+            &base_size.to_string(),
+            format!("too small for a {} filesystem", s.fs.name()),
+        ));
+    }
+    Ok(base_size)
+}
+
+/// Removes `name` if it exists without a live table: what a process killed between creating a
+/// dm device and loading its table leaves behind (setup would otherwise fail on it forever).
+fn clear_tableless(dm: &DM, name: &DmName) -> Result<()> {
+    if !exists(dm, name)? {
+        return Ok(());
+    }
+    let info = dm
+        .device_info(&DevId::Name(name))
+        .map_err(|e| dm_err("read device info of", name, e))?;
+    if !info.flags().contains(DmFlags::DM_ACTIVE_PRESENT) && info.open_count() == 0 {
+        tracing::info!(device = %name, "removing a device left without a table");
+        dm.device_remove(&DevId::Name(name), DmOptions::default())
+            .map_err(|e| dm_err("remove table-less device", name, e))?;
+    }
+    Ok(())
+}
+
+fn exists(dm: &DM, name: &DmName) -> Result<bool> {
+    dmc::device_exists(dm, name).map_err(|e| dm_err("list devices for", name, e))
+}
+
+/// `pool init --lvm` (a new VG and thin-pool LV on the devices) or `--thinpool VG/LV` (an
+/// existing, empty thin-pool LV), then the base device as for any pool.
+fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Identity> {
+    let (lv, created) = match &s.thinpool {
+        Some(t) => (t.clone(), None),
+        None => {
+            let vg =
+                s.vg.clone()
+                    .unwrap_or_else(|| format!("blkdrv-{}", ctx.pool));
+            let lv = PoolLv {
+                vg,
+                lv: LVM_POOL_LV.into(),
+            };
+            if ctx.devices.is_empty() {
+                return Err(bad(
+                    KEY_LVM,
+                    "on",
+                    "--lvm needs --device DEV for the volume group",
+                ));
+            }
+            let mut total = 0;
+            for d in &ctx.devices {
+                total += device_size(d)?.0;
+            }
+            let data = Bytes(total / 100 * u64::from(LVM_DATA_PCT));
+            let meta = s
+                .metadata_size
+                .unwrap_or_else(|| metadata_size_for(data, s.block_size));
+            let c = lvm::create_thin_pool(
+                &lv,
+                &ctx.devices,
+                s.block_size,
+                meta,
+                LVM_DATA_PCT,
+                s.autoextend,
+            )?;
+            (lv, Some(c))
+        }
+    };
+    let names = Names::new(random_prefix(), Some(&lv));
+    let made = (|| {
+        let info = lvm::pool_info(&lv)?;
+        if info.thin_lvs > 0 {
+            return Err(DriverError::Device {
+                device: PathBuf::from(format!("/dev/{lv}")),
+                reason: format!(
+                    "has {} LVM thin volume(s); blkdrv needs a thin pool of its own (lvcreate --type thin-pool)",
+                    info.thin_lvs
+                ),
+            });
+        }
+        if !exists(dm, &names.pool())? {
+            lvm::activate(&lv)?;
+        }
+        let pool = attach_pool(dm, &names.pool())?;
+        if created.is_none() {
+            // Someone else's thin devices would collide with blkdrv's ids.
+            let txid = pool_status(dm, &names, &pool)?.transaction_id;
+            let ids = thin_ls(dm, &names, &pool)?;
+            if txid != 0 || !ids.is_empty() {
+                return Err(DriverError::Device {
+                    device: PathBuf::from(format!("/dev/{lv}")),
+                    reason: format!(
+                        "is in use: transaction id {txid} and {} thin device(s) (ids {}); blkdrv adopts only an empty thin pool",
+                        ids.len(),
+                        ids.iter().map(|(i, _, _)| i.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+        let data = Bytes(pool.data_dev().size().bytes().0 as u64);
+        let mut s = s.clone();
+        s.block_size = Bytes(pool.data_block_size().0 * 512);
+        let base_size = base_size_for(&s, data, Factory.min_device_size(&ctx.options))?;
+        let uuid = make_base(dm, &names, &pool, &s, base_size).inspect_err(|_| {
+            if created.is_none() {
+                // Give the adopted pool back as found: without the half-made base.
+                let _ = dm.target_msg(&DevId::Name(&names.pool()), None, "delete 0");
+            }
+        })?;
+        Ok((info, base_size, uuid))
+    })();
+    let (info, base_size, uuid) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            // Leave an adopted pool as found; remove what blkdrv made.
+            let undo = match &created {
+                Some(c) => {
+                    remove_all(dm, &names).and_then(|()| lvm::remove_thin_pool(c, &ctx.devices))
+                }
+                None => remove_all(dm, &names),
+            };
+            if let Err(u) = undo {
+                tracing::warn!("cleaning up after a failed LVM pool init: {u}");
+            }
+            return Err(e);
+        }
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let mut identity = Identity::new();
+    identity.insert("dm_prefix".into(), names.prefix.clone());
+    identity.insert("base_fs_uuid".into(), uuid);
+    identity.insert("base_size".into(), base_size.0.to_string());
+    identity.insert("fs".into(), s.fs.name().into());
+    identity.insert("lvm_pool".into(), lv.to_string());
+    identity.insert("lvm_uuid".into(), info.uuid);
+    identity.insert("lvm_created".into(), yes(created.is_some()));
+    identity.insert(
+        "lvm_vg_created".into(),
+        yes(created.as_ref().is_some_and(|c| c.vg_created)),
+    );
+    Ok(identity)
+}
+
+/// Builds a [`ThinPoolDev`] handle for a thin pool someone else set up (LVM), from the kernel's
+/// own tables, so thin devices can be made on it as on blkdrv's own pools.
+fn attach_pool(dm: &DM, name: &DmName) -> Result<ThinPoolDev> {
+    let table = |n: &DmName| {
+        dm.table_status(
+            &DevId::Name(n),
+            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+        )
+        .map_err(|e| dm_err("read table of", n, e))
+    };
+    let uuid = |info: &dmc::DeviceInfo| info.uuid().map(|u| u.to_owned());
+    let bad_table = |n: &DmName, e: DmError| DriverError::Kernel {
+        op: "parse table of",
+        target: n.to_string(),
+        message: e.to_string(),
+    };
+    let all = dm
+        .list_devices()
+        .map_err(|e| dm_err("list devices", "device-mapper", e))?;
+    let linear = |dev: Device| -> Result<LinearDev> {
+        let (n, _, _) =
+            all.iter()
+                .find(|(_, d, _)| *d == dev)
+                .ok_or_else(|| DriverError::Kernel {
+                    op: "find device-mapper device",
+                    target: dev.to_string(),
+                    message: "the thin pool's metadata or data device is not a dm device".into(),
+                })?;
+        let (info, lines) = table(n)?;
+        let mut t = Vec::new();
+        for (start, len, ty, params) in lines {
+            let p = format!("{ty} {params}")
+                .parse::<LinearDevTargetParams>()
+                .map_err(|e| bad_table(n, e))?;
+            t.push(TargetLine::new(dmc::Sectors(start), dmc::Sectors(len), p));
+        }
+        LinearDev::setup(dm, n, uuid(&info).as_deref(), t).map_err(|e| dm_err("attach to", &**n, e))
+    };
+    let (info, lines) = table(name)?;
+    let [(_, _, ty, params)] = lines.as_slice() else {
+        return Err(DriverError::Kernel {
+            op: "parse table of",
+            target: name.to_string(),
+            message: format!("expected one thin-pool line, found {}", lines.len()),
+        });
+    };
+    let p = format!("{ty} {params}")
+        .parse::<dmc::ThinPoolTargetParams>()
+        .map_err(|e| bad_table(name, e))?;
+    let meta = linear(p.metadata_dev)?;
+    let data = linear(p.data_dev)?;
+    ThinPoolDev::setup(
+        dm,
+        name,
+        uuid(&info).as_deref(),
+        meta,
+        data,
+        p.data_block_size,
+        p.low_water_mark,
+        p.feature_args.into_iter().collect(),
+    )
+    .map_err(|e| dm_err("attach to thin-pool", name, e))
+}
+
+/// Creates the base thin device, formats it and returns its filesystem UUID.
+fn make_base(
     dm: &DM,
     names: &Names,
-    a: &Areas,
+    pool: &ThinPoolDev,
     s: &Settings,
     base_size: Bytes,
 ) -> Result<String> {
-    let pool = setup_pool(dm, names, a, s, true)?;
     let id = ThinDevId::new_u64(BASE_ID.into()).expect("0 is a valid thin id");
-    let mut base = ThinDev::new(
-        dm,
-        &names.thin(BASE_ID),
-        None,
-        sectors(base_size),
-        &pool,
-        id,
-    )
-    .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
+    let mut base = ThinDev::new(dm, &names.thin(BASE_ID), None, sectors(base_size), pool, id)
+        .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
     let node = base.devnode();
-    let made = crate::fsbacked::mkfs(&node, s.fs).and_then(|()| {
+    let made = crate::fsbacked::mkfs_with(&node, s.fs, &s.mkfs_args).and_then(|()| {
         let (_, uuid) = signature::fs_uuid(&node)?.ok_or_else(|| DriverError::Device {
             device: node.clone(),
             reason: "no filesystem UUID after mkfs".into(),
@@ -613,7 +960,6 @@ fn format_pool(
     set_txid(dm, names, 0, 1)?;
     Ok(uuid)
 }
-
 fn zero_head(dev: &Path, offset: Bytes) -> Result<()> {
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
@@ -641,13 +987,80 @@ struct Inner {
     pool: ThinPoolDev,
 }
 
+/// Where the thin pool lives.
+#[derive(Debug, Clone)]
+enum Home {
+    /// blkdrv's own thin-pool target over two areas (loopback files or block devices).
+    Devices,
+    /// An LVM thin-pool LV: made by `--lvm` (and its VG too if `vg_created`) or adopted.
+    Lvm {
+        pool: PoolLv,
+        created: bool,
+        vg_created: bool,
+    },
+}
+
 pub struct DmThin {
     // libdevmapper was never thread-safe and the pool table is reloaded on grow: one lock.
     inner: Mutex<Inner>,
     names: Names,
     settings: Settings,
+    /// Data block size, from the pool's table (an adopted LVM pool has its own).
+    block: Bytes,
     base_size: Bytes,
     devices: Vec<PathBuf>,
+    home: Home,
+}
+
+fn pool_status(
+    dm: &DM,
+    names: &Names,
+    pool: &ThinPoolDev,
+) -> Result<Box<dmc::ThinPoolWorkingStatus>> {
+    match pool.status(dm, DmOptions::default()) {
+        Ok(ThinPoolStatus::Working(w)) => Ok(w),
+        Ok(other) => Err(DriverError::Kernel {
+            op: "read status of",
+            target: (*names.pool()).to_string(),
+            message: format!("thin-pool is {other:?}: it needs repair (thin_check / thin_repair)"),
+        }),
+        Err(e) => Err(dm_err("read status of", &*names.pool(), e)),
+    }
+}
+
+/// Thin ids in the pool's metadata and their exclusive/mapped bytes, from thin_ls on a
+/// metadata snapshot (the live metadata cannot be read while the pool runs).
+fn thin_ls(dm: &DM, names: &Names, pool: &ThinPoolDev) -> Result<Vec<(u32, Bytes, Bytes)>> {
+    let id = DevId::Name(&names.pool);
+    let meta_node = pool.meta_dev().devnode();
+    dm.target_msg(&id, None, "reserve_metadata_snap")
+        .map_err(|e| dm_err("reserve metadata snapshot of", &*names.pool, e))?;
+    let out = exec::run(
+        "thin_ls",
+        [
+            "--metadata-snap".as_ref(),
+            "--no-headers".as_ref(),
+            "-o".as_ref(),
+            "DEV,EXCLUSIVE_BYTES,MAPPED_BYTES".as_ref(),
+            meta_node.as_os_str(),
+        ],
+        "list thin devices",
+    );
+    let released = dm
+        .target_msg(&id, None, "release_metadata_snap")
+        .map_err(|e| dm_err("release metadata snapshot of", &*names.pool, e));
+    let out = out?;
+    released?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let id = f.next()?.parse().ok()?;
+            let excl = f.next()?.parse().ok()?;
+            let mapped = f.next()?.parse().ok()?;
+            Some((id, Bytes(excl), Bytes(mapped)))
+        })
+        .collect())
 }
 
 impl DmThin {
@@ -657,17 +1070,7 @@ impl DmThin {
 
     fn status(&self) -> Result<Box<dmc::ThinPoolWorkingStatus>> {
         let g = self.lock();
-        match g.pool.status(&g.dm, DmOptions::default()) {
-            Ok(ThinPoolStatus::Working(w)) => Ok(w),
-            Ok(other) => Err(DriverError::Kernel {
-                op: "read status of",
-                target: (*self.names.pool()).to_string(),
-                message: format!(
-                    "thin-pool is {other:?}: it needs repair (thin_check / thin_repair)"
-                ),
-            }),
-            Err(e) => Err(dm_err("read status of", &*self.names.pool(), e)),
-        }
+        pool_status(&g.dm, &self.names, &g.pool)
     }
 
     fn txid(&self) -> Result<u64> {
@@ -692,6 +1095,7 @@ impl DmThin {
 
     /// Activates a thin device (or attaches to it if active).
     fn activate(&self, g: &Inner, id: u32) -> Result<ThinDev> {
+        clear_tableless(&g.dm, &self.names.thin(id))?;
         ThinDev::setup(
             &g.dm,
             &self.names.thin(id),
@@ -739,40 +1143,9 @@ impl DmThin {
         }
     }
 
-    /// Thin ids in the pool's metadata and their exclusive/mapped bytes, from thin_ls on a
-    /// metadata snapshot (the live metadata cannot be read while the pool runs).
     fn thin_ls(&self) -> Result<Vec<(u32, Bytes, Bytes)>> {
         let g = self.lock();
-        let pool = DevId::Name(&self.names.pool());
-        let meta_node = g.pool.meta_dev().devnode();
-        g.dm.target_msg(&pool, None, "reserve_metadata_snap")
-            .map_err(|e| dm_err("reserve metadata snapshot of", &*self.names.pool(), e))?;
-        let out = exec::run(
-            "thin_ls",
-            [
-                "--metadata-snap".as_ref(),
-                "--no-headers".as_ref(),
-                "-o".as_ref(),
-                "DEV,EXCLUSIVE_BYTES,MAPPED_BYTES".as_ref(),
-                meta_node.as_os_str(),
-            ],
-            "list thin devices",
-        );
-        let released =
-            g.dm.target_msg(&pool, None, "release_metadata_snap")
-                .map_err(|e| dm_err("release metadata snapshot of", &*self.names.pool(), e));
-        let out = out?;
-        released?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let id = f.next()?.parse().ok()?;
-                let excl = f.next()?.parse().ok()?;
-                let mapped = f.next()?.parse().ok()?;
-                Some((id, Bytes(excl), Bytes(mapped)))
-            })
-            .collect())
+        thin_ls(&g.dm, &self.names, &g.pool)
     }
 
     fn discard_all(&self, node: &Path) -> Result<()> {
@@ -797,9 +1170,7 @@ impl Driver for DmThin {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            granularity: Granularity::Block {
-                size: self.settings.block_size,
-            },
+            granularity: Granularity::Block { size: self.block },
             native_snapshots: true,
         }
     }
@@ -976,7 +1347,7 @@ impl Driver for DmThin {
 
     fn space(&self) -> Result<Space> {
         let w = self.status()?;
-        let block = self.settings.block_size.0;
+        let block = self.block.0;
         let total = Bytes(w.usage.total_data.0 * block);
         let used = Bytes(w.usage.used_data.0 * block);
         let meta_total = Bytes(w.usage.total_meta.0 * 4096);
@@ -988,6 +1359,23 @@ impl Driver for DmThin {
         };
         let mut details = vec![
             ("Pool Device".into(), (*self.names.pool()).to_string()),
+            (
+                "Pool Home".into(),
+                match &self.home {
+                    Home::Devices => "blkdrv's own thin-pool target".into(),
+                    Home::Lvm { pool, created, .. } => format!(
+                        "LVM thin-pool LV {pool} ({}, autoextend at {}% by {}%)",
+                        if *created {
+                            "made by blkdrv"
+                        } else {
+                            "adopted"
+                        },
+                        lvm::profile_threshold(pool)
+                            .unwrap_or(self.settings.autoextend.threshold_pct),
+                        self.settings.autoextend.percent
+                    ),
+                },
+            ),
             ("Pool State".into(), state.to_string()),
             ("Needs Check".into(), w.needs_check.to_string()),
             (
@@ -995,7 +1383,7 @@ impl Driver for DmThin {
                 format!("{meta_used} used of {meta_total}"),
             ),
             ("Transaction Id".into(), w.transaction_id.to_string()),
-            ("Block Size".into(), self.settings.block_size.to_string()),
+            ("Block Size".into(), self.block.to_string()),
             ("Base Device Size".into(), self.base_size.to_string()),
             ("Base Filesystem".into(), self.settings.fs.name().into()),
             (
@@ -1036,10 +1424,73 @@ impl Driver for DmThin {
 
     fn deactivate(&self) -> Result<()> {
         let g = self.lock();
-        remove_all(&g.dm, &self.names)
+        remove_all(&g.dm, &self.names)?;
+        if let Home::Lvm { pool, .. } = &self.home {
+            lvm::deactivate(pool)?;
+        }
+        Ok(())
+    }
+
+    fn destroy(&self) -> Result<()> {
+        let g = self.lock();
+        remove_all(&g.dm, &self.names)?;
+        match &self.home {
+            Home::Devices => Ok(()),
+            Home::Lvm {
+                pool,
+                created: true,
+                vg_created,
+            } => lvm::remove_thin_pool(
+                &lvm::Created {
+                    pool: pool.clone(),
+                    vg_created: *vg_created,
+                },
+                &self.devices,
+            ),
+            Home::Lvm { pool, .. } => {
+                // An adopted pool goes back empty: blkdrv's thin devices (and base) deleted.
+                let id = DevId::Name(&self.names.pool);
+                for (n, _, _) in thin_ls(&g.dm, &self.names, &g.pool)? {
+                    g.dm.target_msg(&id, None, &format!("delete {n}"))
+                        .map_err(|e| dm_err("delete thin device from", &*self.names.pool, e))?;
+                }
+                let t = pool_status(&g.dm, &self.names, &g.pool)?.transaction_id;
+                set_txid(&g.dm, &self.names, t, 0)?;
+                lvm::deactivate(pool)
+            }
+        }
+    }
+
+    fn autoextend(&self) -> Result<Option<String>> {
+        let Home::Lvm { pool, .. } = &self.home else {
+            return Ok(None);
+        };
+        // dmeventd does this on hosts that run it; blkdrv also checks at each command, so
+        // pools grow where nothing monitors them (containers, the test VM).
+        let threshold =
+            lvm::profile_threshold(pool).unwrap_or(self.settings.autoextend.threshold_pct);
+        let w = self.status()?;
+        let (used, total) = (w.usage.used_data.0, w.usage.total_data.0.max(1));
+        if used * 100 < total * u64::from(threshold) {
+            return Ok(None);
+        }
+        let grown = lvm::extend_by_policy(pool)?;
+        // The pool's table changed under the handle: attach again.
+        let mut g = self.lock();
+        let fresh = attach_pool(&g.dm, &self.names.pool)?;
+        g.pool = fresh;
+        Ok(grown.map(|size| {
+            format!(
+                "grew LVM thin pool {pool} to {size}: {}% of its data was used (threshold {threshold}%)",
+                used * 100 / total
+            )
+        }))
     }
 
     fn grow(&self) -> Result<()> {
+        if matches!(self.home, Home::Lvm { .. }) {
+            return Ok(());
+        }
         let mut g = self.lock();
         let data_dev = self.devices.first().cloned().ok_or(DriverError::Device {
             device: PathBuf::from("-"),

@@ -131,41 +131,43 @@ pub fn format_as(ctx: &PoolContext, fs: FsType) -> Result<Identity> {
 /// Makes a filesystem on `dev`, overwriting whatever is there (callers check signatures first).
 /// The one place that knows blkdrv's mkfs arguments.
 pub fn mkfs(dev: &Path, fs: FsType) -> Result<()> {
-    let dev_s = dev.as_os_str();
-    match fs {
+    mkfs_with(dev, fs, &[])
+}
+
+/// [`mkfs`] with the admin's extra arguments (`--mkfs-arg`), placed before the device so they
+/// override blkdrv's defaults where the tool lets later options win.
+pub fn mkfs_with(dev: &Path, fs: FsType, extra: &[String]) -> Result<()> {
+    let (program, defaults, purpose): (&str, &[&str], &'static str) = match fs {
         // -K: do not discard the whole device at mkfs (slow on big sparse loop files).
-        FsType::Xfs => exec::run(
+        FsType::Xfs => (
             "mkfs.xfs",
-            [
-                "-q".as_ref(),
-                "-f".as_ref(),
-                "-K".as_ref(),
-                "-m".as_ref(),
-                "reflink=1".as_ref(),
-                dev_s,
-            ],
+            &["-q", "-f", "-K", "-m", "reflink=1"],
             "format an xfs filesystem",
         ),
         // Lazy init off: otherwise ext4 zeroes inode tables in the background after mount,
         // which skews the first minutes of any benchmark.
-        FsType::Ext4 => exec::run(
+        FsType::Ext4 => (
             "mkfs.ext4",
-            [
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-E".as_ref(),
-                "nodiscard,lazy_itable_init=0,lazy_journal_init=0".as_ref(),
-                dev_s,
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
             ],
             "format an ext4 filesystem",
         ),
-        FsType::Btrfs => exec::run(
+        FsType::Btrfs => (
             "mkfs.btrfs",
-            ["-q".as_ref(), "-f".as_ref(), "-K".as_ref(), dev_s],
+            &["-q", "-f", "-K"],
             "format a btrfs filesystem",
         ),
-    }
-    .map(drop)
+    };
+    let args = defaults
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain(extra.iter().map(std::ffi::OsStr::new))
+        .chain(std::iter::once(dev.as_os_str()));
+    exec::run(program, args, purpose).map(drop)
 }
 
 /// A mounted file-level backing.

@@ -249,6 +249,18 @@ pub trait Driver: Send + Sync {
         Ok(())
     }
 
+    /// The driver's own growth policy for storage blkdrv did not size itself (an LVM thin pool
+    /// with an autoextend profile), checked at each writer's command. Some(what it did).
+    fn autoextend(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// Tears the pool down for good (`pool destroy`): by default what `deactivate` does; drivers
+    /// that made storage objects of their own (an LVM VG and LV) remove them.
+    fn destroy(&self) -> Result<()> {
+        self.deactivate()
+    }
+
     /// A counter the driver's kernel object keeps across restarts (the thin-pool transaction
     /// id), advanced once per create or remove. The pool records it after each completed
     /// operation and hands it back in [`PoolContext::generation`], so a driver can tell a crash

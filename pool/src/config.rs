@@ -75,6 +75,8 @@ pub enum Backing {
     Loopback { files: Vec<LoopFile> },
     /// Block devices given by the admin.
     Devices { paths: Vec<PathBuf> },
+    /// Storage that already exists and that the driver's options name (an LVM thin pool).
+    Existing {},
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

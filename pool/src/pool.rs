@@ -75,8 +75,12 @@ const ACTIVATE_LOCK: &str = "activate.lock";
 /// What to back a new pool with.
 #[derive(Debug, Clone)]
 pub enum BackingSpec {
-    Loopback { size: Bytes },
+    Loopback {
+        size: Bytes,
+    },
     Devices(Vec<PathBuf>),
+    /// Existing storage the driver options name (`--thinpool VG/LV`).
+    Existing,
 }
 
 /// Parameters of `pool init`.
@@ -278,6 +282,7 @@ impl Pool {
                     paths: paths.clone(),
                 }
             }
+            BackingSpec::Existing => Backing::Existing {},
         };
         mkdir(&dir.join("tmp"))?;
         let result = (|| -> Result<Pool> {
@@ -301,7 +306,7 @@ impl Pool {
                 created: now(),
                 autoextend: match backing {
                     Backing::Loopback { .. } => spec.autoextend,
-                    Backing::Devices { .. } => None,
+                    Backing::Devices { .. } | Backing::Existing {} => None,
                 },
             };
             let (ctx, _held) = context(&dir, &config, None)?;
@@ -435,6 +440,15 @@ impl Pool {
         let (Some(ax), Backing::Loopback { files }) =
             (self.config.autoextend, &self.config.backing)
         else {
+            // Not ours to size: the driver may have a policy of its own (LVM's profile).
+            if let Some(msg) = self
+                .driver
+                .autoextend()
+                .map_err(|e| PoolError::backing(&self.name, e))?
+            {
+                tracing::info!("{msg}");
+                self.notices.push(msg);
+            }
             return Ok(());
         };
         let Some(unallocated) = self
@@ -1366,7 +1380,8 @@ impl Pool {
     }
 
     /// `pool destroy`: unmounts everything (refused while layers are mounted unless `force`),
-    /// deactivates the backing and deletes the pool directory. Devices keep their filesystem.
+    /// tears the backing down (the driver removes storage objects it made, such as an LVM VG)
+    /// and deletes the pool directory. Raw devices keep their filesystem.
     pub fn destroy(mut self, force: bool) -> Result<()> {
         let mounts = self.store.mounts()?;
         if !mounts.is_empty() && !force {
@@ -1391,7 +1406,7 @@ impl Pool {
                 .tx("record unmount", |t| t.remove_mount(&m.target))?;
         }
         self.driver
-            .deactivate()
+            .destroy()
             .map_err(|e| PoolError::backing(&self.name, e))?;
         let dir = self.dir.clone();
         drop(self);
@@ -1422,6 +1437,7 @@ fn context(
             held.iter().map(|a| a.path.clone()).collect()
         }
         Backing::Devices { paths } => paths.clone(),
+        Backing::Existing {} => Vec::new(),
     };
     let state_dir = dir.join("driver");
     mkdir(&state_dir)?;

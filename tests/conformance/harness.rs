@@ -54,6 +54,13 @@ impl TestPool {
         let devices: Vec<PathBuf> = std::env::var("BLKDRV_TEST_DEVICES")
             .map(|v| v.split_whitespace().map(PathBuf::from).collect())
             .unwrap_or_default();
+        // BLKDRV_TEST_OPTIONS="lvm=on" adds driver options (KEY=VALUE words), e.g. pools on LVM.
+        let options = std::env::var("BLKDRV_TEST_OPTIONS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let (backing, autoextend) = if devices.is_empty() {
             (
                 BackingSpec::Loopback {
@@ -70,7 +77,7 @@ impl TestPool {
                 name: tp.name.clone(),
                 driver: driver.to_string(),
                 backing,
-                options: Default::default(),
+                options,
                 min_free_pct: 0,
                 force: true,
                 autoextend,

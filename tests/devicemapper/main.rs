@@ -30,6 +30,11 @@ const CASES: &[(&str, Case)] = &[
         autoextend,
     ),
     ("swapped_devices_are_refused_on_activation", swapped_devices),
+    (
+        "lvm_mode_makes_vg_and_thinpool_with_autoextend_profile",
+        lvm_mode,
+    ),
+    ("lvm_thinpool_is_adopted_only_when_empty", lvm_adopt),
 ];
 
 fn main() {
@@ -324,6 +329,10 @@ fn bad_options() -> Result<(), Failed> {
         (vec!["-o", "block_size=96K"], "multiple of 64KiB"),
         (vec!["-o", "base_size=100G"], "overcommit"),
         (vec!["-o", "metadata_size=1M"], "2MiB"),
+        // The admin's mkfs arguments reach mkfs (and a bad one fails init cleanly).
+        (vec!["--mkfs-arg=--no-such-flag"], "mkfs.xfs"),
+        (vec!["--vg", "x"], "--lvm"),
+        (vec!["-o", "thinpool=novg"], "VG/LV"),
     ] {
         let mut a = vec![
             "pool",
@@ -411,5 +420,209 @@ fn swapped_devices() -> Result<(), Failed> {
     }
     eprintln!("swapped devices refused: {}", o.stderr.trim());
     env.ok(&["layer", "ls", "--pool", "t"]);
+    Ok(())
+}
+
+fn lvm(args: &[&str]) -> String {
+    let a: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    common::tool("lvm", &a)
+}
+
+/// A loop device on a sparse file for LVM to use as a PV; on drop the VG is force-removed and
+/// the label wiped whatever the test left (a failed test must not leave dm devices behind).
+struct LvmDisk {
+    vg: &'static str,
+    dev: PathBuf,
+    _loop: blkdrv_drivers::sys::loopdev::AttachedLoop,
+    _dir: tempfile::TempDir,
+}
+
+impl LvmDisk {
+    fn new(vg: &'static str, size: u64) -> LvmDisk {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let file = dir.path().join("pv.img");
+        blkdrv_drivers::sys::loopdev::create_sparse_file(&file, blkdrv_drivers::Bytes(size))
+            .unwrap();
+        let l = blkdrv_drivers::sys::loopdev::attach(&file).unwrap();
+        LvmDisk {
+            vg,
+            dev: l.path.clone(),
+            _loop: l,
+            _dir: dir,
+        }
+    }
+
+    fn dev(&self) -> &str {
+        self.dev.to_str().unwrap()
+    }
+}
+
+impl Drop for LvmDisk {
+    fn drop(&mut self) {
+        let run = |args: &[&str]| {
+            let _ = std::process::Command::new("lvm")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        run(&["vgremove", "-ff", self.vg]);
+        run(&["pvremove", "-ff", "-y", self.dev()]);
+    }
+}
+
+fn lv_size(lv: &str) -> u64 {
+    lvm(&[
+        "lvs",
+        "--noheadings",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        "lv_size",
+        lv,
+    ])
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// `--lvm --device`: a VG and a thin-pool LV with an autoextend profile (container-storage-
+/// setup's layout); the pool grows by the profile's policy at the next command once over the
+/// threshold; deactivate + activate keeps data; destroy removes the LV, VG and PV label.
+fn lvm_mode() -> Result<(), Failed> {
+    let disk = LvmDisk::new("blkdrv-lvmtest", 1 << 30);
+    let env = Env::with_pool(&[
+        "--driver",
+        "devicemapper",
+        "--lvm",
+        "--device",
+        disk.dev(),
+        "--vg",
+        "blkdrv-lvmtest",
+        "-o",
+        "autoextend_threshold=50",
+        "--min-free",
+        "0",
+    ]);
+    let lv = "blkdrv-lvmtest/thinpool";
+    let attrs = lvm(&["lvs", "--noheadings", "-o", "segtype,lv_profile", lv]);
+    if !attrs.contains("thin-pool") || !attrs.contains("blkdrv-blkdrv-lvmtest-thinpool") {
+        return Err(format!("lvs {lv}: {attrs}").into());
+    }
+    let profile =
+        fs::read_to_string("/etc/lvm/profile/blkdrv-blkdrv-lvmtest-thinpool.profile").unwrap();
+    if !profile.contains("thin_pool_autoextend_threshold = 50")
+        || !profile.contains("thin_pool_autoextend_percent = 20")
+    {
+        return Err(format!("profile: {profile}").into());
+    }
+    let status = json(&env, &["pool", "status", "t"]);
+    let home = detail(&status, "Pool Home");
+    if !home.contains("LVM thin-pool LV blkdrv-lvmtest/thinpool") {
+        return Err(format!("Pool Home: {home}").into());
+    }
+    base(&env);
+    env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    let m = env.path("m");
+    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let before = lv_size(lv);
+    // Over half of the ~400 MiB pool: the next command extends it by 20%.
+    fill(&m.join("f"), 260 * MIB).map_err(|e| format!("fill: {e}"))?;
+    let o = env.ok(&["layer", "umount", "c", "--pool", "t"]);
+    let after = lv_size(lv);
+    if !o.stderr.contains("grew LVM thin pool") || after <= before {
+        return Err(format!("no autoextend: {before} -> {after}; {}", o.stderr).into());
+    }
+    eprintln!("lvm autoextend: {before} -> {after} bytes");
+    env.ok(&["pool", "deactivate", "t"]);
+    let active = lvm(&["lvs", "--noheadings", "-o", "lv_active", lv]);
+    if active.contains("active") && !active.contains("inactive") && !active.trim().is_empty() {
+        return Err(format!("pool LV still active after deactivate: {active}").into());
+    }
+    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let len = fs::metadata(m.join("f")).map(|md| md.len()).unwrap_or(0);
+    env.ok(&["layer", "umount", "c", "--pool", "t"]);
+    if len != 260 * MIB {
+        return Err(format!("data after deactivate/activate: {len} bytes").into());
+    }
+    env.ok(&["pool", "destroy", "t"]);
+    let vgs = lvm(&["vgs", "--noheadings", "-o", "vg_name"]);
+    let pvs = lvm(&["pvs", "--noheadings", "-o", "pv_name"]);
+    if vgs.contains("blkdrv-lvmtest") || pvs.contains(disk.dev()) {
+        return Err(format!("destroy left LVM objects: vgs {vgs} pvs {pvs}").into());
+    }
+    Ok(())
+}
+
+/// `--thinpool VG/LV` takes an existing thin pool only while it is empty (no LVM thin LVs, no
+/// foreign thin ids), and gives it back empty on destroy.
+fn lvm_adopt() -> Result<(), Failed> {
+    let disk = LvmDisk::new("blkdrv-adopt", 1 << 30);
+    lvm(&["pvcreate", "-y", disk.dev()]);
+    lvm(&["vgcreate", "blkdrv-adopt", disk.dev()]);
+    for lv in ["tp", "used"] {
+        lvm(&[
+            "lvcreate",
+            "-y",
+            "--type",
+            "thin-pool",
+            "-L",
+            "400m",
+            "-n",
+            lv,
+            "blkdrv-adopt",
+        ]);
+    }
+    lvm(&[
+        "lvcreate",
+        "-y",
+        "-V",
+        "100m",
+        "-T",
+        "blkdrv-adopt/used",
+        "-n",
+        "vol",
+    ]);
+    let env = Env::with_pool(&["--driver", "devicemapper", "--thinpool", "blkdrv-adopt/tp"]);
+    base(&env);
+    env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
+    let status = json(&env, &["pool", "status", "t"]);
+    if !detail(&status, "Pool Home").contains("adopted") {
+        return Err(format!("status: {status}").into());
+    }
+    // Already blkdrv's, and a pool with an LVM thin volume: both refused, both untouched.
+    for (lv, needle) in [
+        ("blkdrv-adopt/tp", "only an empty thin pool"),
+        ("blkdrv-adopt/used", "LVM thin volume"),
+        ("blkdrv-adopt/nosuch", "nosuch"),
+    ] {
+        let o = env.run(&[
+            "pool",
+            "init",
+            "u",
+            "--driver",
+            "devicemapper",
+            "--thinpool",
+            lv,
+        ]);
+        if o.code == 0 || !o.stderr.contains(needle) {
+            return Err(format!("init on {lv}: {} {}", o.code, o.stderr).into());
+        }
+    }
+    env.ok(&["layer", "ls", "--pool", "t"]);
+    env.ok(&["pool", "destroy", "t"]);
+    // Given back empty: LVM can make thin volumes in it again (its transaction id matches).
+    lvm(&["lvchange", "-ay", "blkdrv-adopt/tp"]);
+    lvm(&[
+        "lvcreate",
+        "-y",
+        "-V",
+        "100m",
+        "-T",
+        "blkdrv-adopt/tp",
+        "-n",
+        "again",
+    ]);
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod host;
 pub mod loopdev;
+pub mod lvm;
 pub mod mount;
 pub mod signature;
 pub mod tree;
