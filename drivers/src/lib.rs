@@ -203,6 +203,12 @@ pub trait DriverFactory: Send + Sync {
     fn check_host(&self) -> Result<()> {
         sys::host::check(self.name(), &self.requirements())
     }
+
+    /// The configurations `blkdrv bench` compares for this driver, as (label, options). One run
+    /// with defaults unless the backing changes the story (overlay: ext4 copy-up vs xfs reflink).
+    fn bench_variants(&self) -> Vec<(String, DriverOptions)> {
+        vec![(self.name().to_string(), DriverOptions::new())]
+    }
 }
 
 /// The layer operations of one open pool.
@@ -266,6 +272,15 @@ pub trait Driver: Send + Sync {
     /// operation and hands it back in [`PoolContext::generation`], so a driver can tell a crash
     /// (one step ahead) from a pool changed behind blkdrv's back. `None`: no such counter.
     fn generation(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Times the bare kernel operation behind [`Driver::create`] of a layer on `parent` (a
+    /// btrfs snapshot ioctl, a dm `create_snap` + activate, a plain directory copy) and undoes
+    /// it, so benchmarks can show blkdrv's own overhead as a ratio. `None`: there is no single
+    /// kernel operation to compare with (overlay's create is a mkdir).
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<std::time::Duration>> {
+        let _ = parent;
         Ok(None)
     }
 

@@ -46,6 +46,17 @@ impl DriverFactory for Factory {
         fsbacked::format(ctx)
     }
 
+    // Copy-up is a whole-file copy on ext4 and a reflink on xfs: both are worth a number.
+    fn bench_variants(&self) -> Vec<(String, DriverOptions)> {
+        ["ext4", "xfs"]
+            .iter()
+            .map(|fs| {
+                let opts = DriverOptions::from([("fs".to_string(), fs.to_string())]);
+                (format!("{NAME}-{fs}"), opts)
+            })
+            .collect()
+    }
+
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
         Ok(Box::new(Overlay {
             backing: FsBacking::open(ctx, identity, NAME)?,

@@ -2,7 +2,7 @@
 //! every copy-on-write driver is measured against. On xfs the copy uses reflinks for file data
 //! (per-inode cost remains), on ext4 it copies every byte.
 
-use crate::error::Result;
+use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking};
 use crate::sys::{mount, tree};
 use crate::{
@@ -10,6 +10,7 @@ use crate::{
     MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 const NAME: &str = "vfs";
 
@@ -115,5 +116,19 @@ impl Driver for Vfs {
 
     fn deactivate(&self) -> Result<()> {
         self.backing.deactivate()
+    }
+
+    // The raw operation is the same tree copy without the create-then-rename dance.
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<Duration>> {
+        let dst = self.backing.mnt.join(NAME).join(".bench-raw");
+        fsbacked::remove_object(&dst)?;
+        std::fs::create_dir(&dst).map_err(|e| DriverError::io("create", &dst, e))?;
+        let t = Instant::now();
+        let copied = tree::copy_tree(&self.dir(parent.id), &dst);
+        let took = t.elapsed();
+        let cleaned = fsbacked::remove_object(&dst);
+        copied?;
+        cleaned?;
+        Ok(Some(took))
     }
 }

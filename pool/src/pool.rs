@@ -925,6 +925,18 @@ impl Pool {
         self.info(rec.id)
     }
 
+    /// Times the driver's bare kernel operation for a layer on committed `parent` and undoes
+    /// it (`blkdrv bench` compares it with [`Pool::snapshot`]). Nothing is recorded.
+    pub fn raw_snapshot(&mut self, parent: &str) -> Result<Option<std::time::Duration>> {
+        let rec = self
+            .committed_parent(Some(parent), "raw snapshot", parent)?
+            .expect("parent given");
+        let chain = self.chain(&rec)?;
+        self.driver
+            .raw_snapshot(&chain)
+            .map_err(|e| PoolError::driver("raw snapshot", parent, e))
+    }
+
     /// `layer commit`: freezes an active layer.
     pub fn commit(&mut self, name: &str) -> Result<LayerInfo> {
         let rec = self.lookup(name)?;
