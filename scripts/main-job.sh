@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (a sparse loopback pool): init a pool, import an image
 # layer from a tar, reuse it from the build cache, snapshot it as a container layer, write into
-# it, commit, and show the layer tree. Runs in its own state dir and destroys the pool at the end,
-# so it leaves no loop device or mount behind.
+# it, commit, and show the layer tree; then a quick side-by-side bench of every driver this host
+# runs (each on its own loopback pool; report in target/bench-quick/). Runs in its own state dir
+# and destroys every pool at the end, so it leaves no loop device or mount behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BLKDRV_BIN:-target/release/blkdrv}
@@ -35,5 +36,6 @@ say "$BIN" layer ls --tree
 say "$BIN" pool status
 say "$BIN" layer diff web1 -o "$WORK/web1.tar"
 say "$BIN" pool destroy
+say "$BIN" bench --quick --dir "$WORK/bench" --out target/bench-quick
 trap - EXIT
 rm -rf "$WORK"

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input.
 
+mod bench;
 mod output;
 
 use blkdrv_drivers::{registry, Bytes, DriverOptions};
@@ -66,6 +67,9 @@ enum Cmd {
     Layer(LayerCmd),
     /// Summary of pools and drivers on this host (like `docker info`).
     Info,
+    /// Compare every driver on the same workloads (table, JSON with every sample, SVG chart).
+    #[command(long_about = bench::LONG_ABOUT)]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -300,6 +304,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args = bench::rewrite_json_file(args.into_iter().map(Into::into).collect());
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -319,6 +324,20 @@ where
         }
     };
     init_tracing(cli.verbose);
+    // The bench needs no state dir or host config: it makes and destroys its own pools.
+    if let Cmd::Bench(b) = &cli.cmd {
+        return match bench::bench(b, cli.json, out, err) {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                let _ = writeln!(err, "blkdrv: error: {e}");
+                if e.is_usage() {
+                    EXIT_USAGE
+                } else {
+                    EXIT_FAILED
+                }
+            }
+        };
+    }
     match dispatch(&cli, out, err) {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -370,6 +389,7 @@ fn dispatch(cli: &Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), P
         Cmd::Pool(c) => pool_cmd(&ctx, c, out, err),
         Cmd::Layer(c) => layer_cmd(&ctx, c, out, err),
         Cmd::Info => output::info(&ctx.root, &cli.config, ctx.json, out),
+        Cmd::Bench(_) => unreachable!("handled before the state dir is read"),
     }
 }
 

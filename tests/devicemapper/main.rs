@@ -35,6 +35,7 @@ const CASES: &[(&str, Case)] = &[
         lvm_mode,
     ),
     ("lvm_thinpool_is_adopted_only_when_empty", lvm_adopt),
+    ("bench_smoke_runs_every_workload", bench_smoke),
 ];
 
 fn main() {
@@ -624,5 +625,60 @@ fn lvm_adopt() -> Result<(), Failed> {
         "-n",
         "again",
     ]);
+    Ok(())
+}
+
+/// The bench's devicemapper path (raw create_snap timing, space accounting) on a real pool.
+fn bench_smoke() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let json = tmp.path().join("r.json");
+    let args: Vec<std::ffi::OsString> = vec![
+        "blkdrv".into(),
+        "bench".into(),
+        "--smoke".into(),
+        "--runs".into(),
+        "1".into(),
+        "--drivers".into(),
+        "devicemapper".into(),
+        "--dir".into(),
+        tmp.path().join("work").into(),
+        "--json".into(),
+        json.clone().into(),
+    ];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = blkdrv_cli::run(args, &mut out, &mut err);
+    let err = String::from_utf8_lossy(&err);
+    if code != 0 {
+        return Err(format!("bench exited {code}: {err}").into());
+    }
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json)?)?;
+    let rows = report["results"].as_array().ok_or("no results")?;
+    for w in [
+        "import",
+        "create",
+        "mount",
+        "first_write",
+        "density",
+        "scale",
+        "seq_read",
+        "deep_chain",
+        "remove",
+    ] {
+        if !rows.iter().any(|r| r["workload"] == w) {
+            return Err(format!("no {w} rows: {err}").into());
+        }
+    }
+    if !rows.iter().any(|r| r["phase"] == "raw") {
+        return Err("no raw create_snap timing".into());
+    }
+    // Space comes back when a thin device is deleted.
+    let returned = rows
+        .iter()
+        .find(|r| r["phase"] == "space_returned")
+        .and_then(|r| r["values"][0].as_f64())
+        .ok_or("no space_returned")?;
+    if returned < 3.0 * MIB as f64 {
+        return Err(format!("only {returned} bytes came back after removing a 4 MiB layer").into());
+    }
     Ok(())
 }
