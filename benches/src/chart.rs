@@ -355,7 +355,7 @@ fn panels(report: &Report) -> (Vec<String>, Vec<Panel>) {
                 format!("{workload} · {phase} ({param})")
             },
             unit,
-            // "Never" (infinite) samples cannot be drawn; the slot says "never" instead.
+            // "Never" (infinite) samples cannot be drawn; the slot says "timeout" instead.
             stats: per_driver
                 .iter()
                 .map(|s| {
@@ -497,7 +497,7 @@ fn draw_panel(
                     EmptyElement::at((x, 0.0))
                         + Text::new(
                             if panel.never.get(i).copied().unwrap_or(false) {
-                                "never"
+                                "timeout"
                             } else {
                                 "n/a"
                             },

@@ -58,8 +58,9 @@ impl BenchError {
 
 /// Seconds with a unit a person reads at once (3 significant digits).
 pub fn fmt_secs(s: f64) -> String {
+    // Infinity marks an event that did not happen within the workload's deadline.
     if !s.is_finite() {
-        return "never".into();
+        return "timeout".into();
     }
     let (v, unit) = if s < 1e-3 {
         (s * 1e6, "µs")
@@ -455,7 +456,7 @@ mod tests {
         assert_eq!(fmt_secs(0.000_012_3), "12.3 µs");
         assert_eq!(fmt_secs(0.25), "250 ms");
         assert_eq!(fmt_secs(2.0), "2.00 s");
-        assert_eq!(fmt_secs(f64::INFINITY), "never");
+        assert_eq!(fmt_secs(f64::INFINITY), "timeout");
         assert_eq!(fmt_bytes(3.0 * 1048576.0), "3.00 MiB");
         assert_eq!(fmt_bytes(2048.0 * 1048576.0), "2.00 GiB");
     }
