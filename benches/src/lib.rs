@@ -358,6 +358,29 @@ pub fn ratios(report: &Report) -> Vec<(String, Vec<(String, String)>)> {
             per,
         ));
     }
+    // The copy-on-write cost across drivers: each first write against the quickest one's.
+    for param in params("first_write", "first") {
+        let firsts: Vec<(String, f64)> = drivers
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.clone(),
+                    median(report, d, "first_write", "first", &param)?,
+                ))
+            })
+            .collect();
+        let best = firsts.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+        if firsts.len() >= 2 && best.is_finite() {
+            let per = firsts
+                .iter()
+                .map(|(d, v)| (d.clone(), format!("{} ({})", x(*v, best), fmt_secs(*v))))
+                .collect();
+            out.push((
+                format!("first 4 KiB write into a {param}, relative to the quickest driver:"),
+                per,
+            ));
+        }
+    }
     for param in params("density", "pool_used") {
         let per: Vec<(String, String)> = drivers
             .iter()

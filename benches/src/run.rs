@@ -967,11 +967,7 @@ impl<'a> Bench<'a> {
     fn remove(&mut self) -> R<()> {
         let image = self.image()?;
         let w = self.sizes.remove_write;
-        let param = format!(
-            "layer that wrote {}, space watched for {} s",
-            mib(w),
-            SPACE_DEADLINE.as_secs()
-        );
+        let param = format!("wrote {}, watched {} s", mib(w), SPACE_DEADLINE.as_secs());
         let (mut rm, mut back_after, mut returned) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..self.total_runs() {
             let name = self.fresh("remove");
