@@ -2,26 +2,11 @@
 //! keeps every sample, the chart is written and no pool is left behind. Needs root.
 //! (devicemapper runs the same smoke bench in the VM: tests/devicemapper.)
 
+mod common;
+
+use common::{run_cli, Out};
 use std::ffi::OsString;
 use std::path::Path;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn blkdrv(args: &[&OsString]) -> Out {
-    let mut full: Vec<OsString> = vec!["blkdrv".into()];
-    full.extend(args.iter().map(|a| (*a).clone()));
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = blkdrv_cli::run(full, &mut out, &mut err);
-    Out {
-        code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-    }
-}
 
 fn run(args: &[&str], extra: &[(&str, &Path)]) -> Out {
     let mut v: Vec<OsString> = args.iter().map(OsString::from).collect();
@@ -29,20 +14,10 @@ fn run(args: &[&str], extra: &[(&str, &Path)]) -> Out {
         v.push(OsString::from(flag));
         v.push(p.as_os_str().to_owned());
     }
-    blkdrv(&v.iter().collect::<Vec<_>>())
+    let mut full: Vec<OsString> = vec!["blkdrv".into()];
+    full.extend(v);
+    run_cli(full)
 }
-
-const WORKLOADS: [&str; 9] = [
-    "import",
-    "create",
-    "mount",
-    "first_write",
-    "density",
-    "scale",
-    "seq_read",
-    "deep_chain",
-    "remove",
-];
 
 #[test]
 fn smoke_bench_measures_every_workload_on_every_host_driver() {
@@ -71,10 +46,10 @@ fn smoke_bench_measures_every_workload_on_every_host_driver() {
     assert!(!report["environment"]["kernel"].as_str().unwrap().is_empty());
     let results = report["results"].as_array().unwrap();
     for driver in ["vfs", "overlay-ext4", "overlay-xfs", "btrfs"] {
-        for w in WORKLOADS {
+        for (w, _) in blkdrv_benches::WORKLOADS {
             let rows: Vec<&serde_json::Value> = results
                 .iter()
-                .filter(|r| r["driver"] == driver && r["workload"] == w)
+                .filter(|r| r["driver"] == driver && r["workload"] == *w)
                 .collect();
             assert!(!rows.is_empty(), "{driver} has no {w} rows");
             for r in rows {

@@ -560,19 +560,7 @@ mod tests {
         unit: Unit,
         v: &[f64],
     ) -> ResultRow {
-        let (samples_s, values) = match unit {
-            Unit::Seconds => (v.to_vec(), vec![]),
-            Unit::Bytes => (vec![], v.to_vec()),
-        };
-        ResultRow {
-            driver: driver.into(),
-            workload: workload.into(),
-            phase: phase.into(),
-            param: param.into(),
-            unit,
-            samples_s,
-            values,
-        }
+        ResultRow::new(driver, workload, phase, param, unit, v.to_vec())
     }
 
     fn report(results: Vec<ResultRow>) -> Report {

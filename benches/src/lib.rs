@@ -278,10 +278,50 @@ fn grid(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A ratio of two phases of one workload, per driver: (workload, numerator, denominator,
+/// heading with `{param}`).
+const PHASE_RATIOS: &[(&str, &str, &str, &str)] = &[
+    (
+        "create",
+        "blkdrv",
+        "raw",
+        "layer create via blkdrv vs the raw kernel op, {param}:",
+    ),
+    (
+        "first_write",
+        "first",
+        "second",
+        "first vs second 4 KiB write into a {param} (copy-on-write cost):",
+    ),
+    (
+        "density",
+        "pool_used",
+        "full_copies",
+        "density, {param}: pool space used vs full copies:",
+    ),
+    (
+        "scale",
+        "create_last",
+        "create_first",
+        "scale, {param}: create of the last vs the first:",
+    ),
+    (
+        "seq_read",
+        "layer",
+        "host_file",
+        "sequential read of a {param}, through a layer vs a host file:",
+    ),
+    (
+        "deep_chain",
+        "read_via_top",
+        "read_via_bottom",
+        "deep chain ({param}): read via the top vs the bottom layer:",
+    ),
+];
+
 /// The ratios the README reads: (what, [(driver, value)]).
 pub fn ratios(report: &Report) -> Vec<(String, Vec<(String, String)>)> {
     let drivers = drivers(report);
-    let mut out = Vec::new();
     let params = |w: &str, p: &str| -> Vec<String> {
         let mut v: Vec<String> = Vec::new();
         for r in report
@@ -295,164 +335,77 @@ pub fn ratios(report: &Report) -> Vec<(String, Vec<(String, String)>)> {
         }
         v
     };
-    let x = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.2}x", a / b)
-        } else {
-            "-".into()
-        }
+    let unit = |w: &str, p: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.workload == w && r.phase == p)
+            .map_or(Unit::Seconds, |r| r.unit)
     };
+    // "2.00x (a vs b)", or a percentage for space.
+    let show = |u: Unit, a: f64, b: f64| match u {
+        Unit::Seconds if b > 0.0 => {
+            format!("{:.2}x ({} vs {})", a / b, fmt_secs(a), fmt_secs(b))
+        }
+        Unit::Bytes if b > 0.0 => {
+            format!(
+                "{:.1}% ({} vs {})",
+                100.0 * a / b,
+                fmt_bytes(a),
+                fmt_bytes(b)
+            )
+        }
+        _ => "-".into(),
+    };
+    // Per driver, `f` gives (numerator, denominator) or nothing.
+    let per_driver = |u: Unit, f: &dyn Fn(&str) -> Option<(f64, f64)>| -> Vec<(String, String)> {
+        drivers
+            .iter()
+            .filter_map(|d| f(d).map(|(a, b)| (d.clone(), show(u, a, b))))
+            .collect()
+    };
+    let mut out = Vec::new();
 
     // Does create cost depend on the parent's size?
     let ps = params("create", "blkdrv");
     if ps.len() >= 2 {
         let (small, big) = (&ps[0], &ps[ps.len() - 1]);
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "create", "blkdrv", big)?;
-                let b = median(report, d, "create", "blkdrv", small)?;
-                Some((
-                    d.clone(),
-                    format!("{} ({} vs {})", x(a, b), fmt_secs(a), fmt_secs(b)),
-                ))
-            })
-            .collect();
+        let per = per_driver(Unit::Seconds, &|d| {
+            Some((
+                median(report, d, "create", "blkdrv", big)?,
+                median(report, d, "create", "blkdrv", small)?,
+            ))
+        });
         out.push((format!("layer create, {big} vs {small}:"), per));
     }
-    // blkdrv's own overhead over the bare kernel operation.
-    for param in &ps {
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "create", "blkdrv", param)?;
-                let b = median(report, d, "create", "raw", param)?;
+    for (w, pa, pb, heading) in PHASE_RATIOS {
+        for param in params(w, pa) {
+            let per = per_driver(unit(w, pa), &|d| {
                 Some((
-                    d.clone(),
-                    format!("{} ({} vs {})", x(a, b), fmt_secs(a), fmt_secs(b)),
+                    median(report, d, w, pa, &param)?,
+                    median(report, d, w, pb, &param)?,
                 ))
-            })
-            .collect();
-        if !per.is_empty() {
-            out.push((
-                format!("layer create via blkdrv vs the raw kernel op, {param}:"),
-                per,
-            ));
+            });
+            out.push((heading.replace("{param}", &param), per));
         }
-    }
-    // Copy-on-write granularity: how much longer the first write takes than the second.
-    for param in params("first_write", "first") {
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "first_write", "first", &param)?;
-                let b = median(report, d, "first_write", "second", &param)?;
-                Some((
-                    d.clone(),
-                    format!("{} ({} then {})", x(a, b), fmt_secs(a), fmt_secs(b)),
-                ))
-            })
-            .collect();
-        out.push((
-            format!("first vs second 4 KiB write into a {param} (copy-on-write cost):"),
-            per,
-        ));
-    }
-    // The copy-on-write cost across drivers: each first write against the quickest one's.
-    for param in params("first_write", "first") {
-        let firsts: Vec<(String, f64)> = drivers
-            .iter()
-            .filter_map(|d| {
-                Some((
-                    d.clone(),
-                    median(report, d, "first_write", "first", &param)?,
-                ))
-            })
-            .collect();
-        let best = firsts.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
-        if firsts.len() >= 2 && best.is_finite() {
-            let per = firsts
-                .iter()
-                .map(|(d, v)| (d.clone(), format!("{} ({})", x(*v, best), fmt_secs(*v))))
-                .collect();
-            out.push((
-                format!("first 4 KiB write into a {param}, relative to the quickest driver:"),
-                per,
-            ));
+        // The copy-on-write cost across drivers: each first write against the quickest one's.
+        if *w == "first_write" {
+            for param in params(w, "first") {
+                let best = drivers
+                    .iter()
+                    .filter_map(|d| median(report, d, w, "first", &param))
+                    .fold(f64::INFINITY, f64::min);
+                if best.is_finite() {
+                    let per = per_driver(Unit::Seconds, &|d| {
+                        Some((median(report, d, w, "first", &param)?, best))
+                    });
+                    out.push((
+                        format!("first 4 KiB write into a {param}, against the quickest driver:"),
+                        per,
+                    ));
+                }
+            }
         }
-    }
-    for param in params("density", "pool_used") {
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "density", "pool_used", &param)?;
-                let b = median(report, d, "density", "full_copies", &param)?;
-                Some((
-                    d.clone(),
-                    format!(
-                        "{:.1}% ({} vs {})",
-                        100.0 * a / b.max(1.0),
-                        fmt_bytes(a),
-                        fmt_bytes(b)
-                    ),
-                ))
-            })
-            .collect();
-        out.push((
-            format!("density, {param}: pool space used vs full copies:"),
-            per,
-        ));
-    }
-    for param in params("scale", "create_last") {
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "scale", "create_last", &param)?;
-                let b = median(report, d, "scale", "create_first", &param)?;
-                Some((
-                    d.clone(),
-                    format!("{} ({} vs {})", x(a, b), fmt_secs(a), fmt_secs(b)),
-                ))
-            })
-            .collect();
-        out.push((
-            format!("scale, {param}: create of the last vs the first:"),
-            per,
-        ));
-    }
-    for param in params("seq_read", "layer") {
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "seq_read", "layer", &param)?;
-                let b = median(report, d, "seq_read", "host_file", &param)?;
-                Some((
-                    d.clone(),
-                    format!("{} ({} vs {})", x(a, b), fmt_secs(a), fmt_secs(b)),
-                ))
-            })
-            .collect();
-        out.push((
-            format!("sequential read of a {param}, through a layer vs a host file:"),
-            per,
-        ));
-    }
-    for param in params("deep_chain", "read_via_top") {
-        let per: Vec<(String, String)> = drivers
-            .iter()
-            .filter_map(|d| {
-                let a = median(report, d, "deep_chain", "read_via_top", &param)?;
-                let b = median(report, d, "deep_chain", "read_via_bottom", &param)?;
-                Some((
-                    d.clone(),
-                    format!("{} ({} vs {})", x(a, b), fmt_secs(a), fmt_secs(b)),
-                ))
-            })
-            .collect();
-        out.push((
-            format!("deep chain ({param}): read via the top vs the bottom layer:"),
-            per,
-        ));
     }
     out.retain(|(_, per)| !per.is_empty());
     out
@@ -463,15 +416,7 @@ mod tests {
     use super::*;
 
     fn row(driver: &str, workload: &str, phase: &str, param: &str, s: &[f64]) -> ResultRow {
-        ResultRow {
-            driver: driver.into(),
-            workload: workload.into(),
-            phase: phase.into(),
-            param: param.into(),
-            unit: Unit::Seconds,
-            samples_s: s.to_vec(),
-            values: vec![],
-        }
+        ResultRow::new(driver, workload, phase, param, Unit::Seconds, s.to_vec())
     }
 
     #[test]

@@ -37,6 +37,30 @@ pub struct ResultRow {
 }
 
 impl ResultRow {
+    /// A row whose `samples` are in `unit` (seconds go to `samples_s`, bytes to `values`).
+    pub fn new(
+        driver: &str,
+        workload: &str,
+        phase: &str,
+        param: &str,
+        unit: Unit,
+        samples: Vec<f64>,
+    ) -> ResultRow {
+        let (samples_s, values) = match unit {
+            Unit::Seconds => (samples, Vec::new()),
+            Unit::Bytes => (Vec::new(), samples),
+        };
+        ResultRow {
+            driver: driver.into(),
+            workload: workload.into(),
+            phase: phase.into(),
+            param: param.into(),
+            unit,
+            samples_s,
+            values,
+        }
+    }
+
     /// The samples in the row's unit.
     pub fn samples(&self) -> &[f64] {
         match self.unit {

@@ -493,19 +493,8 @@ impl<'a> Bench<'a> {
     }
 
     fn row(&mut self, workload: &str, phase: &str, param: &str, unit: Unit, samples: Vec<f64>) {
-        let (samples_s, values) = match unit {
-            Unit::Seconds => (samples, Vec::new()),
-            Unit::Bytes => (Vec::new(), samples),
-        };
-        self.rows.push(ResultRow {
-            driver: self.label.clone(),
-            workload: workload.into(),
-            phase: phase.into(),
-            param: param.into(),
-            unit,
-            samples_s,
-            values,
-        });
+        let row = ResultRow::new(&self.label, workload, phase, param, unit, samples);
+        self.rows.push(row);
     }
 
     /// Warm-up plus measured runs.

@@ -12,6 +12,17 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// Runs the CLI in-process with `args` (starting with the program name).
+pub fn run_cli(args: Vec<OsString>) -> Out {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = blkdrv_cli::run(args, &mut out, &mut err);
+    Out {
+        code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
 /// A state root with one pool "t"; destroyed (with its loop device) on drop, even on panic.
 pub struct Env {
     dir: tempfile::TempDir,
@@ -53,13 +64,7 @@ impl Env {
             "/nonexistent/blkdrv.toml".into(),
         ];
         full.extend(args);
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = blkdrv_cli::run(full, &mut out, &mut err);
-        Out {
-            code,
-            stdout: String::from_utf8_lossy(&out).into_owned(),
-            stderr: String::from_utf8_lossy(&err).into_owned(),
-        }
+        run_cli(full)
     }
 
     pub fn run(&self, args: &[&str]) -> Out {

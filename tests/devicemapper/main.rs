@@ -645,26 +645,15 @@ fn bench_smoke() -> Result<(), Failed> {
         "--json".into(),
         json.clone().into(),
     ];
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = blkdrv_cli::run(args, &mut out, &mut err);
-    let err = String::from_utf8_lossy(&err);
-    if code != 0 {
-        return Err(format!("bench exited {code}: {err}").into());
+    let o = common::run_cli(args);
+    let err = o.stderr;
+    if o.code != 0 {
+        return Err(format!("bench exited {}: {err}", o.code).into());
     }
     let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json)?)?;
     let rows = report["results"].as_array().ok_or("no results")?;
-    for w in [
-        "import",
-        "create",
-        "mount",
-        "first_write",
-        "density",
-        "scale",
-        "seq_read",
-        "deep_chain",
-        "remove",
-    ] {
-        if !rows.iter().any(|r| r["workload"] == w) {
+    for (w, _) in blkdrv_benches::WORKLOADS {
+        if !rows.iter().any(|r| r["workload"] == *w) {
             return Err(format!("no {w} rows: {err}").into());
         }
     }
