@@ -1332,20 +1332,45 @@ impl Driver for DmThin {
     }
 
     fn usage(&self, layer: &LayerChain) -> Result<Usage> {
-        let id = layer.id.get();
-        let (_, excl, mapped) = self
-            .thin_ls()?
-            .into_iter()
-            .find(|(i, _, _)| *i == id)
-            .ok_or(DriverError::NotFound {
-                id: layer.id,
-                op: "usage",
-            })?;
-        Ok(Usage {
-            bytes: excl,
-            inodes: None,
-            referenced: Some(mapped),
-        })
+        self.usage_many(std::slice::from_ref(layer))
+            .pop()
+            .expect("one result per layer")
+    }
+
+    // One thin_ls for all: 200 layers took 57 s one by one in the VM.
+    fn usage_many(&self, layers: &[LayerChain]) -> Vec<Result<Usage>> {
+        let all = match self.thin_ls() {
+            Ok(all) => all,
+            Err(e) => {
+                let msg = e.to_string();
+                return layers
+                    .iter()
+                    .map(|l| {
+                        Err(DriverError::Kernel {
+                            op: "read usage (thin_ls) of layer",
+                            target: l.id.to_string(),
+                            message: msg.clone(),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let by_id: std::collections::HashMap<u32, (Bytes, Bytes)> =
+            all.into_iter().map(|(i, e, m)| (i, (e, m))).collect();
+        layers
+            .iter()
+            .map(|l| {
+                let (excl, mapped) = by_id.get(&l.id.get()).ok_or(DriverError::NotFound {
+                    id: l.id,
+                    op: "usage",
+                })?;
+                Ok(Usage {
+                    bytes: *excl,
+                    inodes: None,
+                    referenced: Some(*mapped),
+                })
+            })
+            .collect()
     }
 
     fn space(&self) -> Result<Space> {

@@ -243,6 +243,12 @@ pub trait Driver: Send + Sync {
     /// Space and inodes exclusive to the layer.
     fn usage(&self, layer: &LayerChain) -> Result<Usage>;
 
+    /// Usage of many layers at once (`layer ls`). Drivers whose usage query has a fixed cost
+    /// per call (dm: a metadata snapshot and a thin_ls run) answer all of them in one pass.
+    fn usage_many(&self, layers: &[LayerChain]) -> Vec<Result<Usage>> {
+        layers.iter().map(|l| self.usage(l)).collect()
+    }
+
     /// Space of the pool as a whole.
     fn space(&self) -> Result<Space>;
 

@@ -568,19 +568,38 @@ impl Pool {
         Ok(m)
     }
 
+    /// Live usage of the active layers among `recs` (their size changes, so it is measured now
+    /// rather than recorded), in one driver call; a failure shows as an unknown size.
+    fn live_usage(
+        &self,
+        recs: &[&LayerRecord],
+        all: &HashMap<ObjectId, LayerRecord>,
+    ) -> HashMap<ObjectId, Usage> {
+        let chains: Vec<LayerChain> = recs
+            .iter()
+            .filter(|r| r.size.is_none() && r.state == LayerState::Active)
+            .map(|r| self.chain_of(r, all))
+            .collect();
+        let usage = self.driver.usage_many(&chains);
+        chains
+            .iter()
+            .zip(usage)
+            .filter_map(|(c, u)| u.ok().map(|u| (c.id, u)))
+            .collect()
+    }
+
     fn info_of(
         &self,
         rec: &LayerRecord,
         all: &HashMap<ObjectId, LayerRecord>,
         names: &BTreeMap<ObjectId, Vec<String>>,
         mounts: &[MountRecord],
+        live: &HashMap<ObjectId, Usage>,
     ) -> LayerInfo {
         let chain = self.chain_of(rec, all);
         let size = match rec.size {
             Some(s) => Some(s),
-            // Active layers change; measure them now (a failure shows as unknown size).
-            None if rec.state == LayerState::Active => self.driver.usage(&chain).ok(),
-            None => None,
+            None => live.get(&rec.id).copied(),
         };
         let name = names
             .get(&rec.id)
@@ -618,16 +637,24 @@ impl Pool {
         let mut recs: Vec<&LayerRecord> = all.values().collect();
         // Ids grow over time and a parent always exists before its child.
         recs.sort_by_key(|r| r.id);
+        let live = self.live_usage(&recs, &all);
         Ok(recs
             .into_iter()
-            .map(|r| self.info_of(r, &all, &names, &mounts))
+            .map(|r| self.info_of(r, &all, &names, &mounts, &live))
             .collect())
     }
 
     pub fn inspect(&self, name: &str) -> Result<LayerInfo> {
         let rec = self.lookup(name)?;
         let all = self.records()?;
-        Ok(self.info_of(&rec, &all, &self.names_by_layer()?, &self.store.mounts()?))
+        let live = self.live_usage(&[&rec], &all);
+        Ok(self.info_of(
+            &rec,
+            &all,
+            &self.names_by_layer()?,
+            &self.store.mounts()?,
+            &live,
+        ))
     }
 
     fn info(&self, id: ObjectId) -> Result<LayerInfo> {
@@ -635,7 +662,14 @@ impl Pool {
         let rec = all
             .get(&id)
             .ok_or_else(|| PoolError::LayerNotFound(id.to_string()))?;
-        Ok(self.info_of(rec, &all, &self.names_by_layer()?, &self.store.mounts()?))
+        let live = self.live_usage(&[rec], &all);
+        Ok(self.info_of(
+            rec,
+            &all,
+            &self.names_by_layer()?,
+            &self.store.mounts()?,
+            &live,
+        ))
     }
 
     pub fn status(&self) -> Result<PoolStatus> {
