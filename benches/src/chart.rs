@@ -345,9 +345,18 @@ fn panels(report: &Report) -> (Vec<String>, Vec<Panel>) {
         // A driver measured twice for the same panel: pool the samples rather than drop one.
         samples[k][d].extend_from_slice(row.samples());
     }
-    let panels = keys
+    // The same order as the table: workload order, then phases as first measured.
+    let order = crate::panels(report);
+    let rank = |k: &Key| {
+        order
+            .iter()
+            .position(|(w, p, q)| w == k.0 && p == k.1 && q == k.2)
+            .unwrap_or(usize::MAX)
+    };
+    let mut pairs: Vec<(Key, Vec<Vec<f64>>)> = keys.into_iter().zip(samples).collect();
+    pairs.sort_by_key(|(k, _)| rank(k));
+    let panels = pairs
         .into_iter()
-        .zip(samples)
         .map(|((workload, phase, param, unit), per_driver)| Panel {
             title: if param.is_empty() {
                 format!("{workload} · {phase}")
@@ -355,17 +364,22 @@ fn panels(report: &Report) -> (Vec<String>, Vec<Panel>) {
                 format!("{workload} · {phase} ({param})")
             },
             unit,
-            // "Never" (infinite) samples cannot be drawn; the slot says "timeout" instead.
+            // Infinite samples ("did not happen in time") cannot be drawn: a median that is
+            // one says "timeout" in the slot (as the table does); otherwise the bar and
+            // whisker show the finite samples.
             stats: per_driver
                 .iter()
                 .map(|s| {
+                    if Stats::of(s).is_some_and(|st| st.median.is_infinite()) {
+                        return None;
+                    }
                     let finite: Vec<f64> = s.iter().copied().filter(|x| x.is_finite()).collect();
                     Stats::of(&finite)
                 })
                 .collect(),
             never: per_driver
                 .iter()
-                .map(|s| !s.is_empty() && s.iter().all(|x| x.is_infinite()))
+                .map(|s| Stats::of(s).is_some_and(|st| st.median.is_infinite()))
                 .collect(),
         })
         .collect();
@@ -706,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn panels_keep_first_appearance_order_and_skips_are_shown() {
+    fn panels_follow_workload_order_and_skips_are_shown() {
         let mut r = two_by_two();
         r.results.swap(0, 2);
         r.skipped.push(Skipped {
@@ -716,8 +730,9 @@ mod tests {
         });
         let (drivers, panels) = panels(&r);
         assert_eq!(drivers, ["vfs", "btrfs"]);
-        assert_eq!(panels[0].title, "density · pool_used");
-        assert_eq!(panels[1].title, "create · blkdrv (parent 1 MiB)");
+        // Measured density first, but create comes first in the workload order (as in the table).
+        assert_eq!(panels[0].title, "create · blkdrv (parent 1 MiB)");
+        assert_eq!(panels[1].title, "density · pool_used");
         let svg = render_svg_string(&r).unwrap();
         assert!(svg.contains("not run: devicemapper: dm_thin_pool module not loaded"));
     }
