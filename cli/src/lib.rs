@@ -99,7 +99,12 @@ files, on --device DATA [--metadata-device META], on an LVM volume group it crea
 --device DEV [--vg NAME]) or on an existing empty LVM thin pool (--thinpool VG/LV). Examples:\n  \
 blkdrv pool init --driver devicemapper --size 20G\n  \
 blkdrv pool init --driver devicemapper --lvm --device /dev/sdb\n  \
-blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
+blkdrv pool init --driver devicemapper --thinpool docker/thinpool\n\nzfs makes a zpool on the \
+loopback file or --device (named blkdrv-<pool>-<random>, or --zpool NAME), uses an existing zpool \
+(--zpool NAME alone: blkdrv makes the dataset NAME/blkdrv-<pool> in it) or an existing empty \
+dataset (--dataset NAME). Examples:\n  \
+blkdrv pool init --driver zfs --size 20G --compression lz4\n  \
+blkdrv pool init --driver zfs --zpool tank"
     )]
     Init {
         /// Pool name.
@@ -135,6 +140,20 @@ blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
         /// Filesystem for file-level drivers (vfs, overlay): xfs or ext4.
         #[arg(long)]
         fs: Option<String>,
+        /// zfs: name of the zpool. With --device or --size blkdrv creates it; alone it uses this
+        /// existing, imported zpool.
+        #[arg(long, value_name = "NAME")]
+        zpool: Option<String>,
+        /// zfs: use this existing, empty dataset (-o adopt=on: one with other children too).
+        #[arg(
+            long,
+            value_name = "POOL/DATASET",
+            conflicts_with_all = ["device", "size", "zpool"]
+        )]
+        dataset: Option<String>,
+        /// zfs: compression of the layers (default off): lz4, zstd, zstd-N, gzip-N, ...
+        #[arg(long, value_name = "ALGO")]
+        compression: Option<String>,
         /// Driver option KEY=VALUE (repeatable); each driver rejects keys it does not know.
         #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
         opt: Vec<(String, String)>,
@@ -415,6 +434,9 @@ fn pool_cmd(
             thinpool,
             mkfs_arg,
             fs,
+            zpool,
+            dataset,
+            compression,
             opt,
             no_quota,
             max_size,
@@ -452,7 +474,19 @@ fn pool_cmd(
             if !mkfs_arg.is_empty() {
                 options.insert("mkfs_args".into(), mkfs_arg.join(" "));
             }
-            let backing = if thinpool.is_some() {
+            for (key, value) in [
+                ("zpool", zpool),
+                ("dataset", dataset),
+                ("compression", compression),
+            ] {
+                if let Some(v) = value {
+                    options.insert(key.into(), v.clone());
+                }
+            }
+            // zfs: an existing dataset, or an existing zpool when nothing is given to make one on.
+            let zfs_existing = options.contains_key("dataset")
+                || (options.contains_key("zpool") && device.is_empty() && size.is_none());
+            let backing = if thinpool.is_some() || zfs_existing {
                 BackingSpec::Existing
             } else if device.is_empty() {
                 let size = match size {

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod sys;
 pub mod units;
 pub mod vfs;
+pub mod zfs;
 
 pub use error::{DriverError, Result};
 pub use id::{InvalidObjectId, ObjectId};

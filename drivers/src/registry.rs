@@ -7,6 +7,7 @@ static ALL: &[&dyn DriverFactory] = &[
     &crate::vfs::Factory,
     &crate::btrfs::Factory,
     &crate::devicemapper::Factory,
+    &crate::zfs::Factory,
 ];
 
 /// Every driver compiled in, in display order.

@@ -8,3 +8,4 @@ pub mod lvm;
 pub mod mount;
 pub mod signature;
 pub mod tree;
+pub mod zfs;
