@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, runs unit tests,
 # the CLI contract tests and the conformance suite (every driver this host can run), checks
-# that nothing (loop device, mount) was left behind, then runs the devicemapper suites in a VM
-# (tests/vm/run). Needs root. `.ci/run` calls this.
+# that nothing (loop device, mount) was left behind, then runs the device-mapper and ZFS suites
+# in VMs (tests/vm/run: one boot per group of tests/vm/suites). Needs root. `.ci/run` calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,11 +43,11 @@ if [ -n "$leaks$mounts" ]; then
 fi
 echo "no loop devices or mounts left behind"
 
-# Drivers this kernel cannot run (device-mapper) are tested for real in a VM with a stock Debian
+# Drivers this kernel cannot run (device-mapper, ZFS) are tested for real in a VM with a stock Debian
 # kernel; their host runs above report them as ignored.
 vm_summary="0 passed, 0 failed"
 if [ "${BLKDRV_TEST_VM:-1}" = 0 ]; then
-  echo "== VM suites SKIPPED (BLKDRV_TEST_VM=0): devicemapper is untested in this run"
+  echo "== VM suites SKIPPED (BLKDRV_TEST_VM=0): devicemapper and zfs are untested in this run"
 else
   echo "== VM suites (tests/vm/run)"
   vm_log=$(mktemp)
