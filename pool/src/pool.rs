@@ -658,11 +658,22 @@ impl Pool {
     }
 
     fn info(&self, id: ObjectId) -> Result<LayerInfo> {
+        self.info_measured(id, true)
+    }
+
+    /// `measure: false` leaves an active layer's size unknown instead of asking the driver:
+    /// for a layer just made, whose measurement (a metadata snapshot and `thin_ls` on
+    /// device-mapper, a `zfs get` on ZFS) would cost more than making it.
+    fn info_measured(&self, id: ObjectId, measure: bool) -> Result<LayerInfo> {
         let all = self.records()?;
         let rec = all
             .get(&id)
             .ok_or_else(|| PoolError::LayerNotFound(id.to_string()))?;
-        let live = self.live_usage(&[rec], &all);
+        let live = if measure {
+            self.live_usage(&[rec], &all)
+        } else {
+            HashMap::new()
+        };
         Ok(self.info_of(
             rec,
             &all,
@@ -928,7 +939,8 @@ impl Pool {
         self.record_generation()
     }
 
-    /// `layer snapshot`: a writable (active) layer on a committed parent.
+    /// `layer snapshot`: a writable (active) layer on a committed parent. The returned size is
+    /// unknown: nothing of its own to measure yet.
     pub fn snapshot(
         &mut self,
         parent: &str,
@@ -956,7 +968,8 @@ impl Pool {
         if let Err(e) = done {
             return Err(e.with_rollback(self.undo_create(rec.id)));
         }
-        self.info(rec.id)
+        // Size unknown (null in JSON) until `layer inspect` or `layer ls` measures it.
+        self.info_measured(rec.id, false)
     }
 
     /// Times the driver's bare kernel operation for a layer on committed `parent` and undoes
