@@ -53,22 +53,13 @@ impl DriverFactory for Factory {
     }
 
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
+        crate::options::check_known(NAME, options, &[KEY_QUOTA])?;
+        let quota = match options.get(KEY_QUOTA) {
+            Some(v) => crate::options::on_off(NAME, KEY_QUOTA, v)?,
+            None => true,
+        };
         let mut out = DriverOptions::new();
-        for (k, v) in options {
-            let bad = |reason: &str| DriverError::BadOption {
-                driver: NAME,
-                key: k.clone(),
-                value: v.clone(),
-                reason: reason.into(),
-            };
-            match k.as_str() {
-                KEY_QUOTA if v == "on" || v == "off" => {}
-                KEY_QUOTA => return Err(bad("expected on or off")),
-                _ => return Err(bad("unknown option (known: quota)")),
-            }
-        }
-        let quota = options.get(KEY_QUOTA).map(String::as_str).unwrap_or("on");
-        out.insert(KEY_QUOTA.into(), quota.into());
+        out.insert(KEY_QUOTA.into(), if quota { "on" } else { "off" }.into());
         Ok(out)
     }
 

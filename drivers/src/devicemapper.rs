@@ -14,6 +14,7 @@
 
 use crate::error::{DriverError, Result};
 use crate::fsbacked::FsType;
+use crate::options;
 use crate::sys::lvm::{self, PoolLv};
 use crate::sys::{exec, mount, signature};
 use crate::{
@@ -71,24 +72,15 @@ const LVM_DATA_PCT: u8 = 40;
 pub struct Factory;
 
 fn bad(key: &str, value: &str, reason: impl Into<String>) -> DriverError {
-    DriverError::BadOption {
-        driver: NAME,
-        key: key.into(),
-        value: value.into(),
-        reason: reason.into(),
-    }
+    options::bad(NAME, key, value, reason)
 }
 
 fn parse_size(key: &str, v: &str) -> Result<Bytes> {
-    v.parse::<Bytes>().map_err(|e| bad(key, v, e.to_string()))
+    options::size(NAME, key, v)
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(bad(key, v, "expected on or off")),
-    }
+    options::on_off(NAME, key, v)
 }
 
 /// Metadata needed for a data area, after thin_metadata_size's rules of thumb: a mapping costs
@@ -223,15 +215,7 @@ fn pct(key: &str, v: &str) -> Result<u8> {
 
 impl Settings {
     fn parse(options: &DriverOptions) -> Result<Settings> {
-        for (k, v) in options {
-            if !KNOWN.contains(&k.as_str()) {
-                return Err(bad(
-                    k,
-                    v,
-                    format!("unknown option (known: {})", KNOWN.join(", ")),
-                ));
-            }
-        }
+        options::check_known(NAME, options, KNOWN)?;
         let get = |k: &str| options.get(k).map(String::as_str);
         let fs = match get(KEY_FS).unwrap_or("xfs") {
             "xfs" => FsType::Xfs,

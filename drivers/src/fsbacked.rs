@@ -73,17 +73,8 @@ const UUID_KEY: &str = "fs_uuid";
 
 /// Validates `fs` (default xfs) and rejects keys the driver does not know.
 pub fn validate_options(driver: &'static str, options: &DriverOptions) -> Result<DriverOptions> {
+    crate::options::check_known(driver, options, &[KEY_FS])?;
     let mut out = DriverOptions::new();
-    for (k, v) in options {
-        if k != KEY_FS {
-            return Err(DriverError::BadOption {
-                driver,
-                key: k.clone(),
-                value: v.clone(),
-                reason: "unknown option (known: fs)".into(),
-            });
-        }
-    }
     let fs = options.get(KEY_FS).map(String::as_str).unwrap_or("xfs");
     out.insert(KEY_FS.into(), FsType::parse(driver, fs)?.name().into());
     Ok(out)

@@ -16,6 +16,7 @@ pub mod devicemapper;
 pub mod error;
 pub mod fsbacked;
 pub mod id;
+pub mod options;
 pub mod overlay;
 pub mod registry;
 pub mod sys;

@@ -21,6 +21,7 @@
 //! [`crate::sys::zfs`] (see there why the tools and not a library).
 
 use crate::error::{DriverError, Result};
+use crate::options;
 use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot, ZpoolName};
 use crate::sys::{loopdev, mount};
 use crate::{
@@ -58,12 +59,7 @@ const ID_DATASET_GUID: &str = "dataset_guid";
 const ID_CREATED: &str = "created";
 
 fn bad(key: &str, value: &str, reason: impl Into<String>) -> DriverError {
-    DriverError::BadOption {
-        driver: NAME,
-        key: key.into(),
-        value: value.into(),
-        reason: reason.into(),
-    }
+    options::bad(NAME, key, value, reason)
 }
 
 /// ZFS's compression values (zfs_prop.c), levels included.
@@ -102,25 +98,9 @@ struct Settings {
     adopt: bool,
 }
 
-fn on_off(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(bad(key, v, "expected on or off")),
-    }
-}
-
 impl Settings {
     fn parse(options: &DriverOptions) -> Result<Settings> {
-        for (k, v) in options {
-            if !KNOWN.contains(&k.as_str()) {
-                return Err(bad(
-                    k,
-                    v,
-                    format!("unknown option (known: {})", KNOWN.join(", ")),
-                ));
-            }
-        }
+        options::check_known(NAME, options, KNOWN)?;
         let get = |k: &str| options.get(k).map(String::as_str);
         let zpool = get(KEY_ZPOOL)
             .map(|v| ZpoolName::new(v).map_err(|e| bad(KEY_ZPOOL, v, e.to_string())))
@@ -153,7 +133,7 @@ impl Settings {
             ));
         }
         let adopt = get(KEY_ADOPT)
-            .map(|v| on_off(KEY_ADOPT, v))
+            .map(|v| options::on_off(NAME, KEY_ADOPT, v))
             .transpose()?
             .unwrap_or(false);
         if adopt && dataset.is_none() {
