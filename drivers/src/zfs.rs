@@ -705,6 +705,23 @@ impl Zfs {
     }
 
     /// Mounts of `ds` in this mount namespace.
+    /// Space counts once its transaction group is on disk. An unmount and a snapshot sync by
+    /// themselves; a layer mounted here may hold data written seconds ago.
+    fn sync_if_mounted(&self, layers: &[LayerChain]) -> Result<()> {
+        let mounted: std::collections::HashSet<String> = mount::mountinfo()?
+            .into_iter()
+            .filter(|m| m.fstype == "zfs")
+            .map(|m| m.source)
+            .collect();
+        if layers
+            .iter()
+            .any(|l| mounted.contains(self.dataset(l.id).as_str()))
+        {
+            z::zpool_sync(&self.rec.zpool)?;
+        }
+        Ok(())
+    }
+
     fn mounts_of(&self, ds: &Dataset) -> Result<Vec<mount::MountInfo>> {
         Ok(mount::mountinfo()?
             .into_iter()
@@ -1048,30 +1065,51 @@ impl Driver for Zfs {
     }
 
     fn usage(&self, layer: &LayerChain) -> Result<Usage> {
-        let ds = self.dataset(layer.id);
-        // Space counts once its transaction group is on disk. An unmount and a snapshot sync by
-        // themselves; a layer mounted here may hold data written seconds ago.
-        if !self.mounts_of(&ds)?.is_empty() {
-            z::zpool_sync(&self.rec.zpool)?;
-        }
-        let p = match z::get(ds.as_str(), &["used", "referenced"]) {
-            Ok(p) => p,
-            Err(e) if z::failure(&e) == Failure::Missing => {
-                return Err(DriverError::NotFound {
-                    id: layer.id,
-                    op: "usage",
-                })
+        self.usage_many(std::slice::from_ref(layer))
+            .pop()
+            .expect("one result per layer")
+    }
+
+    // One recursive `zfs get` for all: one per layer took 26.5 s for 200 layers in the VM.
+    fn usage_many(&self, layers: &[LayerChain]) -> Vec<Result<Usage>> {
+        let all = self
+            .sync_if_mounted(layers)
+            .and_then(|()| z::get_below(&self.rec.dataset, &["used", "referenced"]));
+        let all = match all {
+            Ok(all) => all,
+            Err(e) => {
+                let msg = e.to_string();
+                return layers
+                    .iter()
+                    .map(|l| {
+                        Err(DriverError::Kernel {
+                            op: "read usage (zfs get) of layer",
+                            target: l.id.to_string(),
+                            message: msg.clone(),
+                        })
+                    })
+                    .collect();
             }
-            Err(e) => return Err(e),
         };
-        // `used` of a clone counts only the records it wrote (its origin's are charged to the
-        // origin snapshot); `used` of a committed layer includes its snapshot: what removing the
-        // layer frees.
-        Ok(Usage {
-            bytes: p.bytes("used")?,
-            inodes: None,
-            referenced: Some(p.bytes("referenced")?),
-        })
+        layers
+            .iter()
+            .map(|l| {
+                let p = all
+                    .get(self.dataset(l.id).as_str())
+                    .ok_or(DriverError::NotFound {
+                        id: l.id,
+                        op: "usage",
+                    })?;
+                // `used` of a clone counts only the records it wrote (its origin's are charged
+                // to the origin snapshot); `used` of a committed layer includes its snapshot:
+                // what removing the layer frees.
+                Ok(Usage {
+                    bytes: p.bytes("used")?,
+                    inodes: None,
+                    referenced: Some(p.bytes("referenced")?),
+                })
+            })
+            .collect()
     }
 
     fn space(&self) -> Result<Space> {

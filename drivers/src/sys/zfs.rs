@@ -191,6 +191,7 @@ pub struct Props {
 }
 
 impl Props {
+    /// Parses `-o property,value` output about one object.
     pub fn parse(object: &str, text: &str) -> Result<Props> {
         let mut values = BTreeMap::new();
         for line in text.lines().filter(|l| !l.is_empty()) {
@@ -205,6 +206,25 @@ impl Props {
             object: object.to_string(),
             values,
         })
+    }
+
+    /// Parses `-o name,property,value` output about many objects, by name.
+    pub fn parse_many(whole: &str, text: &str) -> Result<BTreeMap<String, Props>> {
+        let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (name, rest) = line.split_once('\t').ok_or_else(|| DriverError::Kernel {
+                op: "parse ZFS properties of",
+                target: whole.to_string(),
+                message: format!("expected `name<TAB>property<TAB>value`, got {line:?}"),
+            })?;
+            let text = by_name.entry(name.to_string()).or_default();
+            text.push_str(rest);
+            text.push('\n');
+        }
+        by_name
+            .into_iter()
+            .map(|(name, text)| Props::parse(&name, &text).map(|p| (name, p)))
+            .collect()
     }
 
     /// The value, or None when the property is missing or unset ("-").
@@ -355,21 +375,38 @@ pub fn set(ds: &Dataset, prop: &str, value: &str) -> Result<()> {
     .map(drop)
 }
 
+/// `<tool> get -Hp -o <columns> PROPS <args...>`: the scripted form, exact numbers.
+fn get_raw(program: &str, columns: &str, props: &[&str], args: &[&str]) -> Result<String> {
+    let mut a: Vec<OsString> = vec![
+        "get".into(),
+        "-Hp".into(),
+        "-o".into(),
+        columns.into(),
+        props.join(",").into(),
+    ];
+    a.extend(args.iter().map(OsString::from));
+    let purpose = if program == ZPOOL {
+        "read zpool properties"
+    } else {
+        "read ZFS properties"
+    };
+    run(program, a, purpose)
+}
+
 /// `zfs get -Hp -o property,value PROPS OBJECT` (a dataset or snapshot name).
 pub fn get(object: &str, props: &[&str]) -> Result<Props> {
-    let out = run(
+    Props::parse(object, &get_raw(ZFS, "property,value", props, &[object])?)
+}
+
+/// PROPS of `ds` and the filesystems directly below it, in one `zfs get -r -d 1`, by name.
+pub fn get_below(ds: &Dataset, props: &[&str]) -> Result<BTreeMap<String, Props>> {
+    let out = get_raw(
         ZFS,
-        vec![
-            "get".into(),
-            "-Hp".into(),
-            "-o".into(),
-            "property,value".into(),
-            props.join(",").into(),
-            object.into(),
-        ],
-        "read ZFS properties",
+        "name,property,value",
+        props,
+        &["-r", "-d", "1", "-t", "filesystem", ds.as_str()],
     )?;
-    Props::parse(object, &out)
+    Props::parse_many(ds.as_str(), &out)
 }
 
 /// One line of `zfs list`.
@@ -444,19 +481,10 @@ pub fn zpool_create(
 
 /// `zpool get -Hp -o property,value PROPS NAME`.
 pub fn zpool_get(name: &ZpoolName, props: &[&str]) -> Result<Props> {
-    let out = run(
-        ZPOOL,
-        vec![
-            "get".into(),
-            "-Hp".into(),
-            "-o".into(),
-            "property,value".into(),
-            props.join(",").into(),
-            name.as_str().into(),
-        ],
-        "read zpool properties",
-    )?;
-    Props::parse(name.as_str(), &out)
+    Props::parse(
+        name.as_str(),
+        &get_raw(ZPOOL, "property,value", props, &[name.as_str()])?,
+    )
 }
 
 /// The GUID of the imported pool `name`; None when no pool of that name is imported.
@@ -660,6 +688,22 @@ mod tests {
         let bad = Props::parse("tank", "size\tlots\n").unwrap();
         assert!(bad.num("size").is_err());
         assert!(Props::parse("tank", "no tab here\n").is_err());
+    }
+
+    #[test]
+    fn recursive_get_output_is_grouped_by_name() {
+        // `zfs get -Hp -r -d 1 -o name,property,value used,referenced tank/p`
+        let text = "tank/p\tused\t900\ntank/p\treferenced\t100\n\
+                    tank/p/1\tused\t500\ntank/p/1\treferenced\t400\n\
+                    tank/p/2\tused\t7\ntank/p/2\treferenced\t407\n";
+        let m = Props::parse_many("tank/p", text).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["tank/p/1"].num("used").unwrap(), 500);
+        assert_eq!(m["tank/p/2"].num("referenced").unwrap(), 407);
+        let e = m["tank/p"].num("guid").unwrap_err().to_string();
+        assert!(e.contains("guid of tank/p"), "{e}");
+        assert!(Props::parse_many("tank/p", "tank/p\tused\n").is_err());
+        assert!(Props::parse_many("tank/p", "nothing\n").is_err());
     }
 
     #[test]
