@@ -405,6 +405,8 @@ struct Bench<'a> {
     name: PoolName,
     sizes: Sizes,
     runs: usize,
+    /// `--dir`/<variant>: the pool's root and `work/`; removed once the pool is gone.
+    base: PathBuf,
     work: PathBuf,
     tree_dir: &'a Path,
     tree: TreeStats,
@@ -472,6 +474,7 @@ impl<'a> Bench<'a> {
             sizes,
             runs: opts.runs,
             work: base.join("work"),
+            base,
             tree_dir,
             tree,
             seq: 0,
@@ -1005,12 +1008,28 @@ impl<'a> Bench<'a> {
 
     /// Unmounts and destroys the pool. Errors are returned (a leaked pool is a failure).
     fn finish(mut self) -> R<()> {
+        self.teardown()
+    }
+
+    /// Unmounts, destroys the pool (tearing down what is on disk if the store or driver is
+    /// confused), then removes the variant's directory. Idempotent: `finish`, then `Drop`.
+    fn teardown(&mut self) -> R<()> {
         self.unmount_all();
-        let pool = self.pool.take().expect("open");
+        let Some(pool) = self.pool.take() else {
+            return Ok(());
+        };
         if let Err(e) = pool.destroy(true) {
-            // The store or driver is confused: tear down what is on disk.
             blkdrv_pool::pool::force_destroy(&self.root, &self.name)
                 .map_err(|f| format!("destroy: {e}; forced teardown: {f}"))?;
+        }
+        // Never recurse into a directory something is still mounted below.
+        let mounted = blkdrv_drivers::sys::mount::mountinfo()
+            .map_err(e2s)?
+            .iter()
+            .any(|m| m.target.starts_with(&self.base));
+        if !mounted {
+            std::fs::remove_dir_all(&self.base)
+                .map_err(|e| format!("remove {}: {e}", self.base.display()))?;
         }
         Ok(())
     }
@@ -1019,12 +1038,7 @@ impl<'a> Bench<'a> {
 impl Drop for Bench<'_> {
     // A failed workload's early return or a panic must not leave loop devices and mounts.
     fn drop(&mut self) {
-        self.unmount_all();
-        if let Some(pool) = self.pool.take() {
-            if pool.destroy(true).is_err() {
-                let _ = blkdrv_pool::pool::force_destroy(&self.root, &self.name);
-            }
-        }
+        let _ = self.teardown();
     }
 }
 
