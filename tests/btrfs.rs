@@ -2,53 +2,12 @@
 
 mod common;
 
-use common::{tool, Env};
+use common::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const MIB: u64 = 1 << 20;
-
 fn btrfs_env() -> Env {
     Env::with_pool(&["--driver", "btrfs", "--size", "1G"])
-}
-
-fn json(env: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    serde_json::from_str(&env.ok(&a).stdout).expect("JSON output")
-}
-
-fn layer(env: &Env, name: &str) -> serde_json::Value {
-    json(env, &["layer", "inspect", name, "--pool", "t"])
-}
-
-fn write_file(p: &Path, bytes: u64) {
-    // Random-ish content so nothing can be deduplicated or compressed away.
-    let mut data = vec![0u8; bytes as usize];
-    let mut x: u32 = 0x9E37_79B9;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    fs::write(p, data).unwrap();
-}
-
-/// Imports a base layer holding `bytes` of data.
-fn base_of(env: &Env, bytes: u64) {
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    write_file(&src.join("blob"), bytes);
-    env.ok(&[
-        "layer",
-        "create",
-        "base",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
 }
 
 fn pool_mnt(env: &Env) -> PathBuf {
@@ -76,7 +35,7 @@ fn qgroups_report_exclusive_bytes_of_a_snapshot() {
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
     let m = env.path("m");
     env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
-    write_file(&m.join("five"), 5 * MIB);
+    write_file(&m.join("five"), 5 * MIB).unwrap();
     env.ok(&["layer", "umount", "c", "--pool", "t"]);
     let c = layer(&env, "c");
     let excl = c["size_bytes"].as_u64().unwrap();
@@ -148,13 +107,8 @@ fn layer_mounted_outside_blkdrv_is_not_removed() {
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
     // Mount the subvolume behind blkdrv's back, as another tool or a leaked namespace would.
     let status = json(&env, &["pool", "status", "t"]);
-    let dev = status["space"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d[0] == "Backing Device")
-        .map(|d| d[1].as_str().unwrap().to_string())
-        .unwrap();
+    let dev = detail(&status, "Backing Device");
+    assert!(!dev.is_empty(), "no Backing Device: {status}");
     let id = layer(&env, "c")["id"].as_u64().unwrap();
     let m = env.path("elsewhere");
     fs::create_dir_all(&m).unwrap();
@@ -239,7 +193,7 @@ fn loopback_pool_grows_when_unallocated_space_runs_low() {
     // Fill data chunks until little is unallocated. `pool status` is a reader and never grows
     // the pool, so the fill can be watched.
     for i in 0..12 {
-        write_file(&m.join(format!("f{i}")), 32 * MIB);
+        write_file(&m.join(format!("f{i}")), 32 * MIB).unwrap();
         nix::unistd::sync();
         if unallocated(&env) < 512 * MIB / 5 {
             break;

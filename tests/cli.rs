@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{tool, Env};
+use common::{json, layer, tool, Env};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
@@ -303,17 +303,18 @@ fn json_output_and_reuse() {
     let env = Env::new();
     env.base();
     let src = env.path("src");
-    let o = env.ok(&[
-        "layer",
-        "create",
-        "again",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let v = json(
+        &env,
+        &[
+            "layer",
+            "create",
+            "again",
+            "--from-dir",
+            src.to_str().unwrap(),
+            "--pool",
+            "t",
+        ],
+    );
     assert_eq!(v["reused"], true);
     let o = env.ok(&[
         "layer",
@@ -325,12 +326,10 @@ fn json_output_and_reuse() {
         "t",
     ]);
     assert!(o.stdout.contains("reused"), "{}", o.stdout);
-    let o = env.ok(&["layer", "ls", "--pool", "t", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let v = json(&env, &["layer", "ls", "--pool", "t"]);
     assert_eq!(v.as_array().unwrap().len(), 1, "one layer, three names");
     assert_eq!(v[0]["names"].as_array().unwrap().len(), 3);
-    let o = env.ok(&["info", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let v = json(&env, &["info"]);
     assert!(v["drivers"]
         .as_array()
         .unwrap()
@@ -458,12 +457,7 @@ fn pool_check_reports_and_repairs_drift() {
     // An object the store does not know (as a crash outside blkdrv's protocol would leave).
     std::fs::create_dir_all(objects.join("999/diff")).unwrap();
     // A layer whose data vanished behind blkdrv's back.
-    let gone_id = {
-        let o = env.ok(&["layer", "inspect", "gone", "--pool", "t", "--json"]);
-        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["id"]
-            .as_u64()
-            .unwrap()
-    };
+    let gone_id = layer(&env, "gone")["id"].as_u64().unwrap();
     std::fs::remove_dir_all(objects.join(gone_id.to_string())).unwrap();
     let o = env.run(&["pool", "check", "t"]);
     assert_eq!(o.code, 2, "drift is reported as an error: {}", o.stderr);
@@ -473,9 +467,8 @@ fn pool_check_reports_and_repairs_drift() {
         "{}",
         o.stdout
     );
-    let o = env.ok(&["pool", "check", "t", "--repair", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
-    assert_eq!(v["repaired"].as_array().unwrap().len(), 2, "{}", o.stdout);
+    let v = json(&env, &["pool", "check", "t", "--repair"]);
+    assert_eq!(v["repaired"].as_array().unwrap().len(), 2, "{v}");
     assert!(!objects.join("999").exists());
     let o = env.ok(&["pool", "check", "t"]);
     assert!(o.stdout.contains("consistent"), "{}", o.stdout);

@@ -1,10 +1,14 @@
-//! Shared by the CLI-level test files: a state root with a pool, the CLI run in-process, and
-//! cleanup through Drop even when a test fails.
+//! Shared by the CLI-level test files: a state root with a pool, the CLI run in-process,
+//! cleanup through Drop even when a test fails, and the runner of the VM-only targets.
 #![allow(dead_code)] // each test file uses a different part
 
 use blkdrv_pool::pool::teardown_dir;
-use std::ffi::OsString;
-use std::path::PathBuf;
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MIB: u64 = 1 << 20;
 
 pub struct Out {
     pub code: i32,
@@ -142,8 +146,9 @@ impl Drop for Env {
     }
 }
 
-/// Runs a system tool (mkfs.*, btrfs) the way a test sets the scene; panics with its stderr.
-pub fn tool(program: &str, args: &[&std::ffi::OsStr]) -> String {
+/// Runs a system tool (mkfs.*, btrfs, zfs, lvm) the way a test sets the scene; panics with its
+/// stderr.
+pub fn tool<S: AsRef<OsStr> + std::fmt::Debug>(program: &str, args: &[S]) -> String {
     let out = std::process::Command::new(program)
         .args(args)
         .output()
@@ -154,4 +159,161 @@ pub fn tool(program: &str, args: &[&std::ffi::OsStr]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `args` with `--json` added; panics unless it succeeds with JSON.
+pub fn json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(&env.ok(&a).stdout).expect("JSON output")
+}
+
+/// `layer inspect` of `name` in pool "t".
+pub fn layer(env: &Env, name: &str) -> serde_json::Value {
+    json(env, &["layer", "inspect", name, "--pool", "t"])
+}
+
+/// The driver's detail line `key` of a `pool status`, or "" without one.
+pub fn detail(status: &serde_json::Value, key: &str) -> String {
+    status["space"]["details"]
+        .as_array()
+        .and_then(|d| d.iter().find(|kv| kv[0] == key))
+        .and_then(|kv| kv[1].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Writes `bytes` (rounded up to whole MiB) to `p`, each MiB made by `next`, then syncs.
+fn write_chunks(p: &Path, bytes: u64, mut next: impl FnMut(&mut [u8])) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(p)?;
+    let mut chunk = vec![0u8; MIB as usize];
+    for _ in 0..bytes.div_ceil(MIB) {
+        next(&mut chunk);
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+/// Random-ish content so nothing can be deduplicated or compressed away.
+pub fn write_file(p: &Path, bytes: u64) -> std::io::Result<()> {
+    let mut x: u32 = 0x9E37_79B9;
+    write_chunks(p, bytes, |chunk| {
+        for b in chunk.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+    })
+}
+
+/// One repeated MiB: cheap for fills of hundreds of MiB where only the space counts.
+pub fn fill(p: &Path, bytes: u64) -> std::io::Result<()> {
+    write_chunks(p, bytes, |chunk| {
+        for (i, b) in chunk.iter_mut().enumerate() {
+            *b = (i * 7 + 13) as u8;
+        }
+    })
+}
+
+/// Imports a base layer holding `bytes` of data.
+pub fn base_of(env: &Env, bytes: u64) {
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    write_file(&src.join("blob"), bytes).unwrap();
+    env.ok(&[
+        "layer",
+        "create",
+        "base",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+}
+
+/// `blkdrv bench --smoke` on `driver` alone: every workload has rows and the raw snapshot
+/// (`raw` names it in the error) is timed; `check` adds the driver's own checks on the rows.
+pub fn bench_smoke(
+    driver: &str,
+    raw: &str,
+    check: impl FnOnce(&[serde_json::Value]) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let report = tmp.path().join("r.json");
+    let args: Vec<OsString> = vec![
+        "blkdrv".into(),
+        "bench".into(),
+        "--smoke".into(),
+        "--runs".into(),
+        "1".into(),
+        "--drivers".into(),
+        driver.into(),
+        "--dir".into(),
+        tmp.path().join("work").into(),
+        "--json".into(),
+        report.clone().into(),
+    ];
+    let o = run_cli(args);
+    if o.code != 0 {
+        return Err(format!("bench exited {}: {}", o.code, o.stderr).into());
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    let rows = report["results"].as_array().ok_or("no results")?;
+    for (w, _) in blkdrv_benches::WORKLOADS {
+        if !rows.iter().any(|r| r["workload"] == *w) {
+            return Err(format!("no {w} rows: {}", o.stderr).into());
+        }
+    }
+    if !rows.iter().any(|r| r["phase"] == "raw") {
+        return Err(format!("no raw {raw} timing").into());
+    }
+    check(rows)
+}
+
+/// A case of a VM-only target.
+pub type Case = fn() -> Result<(), Failed>;
+
+/// Runs the cases of a target that needs what only some kernels have (device-mapper, ZFS),
+/// then exits. Without it on the host (outside the VM) every case is ignored, after one line:
+/// "{target}: N cases need {lacking}: run `tests/vm/run {target}`{note}". With `missing`, a
+/// case fails with that reason when `available` is false (a VM booted without it).
+pub fn vm_trials(
+    target: &str,
+    cases: &[(&str, Case)],
+    available: fn() -> bool,
+    lacking: &str,
+    note: &str,
+    missing: Option<&'static str>,
+) -> ! {
+    let args = Arguments::from_args();
+    let in_vm = std::env::var_os("BLKDRV_IN_VM").is_some();
+    let vm_only = !in_vm && !available();
+    if vm_only && !args.list {
+        eprintln!(
+            "{target}: {} cases need {lacking}: run `tests/vm/run {target}`{note}",
+            cases.len()
+        );
+    }
+    let trials = cases
+        .iter()
+        .map(|&(name, run)| {
+            Trial::test(name, move || {
+                if let Some(reason) = missing.filter(|_| !available()) {
+                    return Err(reason.into());
+                }
+                std::panic::catch_unwind(run).unwrap_or_else(|p| {
+                    Err(Failed::from(format!(
+                        "panicked: {}",
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default()
+                    )))
+                })
+            })
+            .with_ignored_flag(vm_only)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
 }

@@ -5,14 +5,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use common::Env;
-use libtest_mimic::{Arguments, Failed, Trial};
+use common::{detail, fill, json, layer, tool, Case, Env, MIB};
+use libtest_mimic::Failed;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-const MIB: u64 = 1 << 20;
-
-type Case = fn() -> Result<(), Failed>;
 
 const CASES: &[(&str, Case)] = &[
     ("snapshots_share_the_base_filesystem", no_mkfs_on_snapshots),
@@ -39,66 +35,20 @@ const CASES: &[(&str, Case)] = &[
 ];
 
 fn main() {
-    let args = Arguments::from_args();
-    let in_vm = std::env::var_os("BLKDRV_IN_VM").is_some();
-    let has_dm = Path::new("/sys/class/misc/device-mapper").exists();
-    let vm_only = !in_vm && !has_dm;
-    if vm_only && !args.list {
-        eprintln!(
-            "devicemapper: {} cases need device-mapper, which this kernel lacks: run `tests/vm/run devicemapper` (scripts/test.sh does)",
-            CASES.len()
-        );
-    }
-    let trials = CASES
-        .iter()
-        .map(|(name, run)| {
-            let run = *run;
-            Trial::test(*name, move || {
-                std::panic::catch_unwind(run).unwrap_or_else(|p| {
-                    Err(Failed::from(format!(
-                        "panicked: {}",
-                        p.downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    )))
-                })
-            })
-            .with_ignored_flag(vm_only)
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    common::vm_trials(
+        "devicemapper",
+        CASES,
+        || Path::new("/sys/class/misc/device-mapper").exists(),
+        "device-mapper, which this kernel lacks",
+        " (scripts/test.sh does)",
+        None,
+    )
 }
 
 fn dm_env(extra: &[&str]) -> Env {
     let mut args = vec!["--driver", "devicemapper", "--size", "1G"];
     args.extend_from_slice(extra);
     Env::with_pool(&args)
-}
-
-fn json(env: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    serde_json::from_str(&env.ok(&a).stdout).expect("JSON output")
-}
-
-fn detail(status: &serde_json::Value, key: &str) -> String {
-    status["space"]["details"]
-        .as_array()
-        .and_then(|d| d.iter().find(|kv| kv[0] == key))
-        .and_then(|kv| kv[1].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn fill(p: &Path, bytes: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = fs::File::create(p)?;
-    let chunk: Vec<u8> = (0..MIB).map(|i| (i * 7 + 13) as u8).collect();
-    for _ in 0..bytes / MIB {
-        f.write_all(&chunk)?;
-    }
-    f.sync_all()
 }
 
 /// Source device of the mount at `target`.
@@ -285,7 +235,7 @@ fn deferred_removal() -> Result<(), Failed> {
     env.ok(&["layer", "umount", "held", "--pool", "t"]);
     let o = env.ok(&["layer", "rm", "held", "--pool", "t"]);
     let deferred = o.stdout.contains("deferred");
-    let state = json(&env, &["layer", "inspect", "held", "--pool", "t"])["state"].clone();
+    let state = layer(&env, "held")["state"].clone();
     blkdrv_drivers::sys::mount::unmount(&leak).map_err(|e| e.to_string())?;
     if !deferred || state != "removing" {
         return Err(format!("expected a deferred removal, got {:?} / {state}", o.stdout).into());
@@ -425,8 +375,7 @@ fn swapped_devices() -> Result<(), Failed> {
 }
 
 fn lvm(args: &[&str]) -> String {
-    let a: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
-    common::tool("lvm", &a)
+    tool("lvm", args)
 }
 
 /// A loop device on a sparse file for LVM to use as a PV; on drop the VG is force-removed and
@@ -630,44 +579,18 @@ fn lvm_adopt() -> Result<(), Failed> {
 
 /// The bench's devicemapper path (raw create_snap timing, space accounting) on a real pool.
 fn bench_smoke() -> Result<(), Failed> {
-    let tmp = tempfile::tempdir()?;
-    let json = tmp.path().join("r.json");
-    let args: Vec<std::ffi::OsString> = vec![
-        "blkdrv".into(),
-        "bench".into(),
-        "--smoke".into(),
-        "--runs".into(),
-        "1".into(),
-        "--drivers".into(),
-        "devicemapper".into(),
-        "--dir".into(),
-        tmp.path().join("work").into(),
-        "--json".into(),
-        json.clone().into(),
-    ];
-    let o = common::run_cli(args);
-    let err = o.stderr;
-    if o.code != 0 {
-        return Err(format!("bench exited {}: {err}", o.code).into());
-    }
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json)?)?;
-    let rows = report["results"].as_array().ok_or("no results")?;
-    for (w, _) in blkdrv_benches::WORKLOADS {
-        if !rows.iter().any(|r| r["workload"] == *w) {
-            return Err(format!("no {w} rows: {err}").into());
+    common::bench_smoke("devicemapper", "create_snap", |rows| {
+        // Space comes back when a thin device is deleted.
+        let returned = rows
+            .iter()
+            .find(|r| r["phase"] == "space_returned")
+            .and_then(|r| r["values"][0].as_f64())
+            .ok_or("no space_returned")?;
+        if returned < 3.0 * MIB as f64 {
+            return Err(
+                format!("only {returned} bytes came back after removing a 4 MiB layer").into(),
+            );
         }
-    }
-    if !rows.iter().any(|r| r["phase"] == "raw") {
-        return Err("no raw create_snap timing".into());
-    }
-    // Space comes back when a thin device is deleted.
-    let returned = rows
-        .iter()
-        .find(|r| r["phase"] == "space_returned")
-        .and_then(|r| r["values"][0].as_f64())
-        .ok_or("no space_returned")?;
-    if returned < 3.0 * MIB as f64 {
-        return Err(format!("only {returned} bytes came back after removing a 4 MiB layer").into());
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -5,18 +5,14 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use common::Env;
-use libtest_mimic::{Arguments, Failed, Trial};
+use common::{base_of, detail, json, layer, tool, write_file, Case, Env, MIB};
+use libtest_mimic::Failed;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const MIB: u64 = 1 << 20;
-
-type Case = fn() -> Result<(), Failed>;
 
 const CASES: &[(&str, Case)] = &[
     ("clone_counts_only_the_records_it_writes", clone_accounting),
@@ -68,40 +64,14 @@ fn main() {
             .exec();
         panic!("exec the real tool: {err}");
     }
-    let args = Arguments::from_args();
-    let in_vm = std::env::var_os("BLKDRV_IN_VM").is_some();
-    let vm_only = !in_vm && !has_zfs();
-    if vm_only && !args.list {
-        eprintln!(
-            "zfs: {} cases need ZFS (the kernel module, zfs and zpool), which this host lacks: run `tests/vm/run zfs`",
-            CASES.len()
-        );
-    }
-    let trials = CASES
-        .iter()
-        .map(|(name, run)| {
-            let run = *run;
-            Trial::test(*name, move || {
-                if !has_zfs() {
-                    return Err(
-                        "no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it when a suite line or the FILTER mentions zfs; VM_ZFS=1 forces it)"
-                            .into(),
-                    );
-                }
-                std::panic::catch_unwind(run).unwrap_or_else(|p| {
-                    Err(Failed::from(format!(
-                        "panicked: {}",
-                        p.downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    )))
-                })
-            })
-            .with_ignored_flag(vm_only)
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    common::vm_trials(
+        "zfs",
+        CASES,
+        has_zfs,
+        "ZFS (the kernel module, zfs and zpool), which this host lacks",
+        "",
+        Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it when a suite line or the FILTER mentions zfs; VM_ZFS=1 forces it)"),
+    )
 }
 
 fn has_zfs() -> bool {
@@ -137,27 +107,8 @@ fn zfs_env(extra: &[&str]) -> Env {
     Env::with_pool(&args)
 }
 
-fn json(env: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    serde_json::from_str(&env.ok(&a).stdout).expect("JSON output")
-}
-
-fn layer(env: &Env, name: &str) -> serde_json::Value {
-    json(env, &["layer", "inspect", name, "--pool", "t"])
-}
-
 fn status(env: &Env, pool: &str) -> serde_json::Value {
     json(env, &["pool", "status", pool])
-}
-
-fn detail(status: &serde_json::Value, key: &str) -> String {
-    status["space"]["details"]
-        .as_array()
-        .and_then(|d| d.iter().find(|kv| kv[0] == key))
-        .and_then(|kv| kv[1].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn identity(env: &Env, pool: &str, key: &str) -> String {
@@ -174,11 +125,6 @@ fn parent_ds(env: &Env) -> String {
 
 fn layer_ds(env: &Env, name: &str) -> String {
     format!("{}/{}", parent_ds(env), layer(env, name)["id"])
-}
-
-fn tool(program: &str, args: &[&str]) -> String {
-    let a: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
-    common::tool(program, &a)
 }
 
 fn tool_try(program: &str, args: &[&str]) -> Result<String, String> {
@@ -236,39 +182,6 @@ fn recorded_ids(env: &Env) -> BTreeSet<String> {
         .iter()
         .map(|l| l["id"].to_string())
         .collect()
-}
-
-fn write_file(p: &Path, bytes: u64) -> std::io::Result<()> {
-    // Random-ish content so nothing can be compressed away.
-    let mut f = fs::File::create(p)?;
-    let mut x: u32 = 0x9E37_79B9;
-    let mut chunk = vec![0u8; MIB as usize];
-    for _ in 0..bytes.div_ceil(MIB) {
-        for b in chunk.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = x as u8;
-        }
-        f.write_all(&chunk)?;
-    }
-    f.sync_all()
-}
-
-/// Imports a base layer holding `bytes` of data.
-fn base_of(env: &Env, bytes: u64) {
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    write_file(&src.join("blob"), bytes).unwrap();
-    env.ok(&[
-        "layer",
-        "create",
-        "base",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
 }
 
 /// Runs `f` with `name` mounted read-write at a fresh directory.
@@ -995,34 +908,5 @@ fn zprop_pool(zpool: &str, prop: &str) -> u64 {
 
 /// The bench's zfs path: every workload runs, and the raw `zfs clone` is timed.
 fn bench_smoke() -> Result<(), Failed> {
-    let tmp = tempfile::tempdir()?;
-    let json = tmp.path().join("r.json");
-    let args: Vec<std::ffi::OsString> = vec![
-        "blkdrv".into(),
-        "bench".into(),
-        "--smoke".into(),
-        "--runs".into(),
-        "1".into(),
-        "--drivers".into(),
-        "zfs".into(),
-        "--dir".into(),
-        tmp.path().join("work").into(),
-        "--json".into(),
-        json.clone().into(),
-    ];
-    let o = common::run_cli(args);
-    if o.code != 0 {
-        return Err(format!("bench exited {}: {}", o.code, o.stderr).into());
-    }
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json)?)?;
-    let rows = report["results"].as_array().ok_or("no results")?;
-    for (w, _) in blkdrv_benches::WORKLOADS {
-        if !rows.iter().any(|r| r["workload"] == *w) {
-            return Err(format!("no {w} rows: {}", o.stderr).into());
-        }
-    }
-    if !rows.iter().any(|r| r["phase"] == "raw") {
-        return Err("no raw zfs clone timing".into());
-    }
-    Ok(())
+    common::bench_smoke("zfs", "zfs clone", |_| Ok(()))
 }
