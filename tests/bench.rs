@@ -100,6 +100,11 @@ fn smoke_bench_measures_every_workload_on_every_host_driver() {
         !loops.contains(work.to_str().unwrap()),
         "loop devices left: {loops}"
     );
+    // Nor any variant's directory: each goes with its pool.
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left under --dir: {left:?}");
 }
 
 #[test]
