@@ -33,8 +33,7 @@ fn qgroups_report_exclusive_bytes_of_a_snapshot() {
     let env = btrfs_env();
     base_of(&env, 100 * MIB);
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("c", "m");
     write_file(&m.join("five"), 5 * MIB).unwrap();
     env.ok(&["layer", "umount", "c", "--pool", "t"]);
     let c = layer(&env, "c");
@@ -77,15 +76,7 @@ fn size_limit_is_a_qgroup_limit() {
         "layer", "snapshot", "base", "small", "--size", "10M", "--pool", "t",
     ]);
     assert_eq!(layer(&env, "small")["limit_bytes"], 10 * MIB);
-    let m = env.path("m");
-    env.ok(&[
-        "layer",
-        "mount",
-        "small",
-        m.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    let m = env.mount_rw("small", "m");
     let big = vec![1u8; 20 * MIB as usize];
     let err = fs::write(m.join("big"), &big).and_then(|_| {
         // The quota is checked as data reaches the disk.
@@ -141,8 +132,7 @@ fn nested_subvolumes_do_not_block_removal() {
     let env = btrfs_env();
     base_of(&env, MIB);
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("c", "m");
     for sub in ["inner", "inner/deeper"] {
         tool(
             "btrfs",
@@ -176,15 +166,7 @@ fn loopback_pool_grows_when_unallocated_space_runs_low() {
     let before = fs::metadata(&file).unwrap().len();
     assert_eq!(before, 512 * MIB);
     env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&[
-        "layer",
-        "mount",
-        "filler",
-        m.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    let m = env.mount_rw("filler", "m");
     let unallocated = |env: &Env| {
         json(env, &["pool", "status", "t"])["space"]["unallocated"]
             .as_u64()

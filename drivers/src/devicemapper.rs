@@ -398,21 +398,6 @@ impl Names {
     }
 }
 
-fn random_prefix() -> String {
-    let mut b = [0u8; 4];
-    let got = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    if got.is_err() {
-        // Time and pid are unique enough for a name prefix.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        b = (t ^ std::process::id()).to_le_bytes();
-    }
-    format!("blkdrv-{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
-}
-
 fn dm() -> Result<DM> {
     DM::new().map_err(|e| DriverError::Unavailable {
         driver: NAME.into(),
@@ -576,7 +561,7 @@ impl DriverFactory for Factory {
             return format_lvm(&dm, ctx, &s);
         }
         let a = areas(ctx, &s)?;
-        let names = Names::new(random_prefix(), None);
+        let names = Names::new(format!("blkdrv-{}", crate::id::random_tag()), None);
         let base_size = base_size_for(&s, a.data.2, self.min_device_size(&ctx.options))?;
         // Fresh metadata: the kernel formats the area only if its superblock is blank.
         zero_head(&a.meta.0, a.meta.1)?;
@@ -781,7 +766,7 @@ fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Identity> {
             (lv, Some(c))
         }
     };
-    let names = Names::new(random_prefix(), Some(&lv));
+    let names = Names::new(format!("blkdrv-{}", crate::id::random_tag()), Some(&lv));
     let made = (|| {
         let info = lvm::pool_info(&lv)?;
         if info.thin_lvs > 0 {

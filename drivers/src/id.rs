@@ -4,6 +4,23 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Eight random hex digits for names that must not collide with another pool's on the same host
+/// (dm device prefixes, zpool names).
+pub fn random_tag() -> String {
+    let mut b = [0u8; 4];
+    let got = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    if got.is_err() {
+        // Time and pid are unique enough for a name.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        b = (t ^ std::process::id()).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Identifies one layer's storage object inside a pool. Fits in 24 bits because device-mapper
 /// thin ids do, and the devicemapper driver uses the object id as its thin id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

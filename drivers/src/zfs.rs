@@ -320,21 +320,6 @@ fn refuse_whole_disk_without_udev(dev: &Path) -> Result<()> {
     Ok(())
 }
 
-fn random_suffix() -> String {
-    let mut b = [0u8; 4];
-    let got = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    if got.is_err() {
-        // Time and pid are unique enough for a name suffix.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        b = (t ^ std::process::id()).to_le_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Pool-level guid of `name`, or a clear refusal when no such pool is imported.
 fn zpool_guid_of(name: &ZpoolName, key: &str) -> Result<u64> {
     z::zpool_guid(name)?.ok_or_else(|| {
@@ -356,7 +341,7 @@ fn create_zpool(ctx: &PoolContext, s: &Settings, vdevs: &[Vdev]) -> Result<Recor
         Some(n) => n.clone(),
         // Zpool names are global to the host: a random part keeps pools of the same name under
         // different roots (every test pool is "t") apart.
-        None => ZpoolName::new(&format!("blkdrv-{}-{}", ctx.pool, random_suffix()))
+        None => ZpoolName::new(&format!("blkdrv-{}-{}", ctx.pool, crate::id::random_tag()))
             .map_err(|e| bad(KEY_ZPOOL, &ctx.pool, e.to_string()))?,
     };
     if z::zpool_guid(&name)?.is_some() {

@@ -81,6 +81,13 @@ impl Env {
         o
     }
 
+    /// `layer mount LAYER <dir>/DIR --pool t` (read-write); returns the mountpoint.
+    pub fn mount_rw(&self, layer: &str, dir: &str) -> PathBuf {
+        let m = self.path(dir);
+        self.ok(&["layer", "mount", layer, m.to_str().unwrap(), "--pool", "t"]);
+        m
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

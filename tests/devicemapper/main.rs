@@ -170,14 +170,12 @@ fn deactivate_activate() -> Result<(), Failed> {
     let env = dm_env(&[]);
     base(&env);
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("c", "m");
     fs::write(m.join("kept"), "still here").unwrap();
     env.ok(&["layer", "umount", "c", "--pool", "t"]);
     env.ok(&["layer", "commit", "c", "--pool", "t"]);
     thin_check_offline(&env)?;
-    let m2 = env.path("m2");
-    env.ok(&["layer", "mount", "c", m2.to_str().unwrap(), "--pool", "t"]);
+    let m2 = env.mount_rw("c", "m2");
     let content = fs::read_to_string(m2.join("kept")).unwrap_or_default();
     let host = fs::read_to_string(m2.join("etc/hostname")).unwrap_or_default();
     env.ok(&["layer", "umount", "c", "--pool", "t"]);
@@ -205,8 +203,7 @@ fn discard_returns_space() -> Result<(), Failed> {
     let env = dm_env(&[]);
     base(&env);
     env.ok(&["layer", "snapshot", "base", "big", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "big", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("big", "m");
     fill(&m.join("blob"), 64 * MIB).unwrap();
     env.ok(&["layer", "umount", "big", "--pool", "t"]);
     let (u1, a1) = (used(&env), data_file_allocated(&env));
@@ -227,8 +224,7 @@ fn deferred_removal() -> Result<(), Failed> {
     let env = dm_env(&[]);
     base(&env);
     env.ok(&["layer", "snapshot", "base", "held", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "held", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("held", "m");
     let leak = env.path("leak");
     fs::create_dir_all(&leak).unwrap();
     blkdrv_drivers::sys::mount::bind(&m, &leak, false).map_err(|e| e.to_string())?;
@@ -255,8 +251,7 @@ fn full_pool() -> Result<(), Failed> {
     let env = dm_env(&["--no-autoextend", "--min-free", "10"]);
     base(&env);
     env.ok(&["layer", "snapshot", "base", "hog", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "hog", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("hog", "m");
     // More than the pool holds: the write must fail, not hang (error_if_no_space).
     let r = fill(&m.join("hog"), 1200 * MIB);
     let _ = env.run(&["layer", "umount", "hog", "--pool", "t"]);
@@ -319,15 +314,7 @@ fn autoextend() -> Result<(), Failed> {
     ]);
     base(&env);
     env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&[
-        "layer",
-        "mount",
-        "filler",
-        m.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    let m = env.mount_rw("filler", "m");
     let total_before = json(&env, &["pool", "status", "t"])["space"]["total"]
         .as_u64()
         .unwrap();
@@ -474,8 +461,7 @@ fn lvm_mode() -> Result<(), Failed> {
     }
     base(&env);
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("c", "m");
     let before = lv_size(lv);
     // Over half of the ~400 MiB pool: the next command extends it by 20%.
     fill(&m.join("f"), 260 * MIB).map_err(|e| format!("fill: {e}"))?;

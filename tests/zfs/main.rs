@@ -446,8 +446,7 @@ fn busy_elsewhere() -> Result<(), Failed> {
     let env = zfs_env(&[]);
     base_of(&env, MIB);
     env.ok(&["layer", "snapshot", "base", "held", "--pool", "t"]);
-    let m = env.path("m");
-    env.ok(&["layer", "mount", "held", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("held", "m");
     fs::write(m.join("open-me"), "x")?;
     let mut holder = Command::new(std::env::current_exe()?)
         .env(ENV_HOLD, m.join("open-me"))
@@ -493,9 +492,9 @@ fn busy_elsewhere() -> Result<(), Failed> {
     Ok(())
 }
 
-/// kill -9 right after the clone exists (the crash point) and at random moments of a snapshot:
-/// after `pool check --repair` the datasets are exactly the layers the store knows.
-fn kill_9() -> Result<(), Failed> {
+/// A pool with layer `base` where `layer snapshot base victim` died at crash point `at`; and
+/// the pool's parent dataset.
+fn crashed_snapshot(at: &str) -> Result<(Env, String), Failed> {
     let env = zfs_env(&[]);
     base_of(&env, MIB);
     let parent = parent_ds(&env);
@@ -503,11 +502,18 @@ fn kill_9() -> Result<(), Failed> {
         &env,
         &["layer", "snapshot", "base", "victim", "--pool", "t"],
     )
-    .env("BLKDRV_CRASH_AT", "snapshot:object")
+    .env("BLKDRV_CRASH_AT", at)
     .output()?;
     if out.status.success() {
-        return Err("the child did not crash".into());
+        return Err(format!("the child did not crash at {at}").into());
     }
+    Ok((env, parent))
+}
+
+/// kill -9 right after the clone exists (the crash point) and at random moments of a snapshot:
+/// after `pool check --repair` the datasets are exactly the layers the store knows.
+fn kill_9() -> Result<(), Failed> {
+    let (env, parent) = crashed_snapshot("snapshot:object")?;
     if children(&parent).len() != 2 {
         return Err(format!("no clone before recovery: {:?}", children(&parent)).into());
     }
@@ -579,18 +585,7 @@ fn kill_9() -> Result<(), Failed> {
 /// the dataset is gone: here a stand-in `zfs` starts its clone 3 s late, while `pool check`
 /// rolls the interrupted create back.
 fn late_tool() -> Result<(), Failed> {
-    let env = zfs_env(&[]);
-    base_of(&env, MIB);
-    let parent = parent_ds(&env);
-    let out = cli_child(
-        &env,
-        &["layer", "snapshot", "base", "victim", "--pool", "t"],
-    )
-    .env("BLKDRV_CRASH_AT", "snapshot:intent")
-    .output()?;
-    if out.status.success() {
-        return Err("the child did not crash".into());
-    }
+    let (env, parent) = crashed_snapshot("snapshot:intent")?;
     let ls = json(&env, &["layer", "ls", "--pool", "t"]);
     let id = ls
         .as_array()
@@ -644,8 +639,7 @@ fn deactivate_activate() -> Result<(), Failed> {
     if zpools().contains(&zpool) {
         return Err(format!("{zpool} still imported after deactivate").into());
     }
-    let m = env.path("m2");
-    env.ok(&["layer", "mount", "c", m.to_str().unwrap(), "--pool", "t"]);
+    let m = env.mount_rw("c", "m2");
     let kept = fs::read_to_string(m.join("kept")).unwrap_or_default();
     env.ok(&["layer", "umount", "c", "--pool", "t"]);
     if kept != "still here" || !zpools().contains(&zpool) {
@@ -873,15 +867,7 @@ fn autoextend() -> Result<(), Failed> {
     let avail = status(&env, "t")["space"]["available"]
         .as_u64()
         .unwrap_or(0);
-    let m = env.path("m");
-    env.ok(&[
-        "layer",
-        "mount",
-        "filler",
-        m.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    let m = env.mount_rw("filler", "m");
     // Leave well under the 20% threshold (of 512 MiB) but do not fill the pool.
     write_file(&m.join("f"), avail.saturating_sub(64 * MIB))
         .map_err(|e| format!("fill {avail}: {e}"))?;
