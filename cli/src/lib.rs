@@ -240,6 +240,9 @@ name, reuses the existing layer and prints \"reused\"."
         sel: PoolSel,
     },
     /// Create a writable (active) layer on a committed parent, e.g. for a container.
+    ///
+    /// With --json the new layer's size_bytes is null: it has nothing of its own yet, and
+    /// measuring would cost more than the snapshot (`layer inspect` measures).
     Snapshot {
         parent: String,
         name: String,
