@@ -797,6 +797,27 @@ fn bad_input() -> Result<(), Failed> {
             return Err(format!("{args:?} changed the zpools: {:?}", zpools()).into());
         }
     }
+    // A layer quota that is not a size: a usage error before anything is made.
+    let o = env.run(&[
+        "layer", "snapshot", "base", "q", "--size", "lots", "--pool", "t",
+    ]);
+    if o.code != 2 || env.run(&["layer", "inspect", "q", "--pool", "t"]).code == 0 {
+        return Err(format!("--size lots: {} {}", o.code, o.stderr).into());
+    }
+    // A mounted layer is not removed (without --force), and its dataset stays.
+    env.ok(&["layer", "snapshot", "base", "busy", "--pool", "t"]);
+    let ds = layer_ds(&env, "busy");
+    let m = env.mount_rw("busy", "m");
+    fs::write(m.join("kept"), "x")?;
+    let o = env.run(&["layer", "rm", "busy", "--pool", "t"]);
+    let kept = fs::read_to_string(m.join("kept")).unwrap_or_default();
+    env.ok(&["layer", "umount", "busy", "--pool", "t"]);
+    if o.code == 0 || !o.stderr.contains("mounted") || kept != "x" {
+        return Err(format!("rm of a mounted layer: {} {}", o.code, o.stderr).into());
+    }
+    if zprop(&ds, "type") != "filesystem" {
+        return Err(format!("the mounted layer's dataset {ds} went away").into());
+    }
     env.ok(&["pool", "check", "t"]);
     Ok(())
 }
@@ -818,6 +839,19 @@ fn device_pool() -> Result<(), Failed> {
     }
     if zprop(&layer_ds(&env, "base"), "compression") != "lz4" {
         return Err("layers do not get the pool's compression".into());
+    }
+    // The device is in use by this pool's zpool: refused for its label, and with --force by
+    // zpool itself; no zpool appears.
+    let before = zpools();
+    for extra in [&[][..], &["--force"][..]] {
+        let mut a = vec!["pool", "init", "u", "--driver", "zfs", "--device", &dev];
+        a.extend(extra);
+        let o = env.run(&a);
+        if o.code == 0 || zpools() != before || env.root().join("pools/u").exists() {
+            return Err(
+                format!("init on a device in use {extra:?}: {} {}", o.code, o.stderr).into(),
+            );
+        }
     }
     env.ok(&["pool", "deactivate", "t"]);
     env.ok(&["layer", "snapshot", "base", "c", "--pool", "t"]);
