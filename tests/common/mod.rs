@@ -77,7 +77,7 @@ impl Env {
 
     pub fn ok(&self, args: &[&str]) -> Out {
         let o = self.run(args);
-        assert_eq!(o.code, 0, "{args:?} failed: {}", o.stderr);
+        assert_eq!(o.code, 0, "{args:?} failed: {}{}", o.stdout, o.stderr);
         o
     }
 

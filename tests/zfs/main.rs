@@ -70,7 +70,7 @@ fn main() {
         has_zfs,
         "ZFS (the kernel module, zfs and zpool), which this host lacks",
         "",
-        Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it when a suite line or the FILTER mentions zfs; VM_ZFS=1 forces it)"),
+        Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it for a suite group marked zfs; VM_ZFS=1 forces it)"),
     )
 }
 

@@ -599,16 +599,36 @@ fn tool_running_on(object: &str) -> Option<u32> {
         if !matches!(comm.trim_end(), ZFS | ZPOOL) {
             continue;
         }
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if cmdline
-            .split(|b| *b == 0)
-            .skip(1)
-            .any(|a| names_object(a, object))
+        // A zombie has finished its work (and shows an empty command line forever).
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next())
+            == Some('Z')
         {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        // Kernel threads have no command line and no executable.
+        if cmdline.is_empty() && std::fs::read_link(e.path().join("exe")).is_err() {
+            continue;
+        }
+        if tool_args_may_name(&cmdline, object) {
             return Some(pid);
         }
     }
     None
+}
+
+/// Whether a live ZFS tool's command line (NUL-separated) names `object`. An empty one counts:
+/// during execve the new image's arguments are not readable yet, and a tool caught in that
+/// moment (a killed blkdrv's `zfs clone` starting) must not be taken for no tool.
+fn tool_args_may_name(cmdline: &[u8], object: &str) -> bool {
+    cmdline.is_empty()
+        || cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .any(|a| names_object(a, object))
 }
 
 #[cfg(test)]
@@ -688,6 +708,17 @@ mod tests {
         let bad = Props::parse("tank", "size\tlots\n").unwrap();
         assert!(bad.num("size").is_err());
         assert!(Props::parse("tank", "no tab here\n").is_err());
+    }
+
+    #[test]
+    fn a_tool_mid_exec_counts_as_working_on_the_object() {
+        assert!(tool_args_may_name(b"", "tank/p/7"));
+        assert!(tool_args_may_name(
+            b"zfs\0clone\0tank/p/1@committed\0tank/p/7\0",
+            "tank/p/7"
+        ));
+        assert!(!tool_args_may_name(b"zfs\0list\0tank/p/70\0", "tank/p/7"));
+        assert!(!tool_args_may_name(b"zfs\0tank/p/7\0", "tank/p/8"));
     }
 
     #[test]
