@@ -193,7 +193,16 @@ pub fn check_report(out: Out<'_>, r: &CheckReport) -> Result<(), PoolError> {
         writeln!(
             out,
             "stale mount: {} is recorded but not mounted",
-            m.display()
+            m.target.display()
+        )
+        .map_err(io)?;
+    }
+    for m in &r.unverified_mounts {
+        writeln!(
+            out,
+            "kept mount: {} (mount namespace {} has no process to look through; it may still be mounted)",
+            m.target.display(),
+            m.ns.map(|n| n.to_string()).unwrap_or_default()
         )
         .map_err(io)?;
     }

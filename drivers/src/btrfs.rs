@@ -12,7 +12,7 @@ use crate::fsbacked::{self, FsBacking, FsType};
 use crate::sys::mount;
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use btrfs_uapi::{filesystem, quota, space, subvolume, tree_search};
 use nix::fcntl::{open, OFlag};
@@ -133,18 +133,24 @@ impl Btrfs {
             .map_err(|e| DriverError::sys("read subvolume info of layer", id, e))
     }
 
-    /// Where a layer's subvolume (or one below it) is mounted, other than our own pool mount.
-    fn mounted_at(&self, id: ObjectId) -> Result<Vec<PathBuf>> {
-        let all = mount::mountinfo()?;
-        let Some(pool_mount) = all.iter().find(|m| m.target == self.backing.mnt) else {
+    /// Where a layer's subvolume (or one below it) is mounted, other than our own pool mount,
+    /// in any mount namespace (a subvolume mounted in a service's namespace is still in use).
+    fn mounted_at(&self, id: ObjectId) -> Result<Vec<String>> {
+        let tables = mount::NsTables::read()?;
+        let Some(pool_mount) = tables
+            .tables()
+            .next()
+            .and_then(|(_, _, own)| own.iter().find(|m| m.target == self.backing.mnt))
+            .cloned()
+        else {
             return Ok(Vec::new());
         };
         let root = format!("/{NAME}/{id}");
-        Ok(all
-            .iter()
-            .filter(|m| m.fstype == "btrfs" && m.major_minor == pool_mount.major_minor)
-            .filter(|m| m.root == root || m.root.starts_with(&format!("{root}/")))
-            .map(|m| m.target.clone())
+        Ok(tables
+            .all()
+            .filter(|(_, _, m)| m.fstype == "btrfs" && m.major_minor == pool_mount.major_minor)
+            .filter(|(_, _, m)| m.root == root || m.root.starts_with(&format!("{root}/")))
+            .map(|(ns, pid, m)| tables.describe(ns, pid, m))
             .collect())
     }
 
@@ -236,17 +242,20 @@ impl Driver for Btrfs {
             .map_err(|e| DriverError::sys("make read-only: layer", layer.id, e))
     }
 
-    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()> {
         let subvol = self.subvol_id(layer.id)?;
-        let flags = match mode {
-            MountMode::ReadOnly => nix::mount::MsFlags::MS_RDONLY,
-            MountMode::ReadWrite => nix::mount::MsFlags::empty(),
-        };
+        let ms = flags.ms(mode);
         mount::mount(
             &self.backing.device,
             target,
             "btrfs",
-            flags,
+            ms,
             Some(&format!("subvolid={subvol}")),
         )
     }
@@ -264,7 +273,6 @@ impl Driver for Btrfs {
         // pointing at nothing ("//deleted"); refuse instead, and say where.
         let at = self.mounted_at(id)?;
         if !at.is_empty() {
-            let at: Vec<String> = at.iter().map(|p| p.display().to_string()).collect();
             return Err(DriverError::Refused {
                 id,
                 op: "remove",

@@ -19,7 +19,7 @@ use crate::sys::lvm::{self, PoolLv};
 use crate::sys::{exec, mount, signature};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MetaSpace, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MetaSpace, MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use devicemapper as dmc;
 use devicemapper::{
@@ -1186,20 +1186,23 @@ impl Driver for DmThin {
         Ok(())
     }
 
-    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()> {
         let g = self.lock();
         let id = layer.id.get();
         let dev = self.activate(&g, id)?;
-        let flags = match mode {
-            MountMode::ReadOnly => nix::mount::MsFlags::MS_RDONLY,
-            MountMode::ReadWrite => nix::mount::MsFlags::empty(),
-        };
+        let ms = flags.ms(mode);
         // Every snapshot carries the base filesystem's UUID; xfs refuses duplicates otherwise.
         let data = match self.settings.fs {
             FsType::Xfs => Some("nouuid"),
             _ => None,
         };
-        let r = mount::mount(&dev.devnode(), target, self.settings.fs.name(), flags, data);
+        let r = mount::mount(&dev.devnode(), target, self.settings.fs.name(), ms, data);
         if r.is_err() {
             let _ = self.deactivate(&g, id);
         }

@@ -73,6 +73,35 @@ impl std::fmt::Display for MountMode {
     }
 }
 
+/// Per-mount restrictions the pool's security policy asks for (README, "Security"). They are
+/// flags of the mount, not of the layer: the same layer can be mounted with and without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountFlags {
+    /// Device nodes in the layer cannot be opened through the mount (MS_NODEV).
+    pub nodev: bool,
+    /// Setuid/setgid bits and file capabilities do not apply to programs run from it
+    /// (MS_NOSUID).
+    pub nosuid: bool,
+}
+
+impl MountFlags {
+    /// Both restrictions: mounts no program should run from (imports, diffs, inspection).
+    pub const INERT: MountFlags = MountFlags {
+        nodev: true,
+        nosuid: true,
+    };
+
+    /// The mount(2) flags of a mount in `mode` with these restrictions.
+    pub fn ms(self, mode: MountMode) -> nix::mount::MsFlags {
+        use nix::mount::MsFlags;
+        let mut f = MsFlags::empty();
+        f.set(MsFlags::MS_RDONLY, mode == MountMode::ReadOnly);
+        f.set(MsFlags::MS_NODEV, self.nodev);
+        f.set(MsFlags::MS_NOSUID, self.nosuid);
+        f
+    }
+}
+
 /// A layer as a driver sees it: its object and the committed layers below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerChain {
@@ -229,9 +258,15 @@ pub trait Driver: Send + Sync {
     /// Freezes an active layer. Afterwards its content never changes.
     fn commit(&self, layer: &LayerChain) -> Result<()>;
 
-    /// Mounts the layer at `target`. Active layers may be mounted read-write once; committed
-    /// layers only read-only (views), any number of times.
-    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()>;
+    /// Mounts the layer at `target` with `flags`. Active layers may be mounted read-write once;
+    /// committed layers only read-only (views), any number of times.
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()>;
 
     /// Unmounts a mount made by [`Driver::mount`].
     fn unmount(&self, target: &Path) -> Result<()>;

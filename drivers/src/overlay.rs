@@ -7,7 +7,7 @@ use crate::fsbacked::{self, FsBacking};
 use crate::sys::{mount, tree};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
@@ -165,7 +165,13 @@ impl Driver for Overlay {
         Ok(())
     }
 
-    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()> {
         let (upper, mut lowers): (Option<ObjectId>, Vec<ObjectId>) = match mode {
             MountMode::ReadWrite => (Some(layer.id), layer.ancestors.clone()),
             MountMode::ReadOnly => (
@@ -178,15 +184,11 @@ impl Driver for Overlay {
         // A single directory needs no overlay: bind it (overlayfs needs a lower for an upper).
         if lowers.is_empty() || (upper.is_none() && lowers.len() == 1) {
             let only = upper.or_else(|| lowers.pop()).expect("one layer");
-            return mount::bind(&self.diff(only), target, mode == MountMode::ReadOnly);
+            return mount::bind(&self.diff(only), target, flags.ms(mode));
         }
         let lower_paths: Vec<PathBuf> = lowers.iter().map(|id| self.diff(*id)).collect();
         let up = upper.map(|u| (self.diff(u), self.work(u)));
-        let flags = if mode == MountMode::ReadOnly {
-            nix::mount::MsFlags::MS_RDONLY
-        } else {
-            nix::mount::MsFlags::empty()
-        };
+        let flags = flags.ms(mode);
 
         if let Some(data) = plain_mount_data(&lower_paths, up.as_ref()) {
             return mount::mount(Path::new("overlay"), target, "overlay", flags, Some(&data));
@@ -225,6 +227,16 @@ impl Driver for Overlay {
     }
 
     fn remove(&self, id: ObjectId) -> Result<()> {
+        // Deleting a directory under a live mount would leave that mount empty: ask the mount
+        // tables of every namespace, not only the pool's records.
+        let users = mount::users_of_dir(&self.dir(id), &self.backing.mnt)?;
+        if !users.is_empty() {
+            return Err(DriverError::Refused {
+                id,
+                op: "remove",
+                reason: format!("the layer is mounted at {}", users.join(", ")),
+            });
+        }
         fsbacked::remove_object(&self.dir(id))
     }
 

@@ -7,7 +7,7 @@ use crate::fsbacked::{self, FsBacking};
 use crate::sys::{mount, tree};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -85,8 +85,14 @@ impl Driver for Vfs {
         Ok(())
     }
 
-    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
-        mount::bind(&self.dir(layer.id), target, mode == MountMode::ReadOnly)
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()> {
+        mount::bind(&self.dir(layer.id), target, flags.ms(mode))
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
@@ -94,6 +100,16 @@ impl Driver for Vfs {
     }
 
     fn remove(&self, id: ObjectId) -> Result<()> {
+        // Deleting a directory under a live mount would leave that mount empty: ask the mount
+        // tables of every namespace, not only the pool's records.
+        let users = mount::users_of_dir(&self.dir(id), &self.backing.mnt)?;
+        if !users.is_empty() {
+            return Err(DriverError::Refused {
+                id,
+                op: "remove",
+                reason: format!("the layer is mounted at {}", users.join(", ")),
+            });
+        }
         fsbacked::remove_object(&self.dir(id))
     }
 

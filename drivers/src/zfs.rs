@@ -26,7 +26,7 @@ use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot, ZpoolName};
 use crate::sys::{loopdev, mount};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -984,17 +984,20 @@ impl Driver for Zfs {
         }
     }
 
-    fn mount(&self, layer: &LayerChain, target: &Path, mode: MountMode) -> Result<()> {
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()> {
         let ds = self.dataset(layer.id);
-        let flags = match mode {
-            MountMode::ReadOnly => nix::mount::MsFlags::MS_RDONLY,
-            MountMode::ReadWrite => nix::mount::MsFlags::empty(),
-        };
+        let ms = flags.ms(mode);
         // What mount.zfs adds for a legacy dataset: where it is mounted, which the kernel
         // needs to automount .zfs/snapshot entries (a comma would split the option string).
         let hint = format!("mntpoint={}", target.display());
         let data = (!hint.contains(',')).then_some(hint.as_str());
-        let err = match mount::mount(Path::new(ds.as_str()), target, "zfs", flags, data) {
+        let err = match mount::mount(Path::new(ds.as_str()), target, "zfs", ms, data) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -1006,7 +1009,7 @@ impl Driver for Zfs {
         // that mount; the other way round cannot be done.
         let here = self.mounts_of(&ds)?;
         match (mode, here.iter().find(|m| is_rw(m))) {
-            (MountMode::ReadOnly, Some(rw)) => mount::bind(&rw.target, target, true),
+            (MountMode::ReadOnly, Some(rw)) => mount::bind(&rw.target, target, ms),
             _ => Err(DriverError::Refused {
                 id: layer.id,
                 op: "mount",
@@ -1028,13 +1031,14 @@ impl Driver for Zfs {
     fn remove(&self, id: ObjectId) -> Result<()> {
         let ds = self.dataset(id);
         // `zfs destroy` would unmount a mount of ours silently; one blkdrv does not know of is
-        // someone's, so refuse and say where. Mounts in other namespaces show up as EBUSY.
-        let here = self.mounts_of(&ds)?;
-        if !here.is_empty() {
-            let at: Vec<String> = here
-                .iter()
-                .map(|m| m.target.display().to_string())
-                .collect();
+        // someone's, so refuse and say where, in whichever mount namespace it is.
+        let tables = mount::NsTables::read()?;
+        let at: Vec<String> = tables
+            .all()
+            .filter(|(_, _, m)| m.fstype == "zfs" && m.source == ds.as_str())
+            .map(|(ns, pid, m)| tables.describe(ns, pid, m))
+            .collect();
+        if !at.is_empty() {
             return Err(DriverError::Refused {
                 id,
                 op: "remove",

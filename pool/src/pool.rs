@@ -15,10 +15,11 @@ use crate::error::{PoolError, Result};
 use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState, PoolName};
 use crate::lock::PoolLock;
 use crate::store::{content_key, MountRecord, Store};
+use blkdrv_drivers::sys::mount::{MountNs, NsTables, NsView};
 use blkdrv_drivers::sys::{loopdev, mount, signature};
 use blkdrv_drivers::{
-    registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountMode,
-    ObjectId, PoolContext, Space, Usage,
+    registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountFlags,
+    MountMode, ObjectId, PoolContext, Space, Usage,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -106,6 +107,14 @@ pub enum Access {
     Read,
 }
 
+/// How `layer mount` mounts (see [`Pool::mount_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountRequest {
+    pub read_only: bool,
+    /// Let device nodes in the layer be opened through the mount (no `nodev`).
+    pub dev: bool,
+}
+
 /// Where a layer's content comes from on `layer create`.
 pub enum Source<'a> {
     /// A tar stream (plain or gzip) from a file or stdin.
@@ -181,8 +190,11 @@ pub struct CheckReport {
     pub orphans: Vec<u32>,
     /// Layers in the store whose object is missing on disk.
     pub missing: Vec<u32>,
-    /// Mount records whose target is no longer mounted.
-    pub stale_mounts: Vec<PathBuf>,
+    /// Mount records whose target is no longer mounted (in the namespace that made them).
+    pub stale_mounts: Vec<MountRecord>,
+    /// Mount records in a mount namespace this process cannot look into (no process is in it,
+    /// something holds it open): kept, since they may still be mounted.
+    pub unverified_mounts: Vec<MountRecord>,
     /// What `--repair` changed.
     pub repaired: Vec<String>,
 }
@@ -836,7 +848,7 @@ impl Pool {
             let target = self.tmp_dir().join(format!("import-{}", rec.id));
             mkdir(&target)?;
             self.driver
-                .mount(&chain, &target, MountMode::ReadWrite)
+                .mount(&chain, &target, MountMode::ReadWrite, MountFlags::INERT)
                 .map_err(|e| PoolError::driver("mount for import", name.as_str(), e))?;
             let applied = std::fs::File::open(spool.path())
                 .map_err(|e| PoolError::io("open spooled tar", spool.path(), e))
@@ -1051,9 +1063,29 @@ impl Pool {
             .tx("record commit done", |t| t.set_committed(id, usage, None))
     }
 
-    /// `layer mount`. Active layers mount read-write unless `read_only`; committed layers always
-    /// mount read-only (a view). Returns the mode used.
+    /// `layer mount` with the default policy: see [`MountRequest`].
     pub fn mount(&mut self, name: &str, target: &Path, read_only: bool) -> Result<MountMode> {
+        self.mount_with(
+            name,
+            target,
+            MountRequest {
+                read_only,
+                ..MountRequest::default()
+            },
+        )
+    }
+
+    /// `layer mount`. Active layers mount read-write unless `read_only`; committed layers always
+    /// mount read-only (a view). Every mount is `nodev` unless `req.dev`; read-only mounts are
+    /// also `nosuid` (inspection, not a container's root). The target and its missing parents
+    /// are created (mode 0700). Returns the mode used.
+    pub fn mount_with(
+        &mut self,
+        name: &str,
+        target: &Path,
+        req: MountRequest,
+    ) -> Result<MountMode> {
+        let read_only = req.read_only;
         let rec = self.lookup(name)?;
         let mode = match rec.state {
             LayerState::Active if !read_only => MountMode::ReadWrite,
@@ -1070,6 +1102,7 @@ impl Pool {
         let target = target
             .canonicalize()
             .map_err(|e| PoolError::io("resolve mount target", target, e))?;
+        let ns = Some(own_ns()?);
         if mount::is_mountpoint(&target).unwrap_or(false) {
             return Err(PoolError::Refused {
                 op: "mount",
@@ -1095,19 +1128,23 @@ impl Pool {
         }
         let chain = self.chain(&rec)?;
         self.store.tx("record mount intent", |t| {
-            t.add_mount(&target, rec.id, mode)
+            t.add_mount(&target, ns, rec.id, mode)
         })?;
         crash::point("mount:intent");
-        if let Err(e) = self.driver.mount(&chain, &target, mode) {
+        let flags = MountFlags {
+            nodev: !req.dev,
+            nosuid: mode == MountMode::ReadOnly,
+        };
+        if let Err(e) = self.driver.mount(&chain, &target, mode, flags) {
             let e = PoolError::driver("mount", name, e);
             let rb = self
                 .store
-                .tx("roll back mount", |t| t.remove_mount(&target));
+                .tx("roll back mount", |t| t.remove_mount(&target, ns));
             return Err(e.with_rollback(rb));
         }
         crash::point("mount:mounted");
         self.store
-            .tx("record mount done", |t| t.settle_mount(&target))?;
+            .tx("record mount done", |t| t.settle_mount(&target, ns))?;
         Ok(mode)
     }
 
@@ -1132,15 +1169,45 @@ impl Pool {
             });
         }
         let mut done = Vec::new();
+        let tables = tables_for(&mounts)?;
         for m in mounts {
-            self.driver
-                .unmount(&m.target)
-                .map_err(|e| PoolError::driver("unmount", name, e))?;
-            self.store
-                .tx("record unmount", |t| t.remove_mount(&m.target))?;
+            self.unmount_record(&m, &tables, name)?;
             done.push(m.target);
         }
         Ok(done)
+    }
+
+    /// Unmounts one recorded mount where it lives and forgets it: in this mount namespace
+    /// through the driver; in another one from inside it (a service's private namespace).
+    fn unmount_record(&mut self, m: &MountRecord, tables: &NsTables, name: &str) -> Result<()> {
+        match m
+            .ns
+            .filter(|ns| *ns != tables.own())
+            .map(|ns| tables.view(ns))
+        {
+            None => self
+                .driver
+                .unmount(&m.target)
+                .map_err(|e| PoolError::driver("unmount", name, e))?,
+            Some(NsView::Table { pid, .. }) => mount::unmount_in(pid, &m.target)
+                .map_err(|e| PoolError::driver("unmount in another mount namespace", name, e))?,
+            Some(NsView::Held) => {
+                return Err(PoolError::Refused {
+                    op: "umount",
+                    layer: name.to_string(),
+                    reason: format!(
+                        "mounted at {} in mount namespace {}, which no process is in (it is held \
+                         open); unmount it there",
+                        m.target.display(),
+                        m.ns.expect("foreign")
+                    ),
+                })
+            }
+            // The namespace died and took the mount with it.
+            Some(NsView::Gone) => {}
+        }
+        self.store
+            .tx("record unmount", |t| t.remove_mount(&m.target, m.ns))
     }
 
     /// `layer rm`. Refused while the layer has children or is mounted (`force` unmounts first).
@@ -1242,7 +1309,7 @@ impl Pool {
         let result = (|| {
             mkdir(&top)?;
             self.driver
-                .mount(&chain, &top, MountMode::ReadOnly)
+                .mount(&chain, &top, MountMode::ReadOnly, MountFlags::INERT)
                 .map_err(|e| PoolError::driver("mount for diff", name, e))?;
             mounted.push(top.clone());
             let parent_path = match rec.parent.and_then(|p| all.get(&p)) {
@@ -1250,7 +1317,7 @@ impl Pool {
                     mkdir(&bottom)?;
                     let pc = self.chain_of(p, &all);
                     self.driver
-                        .mount(&pc, &bottom, MountMode::ReadOnly)
+                        .mount(&pc, &bottom, MountMode::ReadOnly, MountFlags::INERT)
                         .map_err(|e| PoolError::driver("mount parent for diff", name, e))?;
                     mounted.push(bottom.clone());
                     Some(bottom.clone())
@@ -1285,21 +1352,27 @@ impl Pool {
         if n > 0 {
             done.push(format!("unmounted {n} leftover temporary mount(s)"));
         }
-        for m in self.store.mounts()? {
-            let live = mount::is_mountpoint(&m.target).unwrap_or(false);
-            if !live {
-                self.store
-                    .tx("drop stale mount", |t| t.remove_mount(&m.target))?;
-                if m.settled {
-                    done.push(format!(
-                        "forgot mount {} (no longer mounted)",
-                        m.target.display()
-                    ));
+        let mounts = self.store.mounts()?;
+        let tables = tables_for(&mounts)?;
+        for m in mounts {
+            match presence(&m, &tables) {
+                Presence::Gone => {
+                    self.store
+                        .tx("drop stale mount", |t| t.remove_mount(&m.target, m.ns))?;
+                    if m.settled {
+                        done.push(format!(
+                            "forgot mount {} (no longer mounted)",
+                            m.target.display()
+                        ));
+                    }
                 }
-            } else if !m.settled {
-                self.store
-                    .tx("settle mount", |t| t.settle_mount(&m.target))?;
-                done.push(format!("recorded interrupted mount {}", m.target.display()));
+                Presence::Mounted if !m.settled => {
+                    self.store
+                        .tx("settle mount", |t| t.settle_mount(&m.target, m.ns))?;
+                    done.push(format!("recorded interrupted mount {}", m.target.display()));
+                }
+                // Kept: a mount that cannot be seen from here is not a mount that is gone.
+                Presence::Mounted | Presence::Unknown => {}
             }
         }
         for rec in self.store.layers()? {
@@ -1368,9 +1441,13 @@ impl Pool {
             .collect();
         missing.sort();
         report.missing = missing.iter().map(|i| i.get()).collect();
-        for m in self.store.mounts()? {
-            if !mount::is_mountpoint(&m.target).unwrap_or(false) {
-                report.stale_mounts.push(m.target);
+        let mounts = self.store.mounts()?;
+        let tables = tables_for(&mounts)?;
+        for m in mounts {
+            match presence(&m, &tables) {
+                Presence::Gone => report.stale_mounts.push(m),
+                Presence::Unknown => report.unverified_mounts.push(m),
+                Presence::Mounted => {}
             }
         }
         if repair {
@@ -1381,11 +1458,12 @@ impl Pool {
                     .map_err(|e| PoolError::driver("remove orphan", id.to_string(), e))?;
                 report.repaired.push(format!("removed orphan object {id}"));
             }
-            for t in &report.stale_mounts {
-                self.store.tx("drop stale mount", |tx| tx.remove_mount(t))?;
+            for m in &report.stale_mounts {
+                self.store
+                    .tx("drop stale mount", |tx| tx.remove_mount(&m.target, m.ns))?;
                 report
                     .repaired
-                    .push(format!("forgot stale mount {}", t.display()));
+                    .push(format!("forgot stale mount {}", m.target.display()));
             }
             // A layer whose data is gone cannot be repaired; forget it unless others build on it.
             for id in &missing {
@@ -1457,12 +1535,9 @@ impl Pool {
                 ),
             });
         }
+        let tables = tables_for(&mounts)?;
         for m in &mounts {
-            self.driver
-                .unmount(&m.target)
-                .map_err(|e| PoolError::driver("unmount", m.layer.to_string(), e))?;
-            self.store
-                .tx("record unmount", |t| t.remove_mount(&m.target))?;
+            self.unmount_record(m, &tables, &m.layer.to_string())?;
         }
         self.driver
             .destroy()
@@ -1476,6 +1551,56 @@ impl Pool {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Whether a recorded mount still exists, judged in the namespace it was made in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Mounted,
+    Gone,
+    /// Its namespace exists but cannot be looked into: keep the record.
+    Unknown,
+}
+
+fn presence(m: &MountRecord, tables: &NsTables) -> Presence {
+    let found = |mounts: &[mount::MountInfo]| {
+        if mounts.iter().any(|mi| mi.target == m.target) {
+            Presence::Mounted
+        } else {
+            Presence::Gone
+        }
+    };
+    match m.ns {
+        Some(ns) => match tables.view(ns) {
+            NsView::Table { mounts, .. } => found(&mounts),
+            NsView::Held => Presence::Unknown,
+            NsView::Gone => Presence::Gone,
+        },
+        // A record of an older blkdrv, namespace unknown: mounted if mounted anywhere.
+        None => {
+            if tables.all().any(|(_, _, mi)| mi.target == m.target) {
+                Presence::Mounted
+            } else {
+                Presence::Gone
+            }
+        }
+    }
+}
+
+fn own_ns() -> Result<MountNs> {
+    mount::own_namespace().map_err(|e| PoolError::backing("mount namespace", e))
+}
+
+/// The mount tables needed to judge `mounts`: only this namespace's while every record is
+/// ours; every namespace's otherwise.
+fn tables_for(mounts: &[MountRecord]) -> Result<NsTables> {
+    let own = own_ns()?;
+    let r = if mounts.iter().all(|m| m.ns == Some(own)) {
+        NsTables::own_only()
+    } else {
+        NsTables::read()
+    };
+    r.map_err(|e| PoolError::backing("mount tables", e))
 }
 
 /// Builds the driver context; for loopback pools attaches the files (handles must be held until

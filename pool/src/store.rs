@@ -6,11 +6,13 @@
 
 use crate::error::{PoolError, Result};
 use crate::layer::{LayerKind, LayerRecord, LayerState};
+use blkdrv_drivers::sys::mount::MountNs;
 use blkdrv_drivers::{Bytes, MountMode, ObjectId, Usage};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::{Path, PathBuf};
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: mounts carry the mount namespace they live in (`mntns`), keyed by (target, mntns).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,21 +40,59 @@ CREATE TABLE IF NOT EXISTS names (
 );
 CREATE INDEX IF NOT EXISTS names_layer ON names(layer);
 CREATE TABLE IF NOT EXISTS mounts (
-    target TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    -- Inode of the mount namespace the mount lives in; 0 for records of schema 1 (unknown).
+    mntns INTEGER NOT NULL DEFAULT 0,
     layer INTEGER NOT NULL REFERENCES layers(id),
     mode TEXT NOT NULL,
     -- 'mounting' is the intent; 'mounted' once mount(2) returned.
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    PRIMARY KEY (target, mntns)
 );
+";
+
+/// Schema 1 -> 2: the mounts table gains its namespace column and key. Old records keep
+/// namespace 0 (unknown): they are judged in every namespace.
+const MIGRATE_1_2: &str = "
+CREATE TABLE mounts_v2 (
+    target TEXT NOT NULL,
+    mntns INTEGER NOT NULL DEFAULT 0,
+    layer INTEGER NOT NULL REFERENCES layers(id),
+    mode TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (target, mntns)
+);
+INSERT INTO mounts_v2(target, mntns, layer, mode, state)
+    SELECT target, 0, layer, mode, state FROM mounts;
+DROP TABLE mounts;
+ALTER TABLE mounts_v2 RENAME TO mounts;
+UPDATE meta SET value='2' WHERE key='schema';
 ";
 
 /// A recorded mount of a layer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MountRecord {
     pub target: PathBuf,
+    /// The mount namespace the mount was made in (`None`: recorded by an older blkdrv).
+    #[serde(rename = "mntns", serialize_with = "ser_ns")]
+    pub ns: Option<MountNs>,
     pub layer: ObjectId,
     pub mode: MountMode,
     pub settled: bool,
+}
+
+fn ser_ns<S: serde::Serializer>(
+    ns: &Option<MountNs>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match ns {
+        Some(n) => s.serialize_u64(n.0),
+        None => s.serialize_none(),
+    }
+}
+
+fn ns_col(ns: Option<MountNs>) -> i64 {
+    ns.map_or(0, |n| n.0 as i64)
 }
 
 pub struct Store {
@@ -116,6 +156,26 @@ impl Store {
             .map_err(|e| corrupt("read schema version", e))?;
         match v.as_deref().and_then(|v| v.parse::<i64>().ok()) {
             Some(SCHEMA_VERSION) => Ok(s),
+            Some(1) => {
+                let mut s = s;
+                let t = s
+                    .conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
+                // Another process may have upgraded it between our read and the lock.
+                let again: String = t
+                    .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
+                if again == "1" {
+                    t.execute_batch(MIGRATE_1_2)
+                        .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
+                }
+                t.commit()
+                    .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
+                Ok(s)
+            }
             other => Err(corrupt(
                 "read schema version",
                 rusqlite::Error::InvalidParameterName(format!(
@@ -234,15 +294,17 @@ impl Store {
     pub fn mounts(&self) -> Result<Vec<MountRecord>> {
         let mut st = self
             .conn
-            .prepare("SELECT target, layer, mode, state FROM mounts ORDER BY target")
+            .prepare("SELECT target, mntns, layer, mode, state FROM mounts ORDER BY target, mntns")
             .map_err(|e| self.err("list mounts", e))?;
         let rows = st
             .query_map([], |r| {
-                let mode: String = r.get(2)?;
-                let state: String = r.get(3)?;
+                let mode: String = r.get(3)?;
+                let state: String = r.get(4)?;
+                let ns: i64 = r.get(1)?;
                 Ok(MountRecord {
                     target: PathBuf::from(r.get::<_, String>(0)?),
-                    layer: id_col(r, 1)?,
+                    ns: (ns != 0).then_some(MountNs(ns as u64)),
+                    layer: id_col(r, 2)?,
                     mode: if mode == "ro" {
                         MountMode::ReadOnly
                     } else {
@@ -401,32 +463,38 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn add_mount(&self, target: &Path, id: ObjectId, mode: MountMode) -> Result<()> {
+    pub fn add_mount(
+        &self,
+        target: &Path,
+        ns: Option<MountNs>,
+        id: ObjectId,
+        mode: MountMode,
+    ) -> Result<()> {
         self.t
             .execute(
-                "INSERT INTO mounts(target, layer, mode, state) VALUES(?1,?2,?3,'mounting')
-                 ON CONFLICT(target) DO UPDATE SET layer=?2, mode=?3, state='mounting'",
-                params![target.to_string_lossy(), id.get(), mode.to_string()],
+                "INSERT INTO mounts(target, mntns, layer, mode, state) VALUES(?1,?2,?3,?4,'mounting')
+                 ON CONFLICT(target, mntns) DO UPDATE SET layer=?3, mode=?4, state='mounting'",
+                params![target.to_string_lossy(), ns_col(ns), id.get(), mode.to_string()],
             )
             .map(drop)
             .map_err(|e| self.err(e))
     }
 
-    pub fn settle_mount(&self, target: &Path) -> Result<()> {
+    pub fn settle_mount(&self, target: &Path, ns: Option<MountNs>) -> Result<()> {
         self.t
             .execute(
-                "UPDATE mounts SET state='mounted' WHERE target=?1",
-                [target.to_string_lossy()],
+                "UPDATE mounts SET state='mounted' WHERE target=?1 AND mntns=?2",
+                params![target.to_string_lossy(), ns_col(ns)],
             )
             .map(drop)
             .map_err(|e| self.err(e))
     }
 
-    pub fn remove_mount(&self, target: &Path) -> Result<()> {
+    pub fn remove_mount(&self, target: &Path, ns: Option<MountNs>) -> Result<()> {
         self.t
             .execute(
-                "DELETE FROM mounts WHERE target=?1",
-                [target.to_string_lossy()],
+                "DELETE FROM mounts WHERE target=?1 AND mntns=?2",
+                params![target.to_string_lossy(), ns_col(ns)],
             )
             .map(drop)
             .map_err(|e| self.err(e))

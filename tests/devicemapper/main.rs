@@ -227,7 +227,8 @@ fn deferred_removal() -> Result<(), Failed> {
     let m = env.mount_rw("held", "m");
     let leak = env.path("leak");
     fs::create_dir_all(&leak).unwrap();
-    blkdrv_drivers::sys::mount::bind(&m, &leak, false).map_err(|e| e.to_string())?;
+    blkdrv_drivers::sys::mount::bind(&m, &leak, nix::mount::MsFlags::empty())
+        .map_err(|e| e.to_string())?;
     env.ok(&["layer", "umount", "held", "--pool", "t"]);
     let o = env.ok(&["layer", "rm", "held", "--pool", "t"]);
     let deferred = o.stdout.contains("deferred");

@@ -1,4 +1,8 @@
-//! mount(2)/umount2(2) through nix, and /proc/self/mountinfo parsing.
+//! mount(2)/umount2(2) through nix, /proc/<pid>/mountinfo parsing, and mount namespaces.
+//!
+//! A mount lives in one mount namespace. Services and container engines run in namespaces of
+//! their own, so whether a recorded mount is still there must be asked in the namespace that
+//! made it, never only in the caller's (see [`MountNs`] and [`NsTables`]).
 
 use crate::error::{DriverError, Result};
 use nix::mount::{MntFlags, MsFlags};
@@ -13,6 +17,8 @@ pub struct MountInfo {
     pub options: String,
     pub fstype: String,
     pub source: String,
+    /// The filesystem's own options (overlay's lowerdir=, upperdir=, ...).
+    pub super_options: String,
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo octal.
@@ -54,6 +60,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 options: pre[5].to_string(),
                 fstype: post[0].to_string(),
                 source: unescape(post[1]),
+                super_options: post.get(2).map(|s| unescape(s)).unwrap_or_default(),
             })
         })
         .collect()
@@ -63,6 +70,242 @@ pub fn mountinfo() -> Result<Vec<MountInfo>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| DriverError::io("read", "/proc/self/mountinfo", e))?;
     Ok(parse_mountinfo(&text))
+}
+
+/// A mount namespace, named by the inode of its nsfs file (`/proc/<pid>/ns/mnt`), as `lsns`
+/// and `findmnt -N` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MountNs(pub u64);
+
+impl std::fmt::Display for MountNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mnt:[{}]", self.0)
+    }
+}
+
+/// The caller's mount namespace.
+pub fn own_namespace() -> Result<MountNs> {
+    ns_of("/proc/self/ns/mnt")
+}
+
+fn ns_of(link: &str) -> Result<MountNs> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(link)
+        .map(|m| MountNs(m.ino()))
+        .map_err(|e| DriverError::io("stat", link, e))
+}
+
+/// "mnt:[4026531840]" (an nsfs link or mount source) -> the namespace.
+fn parse_ns_link(s: &str) -> Option<MountNs> {
+    s.strip_prefix("mnt:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+        .map(MountNs)
+}
+
+fn pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What is known of one mount namespace.
+#[derive(Debug, Clone)]
+pub enum NsView {
+    /// A process lives in it: its mount table, read through that process.
+    Table { pid: u32, mounts: Vec<MountInfo> },
+    /// No process is in it, but something keeps it alive (an open nsfs descriptor or an nsfs
+    /// bind mount), so its mounts may still exist and cannot be listed.
+    Held,
+    /// Nothing refers to it any more: the namespace, and every mount in it, is gone.
+    Gone,
+}
+
+/// The mount tables of every mount namespace on the host that has a process in it, read once.
+/// Judging a mount only in the caller's namespace made a writer in a service's private
+/// namespace forget every host mount.
+#[derive(Debug, Clone)]
+pub struct NsTables {
+    own: MountNs,
+    tables: Vec<(MountNs, u32, Vec<MountInfo>)>,
+}
+
+impl NsTables {
+    /// Reads the caller's table and one table per other namespace (through the first process
+    /// found in it). Processes that exit meanwhile are skipped.
+    pub fn read() -> Result<NsTables> {
+        let own = own_namespace()?;
+        let mut tables = vec![(own, std::process::id(), mountinfo()?)];
+        for pid in pids() {
+            let Ok(ns) = ns_of(&format!("/proc/{pid}/ns/mnt")) else {
+                continue;
+            };
+            if tables.iter().any(|(n, _, _)| *n == ns) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+                tables.push((ns, pid, parse_mountinfo(&text)));
+            }
+        }
+        Ok(NsTables { own, tables })
+    }
+
+    /// Only the caller's table: enough while every mount in question is the caller's.
+    pub fn own_only() -> Result<NsTables> {
+        Ok(NsTables {
+            own: own_namespace()?,
+            tables: vec![(own_namespace()?, std::process::id(), mountinfo()?)],
+        })
+    }
+
+    pub fn own(&self) -> MountNs {
+        self.own
+    }
+
+    /// Every namespace's table: (namespace, a pid in it, its mounts), the caller's first.
+    pub fn tables(&self) -> impl Iterator<Item = (MountNs, u32, &[MountInfo])> {
+        self.tables
+            .iter()
+            .map(|(ns, pid, m)| (*ns, *pid, m.as_slice()))
+    }
+
+    /// Every mount in every namespace, with the namespace and a pid in it.
+    pub fn all(&self) -> impl Iterator<Item = (MountNs, u32, &MountInfo)> {
+        self.tables()
+            .flat_map(|(ns, pid, ms)| ms.iter().map(move |m| (ns, pid, m)))
+    }
+
+    /// A mount for a message: its target, and where it lives when that is not here.
+    pub fn describe(&self, ns: MountNs, pid: u32, m: &MountInfo) -> String {
+        if ns == self.own {
+            m.target.display().to_string()
+        } else {
+            format!("{} (mount namespace {ns}, pid {pid})", m.target.display())
+        }
+    }
+
+    /// What can be known of `ns`. A namespace without a process is looked for among open
+    /// descriptors and nsfs mounts before it is called gone.
+    pub fn view(&self, ns: MountNs) -> NsView {
+        if let Some((_, pid, m)) = self.tables.iter().find(|(n, _, _)| *n == ns) {
+            return NsView::Table {
+                pid: *pid,
+                mounts: m.clone(),
+            };
+        }
+        let bound = self
+            .all()
+            .any(|(_, _, m)| m.fstype == "nsfs" && parse_ns_link(&m.root) == Some(ns));
+        if bound || ns_held_by_fd(ns) {
+            NsView::Held
+        } else {
+            NsView::Gone
+        }
+    }
+}
+
+/// Whether any process holds a descriptor of namespace `ns` (`ip netns`-style holders, or a
+/// runtime that keeps a container's namespace open between its processes).
+fn ns_held_by_fd(ns: MountNs) -> bool {
+    pids().into_iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    std::fs::read_link(e.path())
+                        .ok()
+                        .and_then(|l| parse_ns_link(&l.to_string_lossy()))
+                        == Some(ns)
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Mounts, in any mount namespace, that use directory `dir` of the filesystem mounted at
+/// `fs_mnt`: binds of it or of anything below it, and overlay mounts that name it (or a
+/// directory below it) as a layer. Each as "TARGET (mount namespace, pid)". A directory
+/// deleted under a mount leaves that mount pointing at nothing, so removal asks this first.
+pub fn users_of_dir(dir: &Path, fs_mnt: &Path) -> Result<Vec<String>> {
+    let tables = NsTables::read()?;
+    let own: Vec<&MountInfo> = tables
+        .tables()
+        .next()
+        .map(|(_, _, m)| m.iter().collect())
+        .unwrap_or_default();
+    let Some(backing) = own.iter().rev().find(|m| m.target == fs_mnt) else {
+        return Ok(Vec::new());
+    };
+    let Ok(rel) = dir.strip_prefix(fs_mnt) else {
+        return Ok(Vec::new());
+    };
+    let root = Path::new(&backing.root).join(rel);
+    let dir_s = dir.to_string_lossy();
+    let names_dir = |opts: &str| {
+        opts.split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| {
+                matches!(
+                    *k,
+                    "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
+                )
+            })
+            .flat_map(|(_, v)| v.split(':'))
+            .any(|p| Path::new(p).starts_with(&*dir_s))
+    };
+    Ok(tables
+        .all()
+        .filter(|(_, _, m)| {
+            (m.major_minor == backing.major_minor && Path::new(&m.root).starts_with(&root))
+                || (m.fstype == "overlay" && names_dir(&m.super_options))
+        })
+        .map(|(ns, pid, m)| tables.describe(ns, pid, m))
+        .collect())
+}
+
+/// Unmounts `target` inside the mount namespace of process `pid`: a forked child enters the
+/// namespace (setns needs a single-threaded caller) and runs umount(8) there.
+pub fn unmount_in(pid: u32, target: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let ns_path = format!("/proc/{pid}/ns/mnt");
+    let ns = std::fs::File::open(&ns_path).map_err(|e| DriverError::io("open", &ns_path, e))?;
+    let umount = super::exec::which("umount").ok_or_else(|| DriverError::MissingTool {
+        program: "umount".into(),
+        purpose: "unmount a layer in another mount namespace",
+    })?;
+    tracing::debug!(pid, target = %target.display(), "umount in another mount namespace");
+    let mut cmd = std::process::Command::new(umount);
+    cmd.arg(target).stdin(std::process::Stdio::null());
+    // SAFETY: only setns(2) runs between fork and exec; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| DriverError::io("unmount in the namespace of pid", format!("{pid}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Already gone there: what unmount() treats as done, too.
+    if stderr.contains("not mounted") || stderr.contains("no mount point") {
+        return Ok(());
+    }
+    Err(DriverError::Command {
+        command: format!(
+            "umount {} (in mount namespace of pid {pid})",
+            target.display()
+        ),
+        status: out.status.to_string(),
+        stderr: stderr.lines().collect::<Vec<_>>().join("; "),
+    })
 }
 
 /// True when something is mounted exactly at `path`.
@@ -101,10 +344,10 @@ pub fn mount(
         .map_err(|e| DriverError::sys("mount", target.display(), e))
 }
 
-/// Bind-mounts `source` at `target`, read-only if asked. A read-only bind needs a second,
-/// remount call: the kernel ignores MS_RDONLY on the initial bind.
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
-    tracing::debug!(source = %source.display(), target = %target.display(), read_only, "bind mount");
+/// Bind-mounts `source` at `target` with `flags` (MS_RDONLY, MS_NODEV, MS_NOSUID). Those need
+/// a second, remount call: the kernel ignores them on the initial bind.
+pub fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
+    tracing::debug!(source = %source.display(), target = %target.display(), ?flags, "bind mount");
     nix::mount::mount(
         Some(source),
         target,
@@ -113,11 +356,11 @@ pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
         None::<&str>,
     )
     .map_err(|e| DriverError::sys("bind mount", target.display(), e))?;
-    if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if !flags.is_empty() {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
         if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
             let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
-            return Err(DriverError::sys("remount read-only", target.display(), e));
+            return Err(DriverError::sys("remount with flags", target.display(), e));
         }
     }
     Ok(())
@@ -175,6 +418,22 @@ mod tests {
         assert_eq!(m[0].fstype, "ext3");
         assert_eq!(m[1].fstype, "overlay");
         assert_eq!(m[1].source, "overlay");
+    }
+
+    #[test]
+    fn ns_links_parse() {
+        assert_eq!(parse_ns_link("mnt:[4026531840]"), Some(MountNs(4026531840)));
+        assert_eq!(parse_ns_link("net:[4026531840]"), None);
+        assert_eq!(parse_ns_link("mnt:[x]"), None);
+    }
+
+    #[test]
+    fn own_namespace_is_in_the_tables() {
+        let t = NsTables::read().unwrap();
+        assert_eq!(t.tables().next().map(|(ns, _, _)| ns), Some(t.own()));
+        assert!(matches!(t.view(t.own()), NsView::Table { .. }));
+        // No inode 1 is a live namespace.
+        assert!(matches!(t.view(MountNs(1)), NsView::Gone));
     }
 
     #[test]
