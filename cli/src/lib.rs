@@ -1,14 +1,16 @@
 //! The `blkdrv` command. Glue only: parses arguments, calls the pool manager, prints results.
 //! Nothing here touches the kernel.
 //!
-//! Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input.
+//! Exit codes: 0 success, 1 the operation failed, 2 bad usage or bad input, 128+N stopped by
+//! signal N (SIGINT 130, SIGTERM 143) at a safe point, with the operation rolled back.
 
 mod bench;
 mod output;
 
 use blkdrv_drivers::{registry, Bytes, DriverOptions};
 use blkdrv_pool::config::{self, HostConfig};
-use blkdrv_pool::pool::{self, RemoveOutcome};
+use blkdrv_pool::pool::{self, CreateOptions, MountRequest, RemoveOutcome, Spooled};
+use blkdrv_pool::text::escape_controls;
 use blkdrv_pool::{
     Access, BackingSpec, InitSpec, LayerName, Pool, PoolError, PoolName, Root, Source,
 };
@@ -32,7 +34,8 @@ the same parent is reused like a build cache; a container gets a writable layer 
 top of an image.\n\nQuick start (as root):\n  blkdrv pool init --driver overlay --size 4G\n  \
 blkdrv layer create base --from-tar rootfs.tar\n  blkdrv layer snapshot base c1\n  \
 blkdrv layer mount c1 /mnt/c1",
-    after_help = "Exit codes: 0 success, 1 operation failed, 2 bad usage or bad input.\n\
+    after_help = "Exit codes: 0 success, 1 operation failed, 2 bad usage or bad input, 130/143 \
+interrupted by SIGINT/SIGTERM (the operation was rolled back; nothing is left mounted).\n\
 Environment: BLKDRV_ROOT (state dir), BLKDRV_CONFIG (config file), BLKDRV_POOL (default pool), RUST_LOG."
 )]
 struct Cli {
@@ -236,6 +239,11 @@ name, reuses the existing layer and prints \"reused\"."
         /// Size limit for the layer (drivers with per-layer limits, e.g. btrfs qgroups).
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         size: Option<Bytes>,
+        /// Import device nodes (character and block devices) from the tar. Without it a tar
+        /// holding one is refused: container runtimes supply /dev, and a device node in a layer
+        /// gives whoever can reach a mount of it access to that device.
+        #[arg(long)]
+        allow_devices: bool,
         #[command(flatten)]
         sel: PoolSel,
     },
@@ -259,12 +267,24 @@ name, reuses the existing layer and prints \"reused\"."
         sel: PoolSel,
     },
     /// Mount a layer: active layers read-write (or --ro), committed layers read-only.
+    #[command(
+        long_about = "Mount a layer at TARGET: an active layer read-write (or read-only with \
+--ro), a committed layer read-only (a view; any number of them). TARGET and any missing parent \
+directories are created, mode 0700 (root only), like the pool's own state directories.\n\n\
+Security: every mount is nodev (device nodes in the layer cannot be opened through it) unless \
+--dev; read-only mounts are also nosuid (setuid/setgid bits and file capabilities do not apply: \
+a view is for inspection, not for running programs). A read-write mount keeps setuid, as a \
+container's root filesystem needs."
+    )]
     Mount {
         name: String,
         target: PathBuf,
         /// Mount read-only.
         #[arg(long)]
         ro: bool,
+        /// Let device nodes in the layer be opened through this mount (no nodev).
+        #[arg(long)]
+        dev: bool,
         #[command(flatten)]
         sel: PoolSel,
     },
@@ -360,11 +380,20 @@ where
             }
         };
     }
+    // Commands that change a pool stop at their next safe point on SIGINT/SIGTERM.
+    if matches!(cli.cmd, Cmd::Pool(_) | Cmd::Layer(_)) {
+        if let Err(e) = blkdrv_pool::signal::install() {
+            let _ = writeln!(err, "blkdrv: warning: {}", escape_controls(&e.to_string()));
+        }
+    }
     match dispatch(&cli, out, err) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            let _ = writeln!(err, "blkdrv: error: {e}");
-            if e.is_user_error() {
+            // One line, whatever the error carries (tar header bytes, paths, tool output).
+            let _ = writeln!(err, "blkdrv: error: {}", escape_controls(&e.to_string()));
+            if let Some(n) = e.interrupted_by() {
+                128 + n
+            } else if e.is_user_error() {
                 EXIT_USAGE
             } else {
                 EXIT_FAILED
@@ -457,8 +486,15 @@ fn pool_cmd(
             if *no_quota {
                 options.insert("quota".into(), "off".into());
             }
-            if let Some(fs) = fs.clone().or_else(|| d.fs.clone()) {
-                options.insert("fs".into(), fs);
+            match (fs, &d.fs) {
+                (Some(fs), _) => {
+                    options.insert("fs".into(), fs.clone());
+                }
+                // A host default applies only where it means something.
+                (None, Some(fs)) if pool::driver_takes_option(&driver, "fs", fs) => {
+                    options.insert("fs".into(), fs.clone());
+                }
+                _ => {}
             }
             if *lvm {
                 options.insert("lvm".into(), "on".into());
@@ -489,7 +525,8 @@ fn pool_cmd(
             // zfs: an existing dataset, or an existing zpool when nothing is given to make one on.
             let zfs_existing = options.contains_key("dataset")
                 || (options.contains_key("zpool") && device.is_empty() && size.is_none());
-            let backing = if thinpool.is_some() || zfs_existing {
+            // From the options, not the flags: `-o thinpool=VG/LV` means the same as --thinpool.
+            let backing = if options.contains_key("thinpool") || zfs_existing {
                 BackingSpec::Existing
             } else if device.is_empty() {
                 let size = match size {
@@ -593,7 +630,7 @@ fn pool_cmd(
         PoolCmd::Activate { name } => {
             let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
             for r in pool.recovered() {
-                let _ = writeln!(err, "blkdrv: recovered: {r}");
+                let _ = writeln!(err, "blkdrv: recovered: {}", escape_controls(r));
             }
             print_notices(&mut pool, err);
             let n = pool.list()?.len();
@@ -637,7 +674,7 @@ fn pool_cmd(
 fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, PoolError> {
     let mut pool = Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Write)?;
     for r in pool.recovered() {
-        let _ = writeln!(err, "blkdrv: recovered: {r}");
+        let _ = writeln!(err, "blkdrv: recovered: {}", escape_controls(r));
     }
     print_notices(&mut pool, err);
     Ok(pool)
@@ -646,7 +683,7 @@ fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, Poo
 /// Says what a writer did on its own (growing the pool).
 fn print_notices(pool: &mut Pool, err: &mut dyn Write) {
     for n in pool.take_notices() {
-        let _ = writeln!(err, "blkdrv: note: {n}");
+        let _ = writeln!(err, "blkdrv: note: {}", escape_controls(&n));
     }
 }
 
@@ -667,9 +704,11 @@ fn layer_cmd(
             from_tar,
             from_dir,
             size,
+            allow_devices,
             sel,
         } => {
             let name = LayerName::new(name)?;
+            let pool_name = PoolName::new(&sel.pool)?;
             let stdin;
             let file;
             let source = match (from_tar, from_dir) {
@@ -682,16 +721,23 @@ fn layer_cmd(
                         std::io::ErrorKind::NotFound => {
                             PoolError::Invalid(format!("tar file {} does not exist", p.display()))
                         }
-                        _ => PoolError::io("open tar", p, e),
+                        _ => PoolError::user_path("open tar", p, e),
                     })?;
                     Source::Tar(Box::new(std::io::BufReader::new(file)))
                 }
                 (None, Some(d)) => Source::Dir(d),
                 (None, None) => unreachable!("clap requires a source"),
             };
+            // Spool and validate before taking the writer lock: a slow producer on stdin
+            // must not block every other writer.
+            let spooled = Spooled::for_pool(&ctx.root, &pool_name, source)?;
             let mut pool = open_write(ctx, sel, err)?;
             let bar = output::byte_bar(&format!("importing {name}"));
-            let res = pool.create(&name, parent.as_deref(), source, *size, &mut |b| {
+            let opts = CreateOptions {
+                limit: *size,
+                allow_devices: *allow_devices,
+            };
+            let res = pool.create_from(&name, parent.as_deref(), spooled, opts, &mut |b| {
                 bar.set_position(b)
             });
             print_notices(&mut pool, err);
@@ -757,9 +803,14 @@ fn layer_cmd(
             name,
             target,
             ro,
+            dev,
             sel,
         } => {
-            let mode = open_write(ctx, sel, err)?.mount(name, target, *ro)?;
+            let req = MountRequest {
+                read_only: *ro,
+                dev: *dev,
+            };
+            let mode = open_write(ctx, sel, err)?.mount_with(name, target, req)?;
             if ctx.json {
                 output::json(
                     out,

@@ -65,6 +65,15 @@ pub enum DriverError {
         reason: String,
     },
 
+    /// A key the driver does not take at all (unlike a bad value for a key it knows).
+    #[error("invalid option {key}={value:?} for driver {driver}: unknown option (known: {known})")]
+    UnknownOption {
+        driver: &'static str,
+        key: String,
+        value: String,
+        known: String,
+    },
+
     #[error("invalid option {key}={value:?} for driver {driver}: {reason}")]
     BadOption {
         driver: &'static str,

@@ -16,12 +16,12 @@ pub fn bad(driver: &'static str, key: &str, value: &str, reason: impl Into<Strin
 /// Refuses any key outside `known`, listing the known ones.
 pub fn check_known(driver: &'static str, options: &DriverOptions, known: &[&str]) -> Result<()> {
     match options.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-        Some((k, v)) => Err(bad(
+        Some((k, v)) => Err(DriverError::UnknownOption {
             driver,
-            k,
-            v,
-            format!("unknown option (known: {})", known.join(", ")),
-        )),
+            key: k.clone(),
+            value: v.clone(),
+            known: known.join(", "),
+        }),
         None => Ok(()),
     }
 }

@@ -1,11 +1,14 @@
 //! Deterministic crash points for tests. Setting `BLKDRV_CRASH_AT=<op>:<step>` makes the process
 //! abort (no unwinding, no destructors: as close to `kill -9` as a process can do to itself)
 //! when it reaches that step, so a test can crash every operation at every step.
+//! `BLKDRV_STALL_AT=<op>:<step>` instead makes it wait there (up to a minute) until a signal
+//! arrives, so a test can deliver SIGTERM at a known step.
 
 /// Every crash point, in the order the operations reach them.
 pub const STEPS: &[&str] = &[
     "create:intent",
     "create:object",
+    "create:mounted",
     "create:applied",
     "create:committed",
     "snapshot:intent",
@@ -19,6 +22,7 @@ pub const STEPS: &[&str] = &[
 ];
 
 pub const ENV: &str = "BLKDRV_CRASH_AT";
+pub const ENV_STALL: &str = "BLKDRV_STALL_AT";
 
 /// Aborts the process if `BLKDRV_CRASH_AT` names `step`.
 pub fn point(step: &'static str) {
@@ -26,5 +30,12 @@ pub fn point(step: &'static str) {
     if std::env::var(ENV).is_ok_and(|v| v == step) {
         eprintln!("blkdrv: crash point {step} reached, aborting");
         std::process::abort();
+    }
+    if std::env::var(ENV_STALL).is_ok_and(|v| v == step) {
+        eprintln!("blkdrv: stall point {step} reached, waiting for a signal");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while crate::signal::pending().is_none() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -13,6 +13,15 @@ pub enum PoolError {
     #[error("pool {pool:?} not found under {root}; create it with `blkdrv pool init {pool}`")]
     PoolNotFound { pool: String, root: PathBuf },
 
+    /// The pool's directory is there but its store is gone (deleted by hand): nothing can be
+    /// listed or opened, only removed.
+    #[error("pool {pool:?}: its store {path} is missing, so its layers cannot be read; remove what is left with `blkdrv pool destroy --force {pool}`")]
+    StoreMissing { pool: String, path: PathBuf },
+
+    /// SIGINT or SIGTERM: the operation stopped at a safe point and undid what it had begun.
+    #[error("interrupted by {signal}; the operation was rolled back")]
+    Interrupted { signal: &'static str },
+
     #[error("pool {pool:?} already exists under {root}; use `blkdrv pool destroy {pool}` first")]
     PoolExists { pool: String, root: PathBuf },
 
@@ -139,6 +148,7 @@ impl PoolError {
             self,
             PoolError::Invalid(_)
                 | PoolError::PoolNotFound { .. }
+                | PoolError::StoreMissing { .. }
                 | PoolError::PoolExists { .. }
                 | PoolError::LayerNotFound(_)
                 | PoolError::LayerExists(_)
@@ -147,6 +157,33 @@ impl PoolError {
                 | PoolError::TarRead { .. }
                 | PoolError::Config { .. }
         )
+    }
+
+    /// An error about a path the user gave: a path that cannot exist (too long, not found,
+    /// through a non-directory) is bad input; anything else is a failure of the operation.
+    pub fn user_path(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(nix::libc::ENOENT)
+            | Some(nix::libc::ENAMETOOLONG)
+            | Some(nix::libc::ENOTDIR)
+            | Some(nix::libc::ELOOP) => {
+                PoolError::Invalid(format!("{op} {}: {source}", path.display()))
+            }
+            _ => PoolError::io(op, path, source),
+        }
+    }
+
+    /// The number of the signal that interrupted the operation (exit status 128 + it).
+    pub fn interrupted_by(&self) -> Option<i32> {
+        match self {
+            PoolError::Interrupted { signal } => signal
+                .parse::<nix::sys::signal::Signal>()
+                .ok()
+                .map(|s| s as i32),
+            PoolError::Rollback { cause, .. } => cause.interrupted_by(),
+            _ => None,
+        }
     }
 
     /// Attaches a rollback failure to the error that caused the rollback.

@@ -10,7 +10,9 @@ pub mod error;
 pub mod layer;
 pub mod lock;
 pub mod pool;
+pub mod signal;
 pub mod store;
+pub mod text;
 
 pub use config::{HostConfig, PoolConfig};
 pub use error::{PoolError, Result};

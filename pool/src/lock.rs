@@ -46,6 +46,8 @@ impl PoolLock {
                             },
                         });
                     }
+                    // Waiting is a safe point: nothing is begun yet.
+                    crate::signal::check()?;
                     file = f;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }

@@ -107,6 +107,87 @@ pub enum Access {
     Read,
 }
 
+/// Options of `layer create`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Size limit of the new layer (drivers with per-layer limits).
+    pub limit: Option<Bytes>,
+    /// Import device nodes (char and block) from the tar; refused otherwise.
+    pub allow_devices: bool,
+}
+
+/// A layer's content, spooled to a temp file and validated (every entry parsed, digest
+/// computed) before any layer or lock exists: bad input changes nothing.
+pub struct Spooled {
+    file: tempfile::NamedTempFile,
+    digested: archive::Digested,
+}
+
+impl Spooled {
+    /// Spools `source` into a temp file in `dir`.
+    pub fn new(dir: &Path, source: Source<'_>) -> Result<Spooled> {
+        let (file, digested) = match source {
+            Source::Tar(r) => archive::spool_tar(r, dir)?,
+            Source::Dir(d) => {
+                check_import_dir(d)?;
+                let mut t = tempfile::NamedTempFile::new_in(dir)
+                    .map_err(|e| PoolError::io("create temp file", dir, e))?;
+                archive::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
+                let f = std::fs::File::open(t.path())
+                    .map_err(|e| PoolError::io("reopen", t.path(), e))?;
+                archive::spool_tar(f, dir)?
+            }
+        };
+        Ok(Spooled { file, digested })
+    }
+
+    /// Spools for pool `name` under `root`, without its lock (`layer create` does this first).
+    pub fn for_pool(root: &Root, name: &PoolName, source: Source<'_>) -> Result<Spooled> {
+        let dir = root.pool_dir(name);
+        if !dir.join(STORE).is_file() {
+            return Err(PoolError::PoolNotFound {
+                pool: name.to_string(),
+                root: root.path.clone(),
+            });
+        }
+        let tmp = dir.join("tmp");
+        mkdir(&tmp)?;
+        Spooled::new(&tmp, source)
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digested.digest
+    }
+}
+
+/// A directory to import must be a real tree: not missing, not a file, not a kernel pseudo
+/// filesystem (procfs, sysfs ...), whose files change size while read.
+fn check_import_dir(d: &Path) -> Result<()> {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC};
+    let md = std::fs::metadata(d).map_err(|e| PoolError::user_path("read directory", d, e))?;
+    if !md.is_dir() {
+        return Err(PoolError::Invalid(format!(
+            "{} is not a directory",
+            d.display()
+        )));
+    }
+    let st = statfs(d).map_err(|e| PoolError::io("statfs", d, e.into()))?;
+    let ty = st.filesystem_type();
+    // debugfs, tracefs, securityfs: like /sys, nothing in them is an image.
+    const OTHERS: [i64; 3] = [0x6462_6720, 0x7472_6163, 0x7363_6673];
+    if ty == PROC_SUPER_MAGIC
+        || ty == SYSFS_MAGIC
+        || ty == CGROUP2_SUPER_MAGIC
+        || OTHERS.contains(&(ty.0 as i64))
+    {
+        return Err(PoolError::Invalid(format!(
+            "{} is on a kernel pseudo filesystem (procfs, sysfs ...), not a tree to import",
+            d.display()
+        )));
+    }
+    Ok(())
+}
+
 /// How `layer mount` mounts (see [`Pool::mount_with`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MountRequest {
@@ -226,6 +307,19 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether driver `driver` takes option `key` at all: host config defaults (`[pool] fs`) apply
+/// only to drivers that take them, so a default for one driver never breaks another.
+pub fn driver_takes_option(driver: &str, key: &str, value: &str) -> bool {
+    let Some(f) = registry::get(driver) else {
+        return false;
+    };
+    let probe: DriverOptions = [(key.to_string(), value.to_string())].into();
+    !matches!(
+        f.validate_options(&probe),
+        Err(blkdrv_drivers::DriverError::UnknownOption { key: k, .. }) if k == key
+    )
+}
+
 fn factory(name: &str) -> Result<&'static dyn DriverFactory> {
     registry::get(name).ok_or_else(|| {
         PoolError::Invalid(format!(
@@ -235,8 +329,15 @@ fn factory(name: &str) -> Result<&'static dyn DriverFactory> {
     })
 }
 
+/// Creates `p` and its missing parents, each 0700: state, scratch and mount directories that
+/// blkdrv makes are root's alone, as containerd's and moby's state dirs are.
 fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).map_err(|e| PoolError::io("create directory", p, e))
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .map_err(|e| PoolError::user_path("create directory", p, e))
 }
 
 impl Pool {
@@ -355,6 +456,12 @@ impl Pool {
         let dir = root.pool_dir(name);
         let store_path = dir.join(STORE);
         if !store_path.is_file() {
+            if dir.is_dir() {
+                return Err(PoolError::StoreMissing {
+                    pool: name.to_string(),
+                    path: store_path,
+                });
+            }
             return Err(PoolError::PoolNotFound {
                 pool: name.to_string(),
                 root: root.path.clone(),
@@ -794,28 +901,31 @@ impl Pool {
         limit: Option<Bytes>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<CreateOutcome> {
+        let spooled = Spooled::new(&self.tmp_dir(), source)?;
+        let opts = CreateOptions {
+            limit,
+            ..CreateOptions::default()
+        };
+        self.create_from(name, parent, spooled, opts, progress)
+    }
+
+    /// `layer create` of content spooled (and validated) beforehand, without the writer lock:
+    /// a slow or stalled producer then blocks no other writer.
+    pub fn create_from(
+        &mut self,
+        name: &LayerName,
+        parent: Option<&str>,
+        spooled: Spooled,
+        opts: CreateOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<CreateOutcome> {
+        let limit = opts.limit;
         let parent_rec = self.committed_parent(parent, "create", name.as_str())?;
         let existing_name = self.store.resolve(name.as_str())?;
-        // Spool and validate the whole stream before anything exists: bad input changes nothing.
-        let tmp = self.tmp_dir();
-        let (spool, digested) = match source {
-            Source::Tar(r) => archive::spool_tar(r, &tmp)?,
-            Source::Dir(d) => {
-                let md = std::fs::metadata(d).map_err(|e| PoolError::io("read directory", d, e))?;
-                if !md.is_dir() {
-                    return Err(PoolError::Invalid(format!(
-                        "{} is not a directory",
-                        d.display()
-                    )));
-                }
-                let mut t = tempfile::NamedTempFile::new_in(&tmp)
-                    .map_err(|e| PoolError::io("create temp file", &tmp, e))?;
-                archive::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
-                let f = std::fs::File::open(t.path())
-                    .map_err(|e| PoolError::io("reopen", t.path(), e))?;
-                archive::spool_tar(f, &tmp)?
-            }
-        };
+        let Spooled {
+            file: spool,
+            digested,
+        } = spooled;
         let parent_id = parent_rec.as_ref().map(|r| r.id);
         let key = content_key(parent_id, &digested.digest);
         if let Some(id) = self.store.by_content(&key)? {
@@ -850,17 +960,29 @@ impl Pool {
             self.driver
                 .mount(&chain, &target, MountMode::ReadWrite, MountFlags::INERT)
                 .map_err(|e| PoolError::driver("mount for import", name.as_str(), e))?;
-            let applied = std::fs::File::open(spool.path())
-                .map_err(|e| PoolError::io("open spooled tar", spool.path(), e))
+            crash::point("create:mounted");
+            // Through the descriptor, not the path: another writer's recovery may have swept
+            // the tmp dir while this process spooled without the lock.
+            let applied = spool
+                .as_file()
+                .try_clone()
+                .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
+                .map_err(|e| PoolError::io("reopen spooled tar", spool.path(), e))
                 .and_then(|f| {
                     archive::apply_tar(
-                        std::io::BufReader::new(f),
+                        std::io::BufReader::new(crate::signal::Checked(f)),
                         &target,
                         &archive::ApplyOptions {
-                            allow_devices: blkdrv_drivers::sys::host::is_root(),
+                            allow_devices: opts.allow_devices,
                         },
                         progress,
                     )
+                })
+                .map_err(|e| match crate::signal::pending() {
+                    Some(sig) => PoolError::Interrupted {
+                        signal: sig.as_str(),
+                    },
+                    None => e,
                 });
             // Flush before unmount so the import's cost is paid here, not by the next snapshot.
             let unmounted = self
@@ -1101,7 +1223,7 @@ impl Pool {
         mkdir(target)?;
         let target = target
             .canonicalize()
-            .map_err(|e| PoolError::io("resolve mount target", target, e))?;
+            .map_err(|e| PoolError::user_path("resolve mount target", target, e))?;
         let ns = Some(own_ns()?);
         if mount::is_mountpoint(&target).unwrap_or(false) {
             return Err(PoolError::Refused {
@@ -1324,7 +1446,17 @@ impl Pool {
                 }
                 None => None,
             };
-            archive::write_diff(&top, parent_path.as_deref(), out)
+            archive::write_diff(
+                &top,
+                parent_path.as_deref(),
+                crate::signal::CheckedWrite(&mut *out),
+            )
+            .map_err(|e| match crate::signal::pending() {
+                Some(sig) => PoolError::Interrupted {
+                    signal: sig.as_str(),
+                },
+                None => e,
+            })
         })();
         let mut cleanup = Ok(());
         for m in mounted.iter().rev() {

@@ -7,6 +7,7 @@
 mod common;
 
 mod archive;
+mod cli;
 mod loopdev;
 mod namespaces;
 mod space;
@@ -51,6 +52,7 @@ fn main() {
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     trials.extend(archive::trials());
+    trials.extend(cli::trials());
     trials.extend(loopdev::trials());
     trials.extend(namespaces::trials());
     trials.extend(space::trials());

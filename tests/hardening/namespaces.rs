@@ -76,7 +76,15 @@ impl PrivateNs {
     /// A shell command run inside the namespace.
     fn sh(&self, script: &str) {
         let st = Command::new("nsenter")
-            .args(["-t", &self.pid().to_string(), "-m", "--", "sh", "-c", script])
+            .args([
+                "-t",
+                &self.pid().to_string(),
+                "-m",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
             .status()
             .expect("nsenter");
         assert!(st.success(), "in the namespace: {script}");
@@ -118,16 +126,29 @@ fn writer_in_private_namespace_keeps_host_mounts() {
 
     let (code, out) = ns.blkdrv(&env, &["pool", "check", "t"]);
     assert_eq!(code, 0, "pool check in the private namespace: {out}");
-    assert!(!out.contains("forgot mount"), "the host mount was forgotten: {out}");
+    assert!(
+        !out.contains("forgot mount"),
+        "the host mount was forgotten: {out}"
+    );
     let (code, out) = ns.blkdrv(&env, &["layer", "snapshot", "base", "c2", "--pool", "t"]);
     assert_eq!(code, 0, "snapshot in the private namespace: {out}");
-    assert!(!out.contains("forgot mount"), "the host mount was forgotten: {out}");
+    assert!(
+        !out.contains("forgot mount"),
+        "the host mount was forgotten: {out}"
+    );
 
     let rm = env.run(&["layer", "rm", "c1", "--pool", "t"]);
-    assert_ne!(rm.code, 0, "layer rm removed a mounted layer: {}", rm.stdout);
+    assert_ne!(
+        rm.code, 0,
+        "layer rm removed a mounted layer: {}",
+        rm.stdout
+    );
     assert!(rm.stderr.contains("mounted"), "{}", rm.stderr);
     let (code, out) = ns.blkdrv(&env, &["layer", "rm", "c1", "--pool", "t"]);
-    assert_ne!(code, 0, "layer rm from the namespace removed a mounted layer: {out}");
+    assert_ne!(
+        code, 0,
+        "layer rm from the namespace removed a mounted layer: {out}"
+    );
     assert_eq!(std::fs::read_to_string(m.join("data")).unwrap(), "in use");
 
     // Unmounting from the private namespace unmounts where the mount lives.
@@ -140,7 +161,10 @@ fn writer_in_private_namespace_keeps_host_mounts() {
     env.mount_rw("c1", "m2");
     let (code, out) = ns.blkdrv(&env, &["pool", "destroy", "t", "--force"]);
     assert_eq!(code, 0, "destroy from the namespace: {out}");
-    assert!(!mounted_here(&env.path("m2")), "destroy leaked the host mount");
+    assert!(
+        !mounted_here(&env.path("m2")),
+        "destroy leaked the host mount"
+    );
 }
 
 /// A mount blkdrv never recorded, in another namespace: the kernel's mount tables keep the
@@ -166,7 +190,10 @@ fn mount_in_other_namespace_blocks_remove() {
         "the error should say where: {}",
         rm.stderr
     );
-    assert!(dir.join("diff/kept").exists(), "the layer's data was deleted");
+    assert!(
+        dir.join("diff/kept").exists(),
+        "the layer's data was deleted"
+    );
     drop(ns);
     // The namespace is gone, and its mount with it: now the layer can go.
     env.ok(&["layer", "rm", "c1", "--pool", "t"]);
@@ -181,10 +208,20 @@ fn record_of_a_dead_namespace_is_forgotten() {
     let target = env.path("inner");
     let (code, out) = ns.blkdrv(
         &env,
-        &["layer", "mount", "c1", target.to_str().unwrap(), "--pool", "t"],
+        &[
+            "layer",
+            "mount",
+            "c1",
+            target.to_str().unwrap(),
+            "--pool",
+            "t",
+        ],
     );
     assert_eq!(code, 0, "mount in the namespace: {out}");
-    assert!(!mounted_here(&target), "a private mount showed up on the host");
+    assert!(
+        !mounted_here(&target),
+        "a private mount showed up on the host"
+    );
     // Alive: kept, and the layer is protected.
     let check = env.run(&["pool", "check", "t"]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
