@@ -549,6 +549,22 @@ fn lvm_adopt() -> Result<(), Failed> {
     }
     env.ok(&["layer", "ls", "--pool", "t"]);
     env.ok(&["pool", "destroy", "t"]);
+    // `-o thinpool=VG/LV` means what --thinpool means: existing storage, no loopback files
+    // (it took the loopback branch and made two unused loop files).
+    env.ok(&[
+        "pool",
+        "init",
+        "o",
+        "--driver",
+        "devicemapper",
+        "-o",
+        "thinpool=blkdrv-adopt/tp",
+    ]);
+    let status = json(&env, &["pool", "status", "o"]);
+    if status["backing"]["type"] != "existing" || env.root().join("pools/o/backing").exists() {
+        return Err(format!("-o thinpool= made a loopback pool: {status}").into());
+    }
+    env.ok(&["pool", "destroy", "o"]);
     // Given back empty: LVM can make thin volumes in it again (its transaction id matches).
     lvm(&["lvchange", "-ay", "blkdrv-adopt/tp"]);
     lvm(&[

@@ -241,21 +241,39 @@ fn stalled_stdin_does_not_hold_the_writer_lock() {
 /// Defect 8: bytes from a tar header reached the terminal raw.
 fn forged_tar_names_cannot_forge_output() {
     let env = Env::new();
-    let forged: &[u8] = b"/x\ncreated layer forged (id 9)\x1b[2J\x1b]0;title\x07";
-    let tar = tar_of(&[(forged, tar::EntryType::Regular, b"x", (0, 0))]);
-    let tar = write_tar(&env, "forged.tar", &tar);
-    let o = env.run(&["layer", "create", "l", "--from-tar", &tar, "--pool", "t"]);
-    assert_eq!(o.code, 2, "{}", o.stderr);
-    assert_eq!(o.stderr.lines().count(), 1, "one line: {:?}", o.stderr);
-    assert!(
-        !o.stderr
-            .trim_end_matches('\n')
-            .chars()
-            .any(|c| c.is_control()),
-        "control characters reached the terminal: {:?}",
-        o.stderr
-    );
-    assert!(o.stdout.is_empty(), "{:?}", o.stdout);
+    let forged: &[u8] = b"x\ncreated layer forged (id 9)\x1b[2J\x1b]0;title\x07";
+    // A refused name, and a size field the tar reader cannot parse (its error quotes the
+    // entry's raw path).
+    let absolute = tar_of(&[(
+        b"/x\ncreated layer forged\x1b[2J",
+        tar::EntryType::Regular,
+        b"x",
+        (0, 0),
+    )]);
+    let mut bad_size = tar_of(&[(forged, tar::EntryType::Regular, b"x", (0, 0))]);
+    bad_size[124..136].copy_from_slice(b"\x1b[31m\n99999\x07");
+    let mut h = tar::Header::new_old();
+    h.as_mut_bytes().copy_from_slice(&bad_size[..512]);
+    h.set_cksum();
+    bad_size[..512].copy_from_slice(h.as_bytes());
+    for (what, tar) in [("absolute", absolute), ("bad size", bad_size)] {
+        let tar = write_tar(&env, "forged.tar", &tar);
+        let o = env.run(&["layer", "create", "l", "--from-tar", &tar, "--pool", "t"]);
+        assert_eq!(o.code, 2, "{what}: {}", o.stderr);
+        assert_eq!(
+            o.stderr.lines().count(),
+            1,
+            "{what}: one line: {:?}",
+            o.stderr
+        );
+        let line = o.stderr.trim_end_matches('\n');
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "{what}: control characters reached the terminal: {:?}",
+            o.stderr
+        );
+        assert!(o.stdout.is_empty(), "{:?}", o.stdout);
+    }
 }
 
 /// Defect 9: bad input is exit 2 everywhere.
