@@ -172,8 +172,9 @@ pub fn status_all() -> Result<Vec<LoopStatus>> {
             Some(b) => (PathBuf::from(b), true),
             None => (PathBuf::from(&raw), false),
         };
-        let file = match loopdev::LoopDevice::open(&device) {
-            Ok(ld) => query(&ld).ok().flatten(),
+        // Read-only: closing a device opened for writing makes udev re-probe it.
+        let file = match std::fs::File::open(&device) {
+            Ok(f) => query(&f).ok().flatten(),
             Err(_) => None,
         };
         out.push(LoopStatus {
@@ -233,8 +234,7 @@ struct LoopInfo64 {
 nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
 
 /// The backing file of an open loop device; None when it is not attached (ENXIO).
-fn query(dev: &loopdev::LoopDevice) -> std::io::Result<Option<FileId>> {
-    use std::os::fd::AsRawFd;
+fn query(dev: &impl std::os::fd::AsRawFd) -> std::io::Result<Option<FileId>> {
     // SAFETY: all-zero is a valid loop_info64 (integers and byte arrays).
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: the fd is an open loop device and `info` is a loop_info64 the kernel fills.
@@ -328,6 +328,29 @@ pub fn holders(dev: &Path) -> Vec<Holder> {
                 .filter(|m| m.major_minor == mm)
                 .map(|m| Holder::Mount(m.target)),
         );
+    }
+    out
+}
+
+/// "major:minor" of the block devices stacked on `dev`, recursively (a dm thin-pool on the loop
+/// device, the thin volumes on that), from /sys/block/*/holders: their mounts use the pool too.
+pub fn stacked_on(dev: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo: Vec<std::ffi::OsString> =
+        dev.file_name().map(|n| vec![n.into()]).unwrap_or_default();
+    // A holder graph is acyclic; the bound only guards against a sysfs surprise.
+    while let Some(name) = todo.pop().filter(|_| out.len() < 4096) {
+        let dir = Path::new("/sys/block").join(&name).join("holders");
+        for h in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let hn = h.file_name();
+            if let Ok(mm) = std::fs::read_to_string(Path::new("/sys/block").join(&hn).join("dev")) {
+                let mm = mm.trim().to_string();
+                if !out.contains(&mm) {
+                    out.push(mm);
+                    todo.push(hn);
+                }
+            }
+        }
     }
     out
 }
