@@ -1532,7 +1532,7 @@ pub fn teardown_dir(dir: &Path) -> Result<()> {
     let sys = |e| PoolError::backing(dir.display(), e);
     let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let loops = dir_loops(&canon).map_err(sys)?;
-    let mut devs: Vec<String> = loops.iter().map(|l| l.major_minor.clone()).collect();
+    let mut devs: Vec<PathBuf> = loops.iter().map(|l| l.device.clone()).collect();
     for l in &loops {
         devs.extend(loopdev::stacked_on(&l.device));
     }

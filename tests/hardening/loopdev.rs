@@ -20,7 +20,11 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial(
             "loopdev::destroy_force_corrupt_store_leaves_no_mount",
-            destroy_force_corrupt_store_leaves_no_mount,
+            || destroy_force_corrupt_store_leaves_no_mount("overlay"),
+        ),
+        trial(
+            "loopdev::destroy_force_corrupt_store_leaves_no_mount_btrfs",
+            || destroy_force_corrupt_store_leaves_no_mount("btrfs"),
         ),
         trial(
             "loopdev::find_matches_inode_not_path",
@@ -166,9 +170,10 @@ fn destroy_with_held_loop_refused_without_force() {
 }
 
 /// With the store unreadable, --force still finds the pool's mounts from the mount table: a
-/// layer mounted outside the pool directory (an overlay whose layers live under it).
-fn destroy_force_corrupt_store_leaves_no_mount() {
-    let env = Env::with_pool(&["--driver", "overlay", "--size", "1G"]);
+/// layer mounted outside the pool directory (overlay: an overlay whose layers live under it;
+/// btrfs: a subvolume mount of the pool's loop device).
+fn destroy_force_corrupt_store_leaves_no_mount(driver: &str) {
+    let env = Env::with_pool(&["--driver", driver, "--size", "1G"]);
     env.base();
     let m = env.mount_rw("base", "m");
     let m = m.canonicalize().unwrap();

@@ -286,11 +286,6 @@ pub fn holders(dev: &Path) -> Vec<Holder> {
         return out;
     };
     let rdev = md.rdev();
-    let mm = format!(
-        "{}:{}",
-        nix::sys::stat::major(rdev),
-        nix::sys::stat::minor(rdev)
-    );
     for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -325,16 +320,16 @@ pub fn holders(dev: &Path) -> Vec<Holder> {
     if let Ok(ms) = super::mount::mountinfo() {
         out.extend(
             ms.into_iter()
-                .filter(|m| m.major_minor == mm)
+                .filter(|m| mounted_from(m, &[dev.to_path_buf()]))
                 .map(|m| Holder::Mount(m.target)),
         );
     }
     out
 }
 
-/// "major:minor" of the block devices stacked on `dev`, recursively (a dm thin-pool on the loop
-/// device, the thin volumes on that), from /sys/block/*/holders: their mounts use the pool too.
-pub fn stacked_on(dev: &Path) -> Vec<String> {
+/// The block devices stacked on `dev`, recursively (a dm thin-pool on the loop device, the thin
+/// volumes on that), from /sys/block/*/holders: their mounts use the pool too.
+pub fn stacked_on(dev: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo: Vec<std::ffi::OsString> =
         dev.file_name().map(|n| vec![n.into()]).unwrap_or_default();
@@ -342,24 +337,41 @@ pub fn stacked_on(dev: &Path) -> Vec<String> {
     while let Some(name) = todo.pop().filter(|_| out.len() < 4096) {
         let dir = Path::new("/sys/block").join(&name).join("holders");
         for h in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let hn = h.file_name();
-            if let Ok(mm) = std::fs::read_to_string(Path::new("/sys/block").join(&hn).join("dev")) {
-                let mm = mm.trim().to_string();
-                if !out.contains(&mm) {
-                    out.push(mm);
-                    todo.push(hn);
-                }
+            let p = Path::new("/dev").join(h.file_name());
+            if !out.contains(&p) {
+                out.push(p);
+                todo.push(h.file_name());
             }
         }
     }
     out
 }
 
-/// Mounts that use what lives under `dir` or the loop devices `devices` ("major:minor"):
-/// mounts below `dir`, mounts of those devices anywhere, and overlays whose lowerdir, upperdir
-/// or workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
+/// Whether `m` is a filesystem on one of `devices` (block device paths). By the source, not
+/// only by major:minor: btrfs reports an anonymous device number for its mounts.
+fn mounted_from(m: &super::mount::MountInfo, devices: &[PathBuf]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let source = Path::new(&m.source);
+    // Only absolute sources are paths ("overlay", "tmpfs" are not, and would resolve in cwd).
+    let source = source
+        .is_absolute()
+        .then(|| source.canonicalize().ok())
+        .flatten();
+    devices.iter().any(|d| {
+        source.as_deref() == Some(d.as_path())
+            || std::fs::metadata(d).is_ok_and(|md| {
+                let r = md.rdev();
+                m.major_minor
+                    == format!("{}:{}", nix::sys::stat::major(r), nix::sys::stat::minor(r))
+            })
+    })
+}
+
+/// Mounts that use what lives under `dir` or the block devices `devices`: mounts below `dir`,
+/// filesystems on those devices mounted anywhere, and overlays whose lowerdir, upperdir or
+/// workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
 /// stand on.
-pub fn mounts_using(dir: &Path, devices: &[String]) -> Result<Vec<PathBuf>> {
+pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| DriverError::io("read", "/proc/self/mountinfo", e))?;
     let mut out = Vec::new();
@@ -380,7 +392,7 @@ pub fn mounts_using(dir: &Path, devices: &[String]) -> Result<Vec<PathBuf>> {
                     "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
                 ) && v.split(':').any(|p| Path::new(p).starts_with(dir))
             });
-        if m.target.starts_with(dir) || devices.contains(&m.major_minor) || overlay_on_dir {
+        if m.target.starts_with(dir) || overlay_on_dir || mounted_from(&m, devices) {
             out.push(m.target);
         }
     }
