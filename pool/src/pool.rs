@@ -1537,7 +1537,9 @@ pub fn teardown_dir(dir: &Path) -> Result<()> {
         devs.extend(loopdev::stacked_on(&l.device));
     }
     let users = loopdev::mounts_using(&canon, &devs).map_err(sys)?;
-    loopdev::detach_mounts(&users).map_err(sys)?;
+    let targets: Vec<PathBuf> = users.iter().map(|m| m.target.clone()).collect();
+    let ids: Vec<u64> = users.iter().map(|m| m.id).collect();
+    loopdev::detach_mounts(&targets).map_err(sys)?;
     mount::detach_all_under(dir).map_err(sys)?;
     for l in &loops {
         loopdev::detach(&l.device).map_err(sys)?;
@@ -1547,7 +1549,7 @@ pub fn teardown_dir(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(PoolError::io("remove pool directory", dir, e)),
     }
-    let left = still_attached(&loops).map_err(sys)?;
+    let left = still_attached(&loops, &ids).map_err(sys)?;
     if left.is_empty() {
         return Ok(());
     }
@@ -1584,10 +1586,14 @@ fn dir_loops(dir: &Path) -> blkdrv_drivers::Result<Vec<loopdev::LoopStatus>> {
         .collect())
 }
 
-/// Which of `loops` are still attached to the same file, with their holders. The last close of
-/// an autoclear device detaches it at once, so a device still attached has a user; a few short
-/// re-checks cover a holder that is just closing.
-fn still_attached(loops: &[loopdev::LoopStatus]) -> blkdrv_drivers::Result<Vec<String>> {
+/// Which of `loops` are still attached to the same file, with their holders (the device's own,
+/// and processes using the lazily detached mounts `mounts`). The last close of an autoclear
+/// device detaches it at once, so a device still attached has a user; a few short re-checks
+/// cover a holder that is just closing.
+fn still_attached(
+    loops: &[loopdev::LoopStatus],
+    mounts: &[u64],
+) -> blkdrv_drivers::Result<Vec<String>> {
     let mut left = Vec::new();
     for attempt in 0..10 {
         let now = loopdev::status_all()?;
@@ -1598,7 +1604,12 @@ fn still_attached(loops: &[loopdev::LoopStatus]) -> blkdrv_drivers::Result<Vec<S
                     .any(|n| n.device == l.device && n.file.is_some() && n.file == l.file)
             })
             .map(|l| {
-                let h = loopdev::holders(&l.device);
+                let mut h = loopdev::holders(&l.device);
+                for u in loopdev::mount_users(mounts) {
+                    if !h.contains(&u) {
+                        h.push(u);
+                    }
+                }
                 (
                     h.is_empty(),
                     format!(
@@ -1618,33 +1629,54 @@ fn still_attached(loops: &[loopdev::LoopStatus]) -> blkdrv_drivers::Result<Vec<S
 }
 
 /// What holds the pool's loop devices besides the pool's own mounts: processes with a device
-/// open, and mounts of it outside the pool directory.
+/// open, mounts of it outside the pool directory, and other processes using files on the
+/// pool's mounts (they would make its unmount fail half-way).
 fn foreign_holders(dir: &Path, config: &PoolConfig) -> Result<Vec<String>> {
     let Backing::Loopback { files } = &config.backing else {
         return Ok(Vec::new());
     };
+    let sys = |e| PoolError::backing(&config.name, e);
     let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let mut out = Vec::new();
+    let mut all = Vec::new();
     for lf in files {
-        let devs = loopdev::find_by_backing_file(&dir.join(&lf.file))
-            .map_err(|e| PoolError::backing(&config.name, e))?;
-        for dev in devs {
-            let foreign: Vec<loopdev::Holder> = loopdev::holders(&dev)
-                .into_iter()
-                .filter(|h| match h {
-                    loopdev::Holder::Process { .. } => true,
-                    loopdev::Holder::Mount(m) => !m.starts_with(&canon),
-                    // The pool's own dm tables; the driver removes them.
-                    loopdev::Holder::Device(_) => false,
-                })
-                .collect();
-            if !foreign.is_empty() {
-                out.push(format!(
-                    "{} is {}",
-                    dev.display(),
-                    loopdev::describe(&foreign)
-                ));
-            }
+        all.extend(loopdev::find_by_backing_file(&dir.join(&lf.file)).map_err(sys)?);
+    }
+    let mounts = loopdev::mounts_using(&canon, &all).map_err(sys)?;
+    let ids: Vec<u64> = mounts.iter().map(|m| m.id).collect();
+    // This process may hold files there through the open pool itself.
+    let me = std::process::id();
+    let users: Vec<loopdev::Holder> = loopdev::mount_users(&ids)
+        .into_iter()
+        .filter(|h| !matches!(h, loopdev::Holder::Process { pid, .. } if *pid == me))
+        .collect();
+    if !users.is_empty() {
+        let at: Vec<String> = mounts
+            .iter()
+            .map(|m| m.target.display().to_string())
+            .collect();
+        out.push(format!(
+            "its mounts ({}) are in use: {}",
+            at.join(", "),
+            loopdev::describe(&users)
+        ));
+    }
+    for dev in all {
+        let foreign: Vec<loopdev::Holder> = loopdev::holders(&dev)
+            .into_iter()
+            .filter(|h| match h {
+                loopdev::Holder::Process { .. } => true,
+                loopdev::Holder::Mount(m) => !m.starts_with(&canon),
+                // The pool's own dm tables; the driver removes them.
+                loopdev::Holder::Device(_) => false,
+            })
+            .collect();
+        if !foreign.is_empty() {
+            out.push(format!(
+                "{} is {}",
+                dev.display(),
+                loopdev::describe(&foreign)
+            ));
         }
     }
     Ok(out)

@@ -27,18 +27,27 @@ pub fn trials() -> Vec<Trial> {
             || destroy_force_corrupt_store_leaves_no_mount("btrfs"),
         ),
         trial(
+            "loopdev::destroy_names_process_using_pool_mount",
+            destroy_names_process_using_pool_mount,
+        ),
+        trial(
+            "loopdev::destroy_force_names_process_in_lazily_detached_layer",
+            destroy_force_names_process_in_lazily_detached_layer,
+        ),
+        trial(
             "loopdev::find_matches_inode_not_path",
             find_matches_inode_not_path,
         ),
     ]
 }
 
-/// A process holding a block device open (`sleep 600 < /dev/loopN`); killed on drop.
+/// A process keeping a loop device attached; killed on drop.
 struct Holder {
     child: Child,
 }
 
 impl Holder {
+    /// `sleep 600 < /dev/loopN`: holds the device open.
     fn new(dev: &Path) -> Holder {
         let f = std::fs::File::open(dev).unwrap_or_else(|e| panic!("open {}: {e}", dev.display()));
         let child = Command::new("sleep")
@@ -51,6 +60,16 @@ impl Holder {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `sleep 600` with its working directory in `dir` (keeps that mount busy).
+    fn in_dir(dir: &Path) -> Holder {
+        let child = Command::new("sleep")
+            .arg("600")
+            .current_dir(dir)
+            .spawn()
+            .expect("spawn sleep");
+        Holder { child }
     }
 }
 
@@ -192,6 +211,61 @@ fn destroy_force_corrupt_store_leaves_no_mount(driver: &str) {
         "loop devices left: {:?}",
         loops_under(&env.root())
     );
+}
+
+/// A process working inside the pool's own filesystem mount would make destroy's unmount fail
+/// half-way: destroy names it first and leaves the pool as it was.
+fn destroy_names_process_using_pool_mount() {
+    let env = Env::with_pool(&["--driver", "overlay", "--size", "1G"]);
+    env.base();
+    let inner = mount::mounts_under(&env.root().join("pools/t")).unwrap();
+    assert!(!inner.is_empty(), "the overlay pool mounts its filesystem");
+    let holder = Holder::in_dir(&inner[0]);
+    let o = env.run(&["pool", "destroy", "t"]);
+    assert_eq!(
+        o.code, 1,
+        "destroy of a busy pool: {}{}",
+        o.stdout, o.stderr
+    );
+    assert!(
+        o.stderr.contains(&format!("pid {} (sleep)", holder.pid())),
+        "names the process: {}",
+        o.stderr
+    );
+    env.state();
+    drop(holder);
+    env.ok(&["pool", "destroy", "t"]);
+    assert!(loops_under(&env.root()).is_empty(), "loop device detached");
+}
+
+/// A shell left in a layer mount keeps the lazily detached filesystem, and so the loop device,
+/// alive after destroy --force: the report names that process.
+fn destroy_force_names_process_in_lazily_detached_layer() {
+    let env = Env::with_pool(&["--driver", "overlay", "--size", "1G"]);
+    env.base();
+    let m = env.mount_rw("base", "m");
+    let holder = Holder::in_dir(&m);
+    std::fs::write(env.root().join("pools/t/store.db"), vec![0x5au8; 8192]).unwrap();
+    let o = env.run(&["pool", "destroy", "t", "--force"]);
+    assert_eq!(o.code, 1, "destroy --force: {}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains("still attached")
+            && o.stderr.contains(&format!("pid {} (sleep)", holder.pid())),
+        "names the process in the layer: {}",
+        o.stderr
+    );
+    let m = m.canonicalize().unwrap_or(m);
+    assert!(
+        !mount::mountinfo().unwrap().iter().any(|i| i.target == m),
+        "layer mount left in the table"
+    );
+    let left = loops_under(&env.root());
+    drop(holder);
+    // The lazily detached filesystem goes with the holder, then autoclear detaches the device;
+    // detach explicitly in case the kernel defers it.
+    for d in left {
+        let _ = loopdev::detach(&d);
+    }
 }
 
 /// A device attached to a file that was deleted and recreated at the same path is not that

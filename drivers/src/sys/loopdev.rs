@@ -367,11 +367,19 @@ fn mounted_from(m: &super::mount::MountInfo, devices: &[PathBuf]) -> bool {
     })
 }
 
+/// A mount found by [`mounts_using`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedMount {
+    /// The mount ID (mountinfo's first field): still names the mount after a lazy detach.
+    pub id: u64,
+    pub target: PathBuf,
+}
+
 /// Mounts that use what lives under `dir` or the block devices `devices`: mounts below `dir`,
 /// filesystems on those devices mounted anywhere, and overlays whose lowerdir, upperdir or
 /// workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
 /// stand on.
-pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<UsedMount>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| DriverError::io("read", "/proc/self/mountinfo", e))?;
     let mut out = Vec::new();
@@ -393,7 +401,11 @@ pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 ) && v.split(':').any(|p| Path::new(p).starts_with(dir))
             });
         if m.target.starts_with(dir) || overlay_on_dir || mounted_from(&m, devices) {
-            out.push(m.target);
+            let id = line.split(' ').next().and_then(|i| i.parse().ok());
+            out.push(UsedMount {
+                id: id.unwrap_or(0),
+                target: m.target,
+            });
         }
     }
     out.reverse();
@@ -431,6 +443,56 @@ pub fn create_sparse_file(path: &Path, size: crate::Bytes) -> Result<()> {
         .map_err(|e| DriverError::io("create sparse file", path, e))?;
     f.set_len(size.0)
         .map_err(|e| DriverError::io("size sparse file", path, e))
+}
+
+/// Processes whose working directory, root or an open file lies on one of the mounts `ids`
+/// (what keeps a lazily detached filesystem, and so its loop device, alive). Best effort, like
+/// [`holders`]; memory mappings are not looked at.
+pub fn mount_users(ids: &[u64]) -> Vec<Holder> {
+    let mut out = Vec::new();
+    if ids.is_empty() {
+        return out;
+    }
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let on = |path: &Path| mount_id(path).is_some_and(|id| ids.contains(&id));
+        let uses = on(&p.path().join("cwd"))
+            || on(&p.path().join("root"))
+            || std::fs::read_dir(p.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| on(&fd.path()));
+        if uses {
+            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(Holder::Process {
+                pid,
+                name: name.trim().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The mount ID of what `path` resolves to (statx STATX_MNT_ID; follows /proc magic links).
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: all-zero is a valid statx (plain integers).
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `stx` a statx buffer the kernel fills.
+    let r = unsafe {
+        nix::libc::statx(
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            nix::libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 #[cfg(test)]
