@@ -1469,11 +1469,17 @@ impl Pool {
             }
         }
         for m in &mounts {
-            self.driver
-                .unmount(&m.target)
-                .map_err(|e| PoolError::driver("unmount", m.layer.to_string(), e))?;
-            self.store
-                .tx("record unmount", |t| t.remove_mount(&m.target))?;
+            match self.driver.unmount(&m.target) {
+                Ok(()) => self
+                    .store
+                    .tx("record unmount", |t| t.remove_mount(&m.target))?,
+                // A busy mount under --force: teardown_dir detaches it lazily and names what
+                // keeps the pool's device attached. The record stays until then.
+                Err(e) if force => {
+                    tracing::warn!(pool = %self.name, "{e}; detaching {} lazily", m.target.display())
+                }
+                Err(e) => return Err(PoolError::driver("unmount", m.layer.to_string(), e)),
+            }
         }
         self.driver
             .destroy()

@@ -32,8 +32,11 @@ pub fn trials() -> Vec<Trial> {
         ),
         trial(
             "loopdev::destroy_force_names_process_in_lazily_detached_layer",
-            destroy_force_names_process_in_lazily_detached_layer,
+            || destroy_force_names_process_in_lazily_detached_layer(true),
         ),
+        trial("loopdev::destroy_force_names_process_in_busy_layer", || {
+            destroy_force_names_process_in_lazily_detached_layer(false)
+        }),
         trial(
             "loopdev::find_matches_inode_not_path",
             find_matches_inode_not_path,
@@ -239,13 +242,16 @@ fn destroy_names_process_using_pool_mount() {
 }
 
 /// A shell left in a layer mount keeps the lazily detached filesystem, and so the loop device,
-/// alive after destroy --force: the report names that process.
-fn destroy_force_names_process_in_lazily_detached_layer() {
+/// alive after destroy --force: the report names that process. With a readable store the
+/// layer's unmount fails (busy) and --force goes on the same way.
+fn destroy_force_names_process_in_lazily_detached_layer(corrupt_store: bool) {
     let env = Env::with_pool(&["--driver", "overlay", "--size", "1G"]);
     env.base();
     let m = env.mount_rw("base", "m");
     let holder = Holder::in_dir(&m);
-    std::fs::write(env.root().join("pools/t/store.db"), vec![0x5au8; 8192]).unwrap();
+    if corrupt_store {
+        std::fs::write(env.root().join("pools/t/store.db"), vec![0x5au8; 8192]).unwrap();
+    }
     let o = env.run(&["pool", "destroy", "t", "--force"]);
     assert_eq!(o.code, 1, "destroy --force: {}{}", o.stdout, o.stderr);
     assert!(
@@ -258,6 +264,10 @@ fn destroy_force_names_process_in_lazily_detached_layer() {
     assert!(
         !mount::mountinfo().unwrap().iter().any(|i| i.target == m),
         "layer mount left in the table"
+    );
+    assert!(
+        !env.root().join("pools/t").exists(),
+        "pool directory removed"
     );
     let left = loops_under(&env.root());
     drop(holder);
