@@ -1,5 +1,11 @@
 //! Loop devices for loopback pools, through the loopdev-3 crate (LOOP_CTL_GET_FREE +
-//! LOOP_CONFIGURE ioctls) and sysfs for lookups.
+//! LOOP_CONFIGURE ioctls), LOOP_GET_STATUS64 and sysfs for lookups.
+//!
+//! A device belongs to a file when it is attached to that file's inode (device and inode
+//! number), never because the kernel's name for its backing file matches a path: after the file
+//! is deleted and a new one created under the same name, a device kept attached by some holder
+//! still shows that name. Also here: who holds a device (processes, stacked devices, mounts),
+//! and which mounts use a pool, for `pool destroy`.
 
 use crate::error::{DriverError, Result};
 use std::path::{Path, PathBuf};
