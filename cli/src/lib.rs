@@ -202,10 +202,19 @@ blkdrv pool init --driver zfs --zpool tank"
         name: String,
     },
     /// Unmount everything, deactivate the backing and delete the pool.
+    #[command(
+        long_about = "Unmount everything, deactivate the backing and delete the pool. Refused \
+(exit 1, pool left intact) while another process holds one of the pool's loop devices or \
+mounts it elsewhere; the error names the holders (\"pid 1234 (sleep)\"). With --force the pool \
+is deleted anyway, every mount that uses it is detached (found in the mount table, so a corrupt \
+store does not hide any), and a loop device that stays attached because someone still holds it \
+is reported with its holder: exit 1, it detaches when that holder closes it."
+    )]
     Destroy {
         #[arg(default_value = "default")]
         name: String,
-        /// Unmount mounted layers first; also removes a pool whose store is unreadable.
+        /// Unmount mounted layers and other users first, delete the pool even if its loop
+        /// device is held (reported, exit 1); also removes a pool whose store is unreadable.
         #[arg(long)]
         force: bool,
     },

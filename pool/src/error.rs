@@ -109,6 +109,14 @@ pub enum PoolError {
         source: Box<DriverError>,
     },
 
+    /// Another process holds the pool's loop device: destroying now would leave it attached.
+    #[error("pool {pool:?} not destroyed: {} (stop that, or use --force)", .what.join("; "))]
+    Held { pool: String, what: Vec<String> },
+
+    /// The pool is gone but a loop device of it stays attached while its holder keeps it open.
+    #[error("pool {pool:?} destroyed, but {}", .what.join("; "))]
+    StillHeld { pool: String, what: Vec<String> },
+
     #[error("{cause}; rolling back also failed: {rollback}")]
     Rollback {
         cause: Box<PoolError>,

@@ -1667,9 +1667,28 @@ impl Pool {
                 ),
             });
         }
+        // Another process holding the loop device would keep it attached after the pool is
+        // gone: say so before tearing anything down (--force goes on and reports it after).
+        if !force {
+            let held = foreign_holders(&self.dir, &self.config)?;
+            if !held.is_empty() {
+                return Err(PoolError::Held {
+                    pool: self.name.to_string(),
+                    what: held,
+                });
+            }
+        }
         let tables = tables_for(&mounts)?;
         for m in &mounts {
-            self.unmount_record(m, &tables, &m.layer.to_string())?;
+            match self.unmount_record(m, &tables, &m.layer.to_string()) {
+                Ok(()) => {}
+                // A busy mount under --force: teardown_dir detaches it lazily and names what
+                // keeps the pool's device attached. The record stays until then.
+                Err(e) if force => {
+                    tracing::warn!(pool = %self.name, "{e}; detaching {} lazily", m.target.display())
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.driver
             .destroy()
@@ -1769,22 +1788,43 @@ fn context(
     ))
 }
 
-/// Removes a pool directory: unmounts anything still mounted below it, detaches loop devices
-/// backed by its files, deletes it. Used by destroy and by failed inits.
+/// Removes a pool directory: unmounts everything that uses it (mounts below it, mounts of its
+/// loop devices elsewhere, overlays built on its directories; from the mount table, so a corrupt
+/// store loses none), detaches the loop devices of its files, deletes it. Used by destroy and by
+/// failed inits. A loop device another process keeps attached is reported as
+/// [`PoolError::StillHeld`] after the directory is gone.
 pub fn teardown_dir(dir: &Path) -> Result<()> {
     let sys = |e| PoolError::backing(dir.display(), e);
-    mount::detach_all_under(dir).map_err(sys)?;
     let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    for (dev, file) in loopdev::list().map_err(sys)? {
-        if file.starts_with(&canon) {
-            loopdev::detach(&dev).map_err(sys)?;
-        }
+    let loops = dir_loops(&canon).map_err(sys)?;
+    let mut devs: Vec<PathBuf> = loops.iter().map(|l| l.device.clone()).collect();
+    for l in &loops {
+        devs.extend(loopdev::stacked_on(&l.device));
+    }
+    let users = loopdev::mounts_using(&canon, &devs).map_err(sys)?;
+    let targets: Vec<PathBuf> = users.iter().map(|m| m.target.clone()).collect();
+    let ids: Vec<u64> = users.iter().map(|m| m.id).collect();
+    loopdev::detach_mounts(&targets).map_err(sys)?;
+    mount::detach_all_under(dir).map_err(sys)?;
+    for l in &loops {
+        loopdev::detach(&l.device).map_err(sys)?;
     }
     match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(PoolError::io("remove pool directory", dir, e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(PoolError::io("remove pool directory", dir, e)),
     }
+    let left = still_attached(&loops, &ids).map_err(sys)?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(PoolError::StillHeld {
+        pool: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string()),
+        what: left,
+    })
 }
 
 /// `pool destroy --force` for a pool whose store cannot be opened (corrupt, interrupted init).
@@ -1797,4 +1837,112 @@ pub fn force_destroy(root: &Root, name: &PoolName) -> Result<()> {
         });
     }
     teardown_dir(&dir)
+}
+
+/// Loop devices attached to files under `dir` (canonical): live ones whose backing file is that
+/// inode, and ones whose file under `dir` was deleted while attached (a dead pool's devices).
+fn dir_loops(dir: &Path) -> blkdrv_drivers::Result<Vec<loopdev::LoopStatus>> {
+    Ok(loopdev::status_all()?
+        .into_iter()
+        .filter(|l| {
+            l.backing.starts_with(dir)
+                && (l.deleted || loopdev::FileId::of(&l.backing).ok() == l.file && l.file.is_some())
+        })
+        .collect())
+}
+
+/// Which of `loops` are still attached to the same file, with their holders (the device's own,
+/// and processes using the lazily detached mounts `mounts`). The last close of an autoclear
+/// device detaches it at once, so a device still attached has a user; a few short re-checks
+/// cover a holder that is just closing.
+fn still_attached(
+    loops: &[loopdev::LoopStatus],
+    mounts: &[u64],
+) -> blkdrv_drivers::Result<Vec<String>> {
+    let mut left = Vec::new();
+    for attempt in 0..10 {
+        let now = loopdev::status_all()?;
+        left = loops
+            .iter()
+            .filter(|l| {
+                now.iter()
+                    .any(|n| n.device == l.device && n.file.is_some() && n.file == l.file)
+            })
+            .map(|l| {
+                let mut h = loopdev::holders(&l.device);
+                for u in loopdev::mount_users(mounts) {
+                    if !h.contains(&u) {
+                        h.push(u);
+                    }
+                }
+                (
+                    h.is_empty(),
+                    format!(
+                        "{} is still attached ({}); it detaches when that closes it",
+                        l.device.display(),
+                        loopdev::describe(&h)
+                    ),
+                )
+            })
+            .collect::<Vec<_>>();
+        if left.is_empty() || left.iter().any(|(nobody, _)| !nobody) || attempt == 9 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(left.into_iter().map(|(_, m)| m).collect())
+}
+
+/// What holds the pool's loop devices besides the pool's own mounts: processes with a device
+/// open, mounts of it outside the pool directory, and other processes using files on the
+/// pool's mounts (they would make its unmount fail half-way).
+fn foreign_holders(dir: &Path, config: &PoolConfig) -> Result<Vec<String>> {
+    let Backing::Loopback { files } = &config.backing else {
+        return Ok(Vec::new());
+    };
+    let sys = |e| PoolError::backing(&config.name, e);
+    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut out = Vec::new();
+    let mut all = Vec::new();
+    for lf in files {
+        all.extend(loopdev::find_by_backing_file(&dir.join(&lf.file)).map_err(sys)?);
+    }
+    let mounts = loopdev::mounts_using(&canon, &all).map_err(sys)?;
+    let ids: Vec<u64> = mounts.iter().map(|m| m.id).collect();
+    // This process may hold files there through the open pool itself.
+    let me = std::process::id();
+    let users: Vec<loopdev::Holder> = loopdev::mount_users(&ids)
+        .into_iter()
+        .filter(|h| !matches!(h, loopdev::Holder::Process { pid, .. } if *pid == me))
+        .collect();
+    if !users.is_empty() {
+        let at: Vec<String> = mounts
+            .iter()
+            .map(|m| m.target.display().to_string())
+            .collect();
+        out.push(format!(
+            "its mounts ({}) are in use: {}",
+            at.join(", "),
+            loopdev::describe(&users)
+        ));
+    }
+    for dev in all {
+        let foreign: Vec<loopdev::Holder> = loopdev::holders(&dev)
+            .into_iter()
+            .filter(|h| match h {
+                loopdev::Holder::Process { .. } => true,
+                loopdev::Holder::Mount(m) => !m.starts_with(&canon),
+                // The pool's own dm tables; the driver removes them.
+                loopdev::Holder::Device(_) => false,
+            })
+            .collect();
+        if !foreign.is_empty() {
+            out.push(format!(
+                "{} is {}",
+                dev.display(),
+                loopdev::describe(&foreign)
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -1,5 +1,11 @@
 //! Loop devices for loopback pools, through the loopdev-3 crate (LOOP_CTL_GET_FREE +
-//! LOOP_CONFIGURE ioctls) and sysfs for lookups.
+//! LOOP_CONFIGURE ioctls), LOOP_GET_STATUS64 and sysfs for lookups.
+//!
+//! A device belongs to a file when it is attached to that file's inode (device and inode
+//! number), never because the kernel's name for its backing file matches a path: after the file
+//! is deleted and a new one created under the same name, a device kept attached by some holder
+//! still shows that name. Also here: who holds a device (processes, stacked devices, mounts),
+//! and which mounts use a pool, for `pool destroy`.
 
 use crate::error::{DriverError, Result};
 use std::path::{Path, PathBuf};
@@ -14,16 +20,37 @@ pub struct AttachedLoop {
 /// Attaches `file` to a free loop device. If the file is already attached (a previous command,
 /// or a crash), that device is reused, so attaching is idempotent.
 ///
+/// "Already attached" means attached to this inode, not to this path: a device still attached to
+/// an earlier file of the same name (deleted, but held open by some process) is the old file's
+/// device, and formatting it would put the new data into an inode that vanishes with the last
+/// holder. Such a device is left alone (and its holders named in a warning).
+///
 /// Autoclear is set: the kernel detaches the device when its last user (the mount, the dm table)
 /// goes away, so an unmounted pool never leaks a loop device, even if blkdrv is killed.
 pub fn attach(file: &Path) -> Result<AttachedLoop> {
     let file = file
         .canonicalize()
         .map_err(|e| DriverError::io("resolve loop backing file", file, e))?;
-    if let Some(path) = find_by_backing_file(&file)?.into_iter().next() {
-        let dev = loopdev::LoopDevice::open(&path)
-            .map_err(|e| DriverError::io("open loop device", &path, e))?;
-        return Ok(AttachedLoop { path, _dev: dev });
+    let id = FileId::of(&file)?;
+    for st in status_all()? {
+        if st.file == Some(id) {
+            let dev = loopdev::LoopDevice::open(&st.device)
+                .map_err(|e| DriverError::io("open loop device", &st.device, e))?;
+            // It may have been detached and reused for another file since the listing.
+            if query(&dev).ok().flatten() == Some(id) {
+                return Ok(AttachedLoop {
+                    path: st.device,
+                    _dev: dev,
+                });
+            }
+        } else if st.deleted && st.backing == file {
+            let who = describe(&holders(&st.device));
+            tracing::warn!(
+                "{} is still attached to a deleted earlier {} ({who}); not reusing it",
+                st.device.display(),
+                file.display()
+            );
+        }
     }
     let ctl = loopdev::LoopControl::open()
         .map_err(|e| DriverError::io("open", "/dev/loop-control", e))?;
@@ -53,7 +80,9 @@ pub fn attach(file: &Path) -> Result<AttachedLoop> {
     ))
 }
 
-/// Detaches a loop device (no-op when it has no backing file any more).
+/// Detaches a loop device (no-op when it has no backing file any more). While another process
+/// holds the device open the kernel only marks it autoclear: it stays attached until that
+/// process closes it (see [`holders`]).
 pub fn detach(dev: &Path) -> Result<()> {
     let ld = match loopdev::LoopDevice::open(dev) {
         Ok(ld) => ld,
@@ -67,17 +96,106 @@ pub fn detach(dev: &Path) -> Result<()> {
     }
 }
 
-/// Loop devices whose backing file is `file`, from /sys/block/loopN/loop/backing_file.
+/// Loop devices attached to the inode `file` names now (matched by device and inode, never by
+/// path). Empty when `file` does not exist.
 pub fn find_by_backing_file(file: &Path) -> Result<Vec<PathBuf>> {
-    Ok(list()?
+    let id = match FileId::of(file) {
+        Ok(id) => id,
+        Err(DriverError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(status_all()?
         .into_iter()
-        .filter(|(_, backing)| backing == file)
-        .map(|(dev, _)| dev)
+        .filter(|s| s.file == Some(id))
+        .map(|s| s.device)
         .collect())
 }
 
-/// Every attached loop device with its backing file.
+/// Every attached loop device with its backing file as the kernel names it: a file unlinked
+/// while attached keeps the kernel's " (deleted)" suffix, so the name never passes for the
+/// file that now has that path. [`status_all`] has the parsed form.
 pub fn list() -> Result<Vec<(PathBuf, PathBuf)>> {
+    Ok(sysfs_loops()?
+        .into_iter()
+        .map(|(dev, raw, _)| (dev, PathBuf::from(raw)))
+        .collect())
+}
+
+/// A file's identity: the device number of its filesystem and its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub major: u32,
+    pub minor: u32,
+    pub inode: u64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let md =
+            std::fs::metadata(path).map_err(|e| DriverError::io("stat backing file", path, e))?;
+        let dev = md.dev();
+        Ok(FileId {
+            major: nix::sys::stat::major(dev) as u32,
+            minor: nix::sys::stat::minor(dev) as u32,
+            inode: md.ino(),
+        })
+    }
+
+    /// From LOOP_GET_STATUS64, whose lo_device is the kernel's huge_encode_dev (major in bits
+    /// 8..20, minor split around it), not glibc's dev_t layout.
+    fn from_kernel(lo_device: u64, lo_inode: u64) -> FileId {
+        FileId {
+            major: ((lo_device >> 8) & 0xfff) as u32,
+            minor: ((lo_device & 0xff) | ((lo_device >> 12) & 0xfff_ff00)) as u32,
+            inode: lo_inode,
+        }
+    }
+}
+
+/// One attached loop device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopStatus {
+    /// /dev/loopN.
+    pub device: PathBuf,
+    /// The device's own "major:minor" (as in /proc/self/mountinfo).
+    pub major_minor: String,
+    /// The backing file's last path, without the kernel's " (deleted)" suffix.
+    pub backing: PathBuf,
+    /// The backing file was unlinked while attached.
+    pub deleted: bool,
+    /// The backing file's identity; None if the device was detached while being listed.
+    pub file: Option<FileId>,
+}
+
+/// Every attached loop device, with the identity of its backing file (LOOP_GET_STATUS64).
+pub fn status_all() -> Result<Vec<LoopStatus>> {
+    let mut out = Vec::new();
+    for (device, raw, major_minor) in sysfs_loops()? {
+        let (backing, deleted) = match raw.strip_suffix(" (deleted)") {
+            Some(b) => (PathBuf::from(b), true),
+            None => (PathBuf::from(&raw), false),
+        };
+        // Read-only: closing a device opened for writing makes udev re-probe it.
+        let file = match std::fs::File::open(&device) {
+            Ok(f) => query(&f).ok().flatten(),
+            Err(_) => None,
+        };
+        out.push(LoopStatus {
+            device,
+            major_minor,
+            backing,
+            deleted,
+            file,
+        });
+    }
+    Ok(out)
+}
+
+/// (/dev/loopN, backing_file as sysfs has it, "major:minor") of attached devices.
+fn sysfs_loops() -> Result<Vec<(PathBuf, String, String)>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir("/sys/block") {
         Ok(e) => e,
@@ -89,14 +207,229 @@ pub fn list() -> Result<Vec<(PathBuf, PathBuf)>> {
             continue;
         }
         if let Ok(b) = std::fs::read_to_string(ent.path().join("loop/backing_file")) {
-            // The kernel appends " (deleted)" when the file was unlinked while attached.
-            let b = b.trim_end_matches('\n');
-            let b = b.strip_suffix(" (deleted)").unwrap_or(b);
-            out.push((PathBuf::from("/dev").join(&name), PathBuf::from(b)));
+            let mm = std::fs::read_to_string(ent.path().join("dev")).unwrap_or_default();
+            out.push((
+                PathBuf::from("/dev").join(&name),
+                b.trim_end_matches('\n').to_string(),
+                mm.trim().to_string(),
+            ));
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// struct loop_info64 of <linux/loop.h>; loopdev-3 keeps its binding private.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+/// The backing file of an open loop device; None when it is not attached (ENXIO).
+fn query(dev: &impl std::os::fd::AsRawFd) -> std::io::Result<Option<FileId>> {
+    // SAFETY: all-zero is a valid loop_info64 (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is an open loop device and `info` is a loop_info64 the kernel fills.
+    match unsafe { loop_get_status64(dev.as_raw_fd(), &mut info) } {
+        Ok(_) => Ok(Some(FileId::from_kernel(info.lo_device, info.lo_inode))),
+        Err(nix::errno::Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Something that keeps a loop device attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A process with the device open.
+    Process { pid: u32, name: String },
+    /// A block device stacked on it (/sys/block/loopN/holders: dm, md).
+    Device(String),
+    /// A filesystem mounted from it.
+    Mount(PathBuf),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Process { pid, name } => write!(f, "pid {pid} ({name})"),
+            Holder::Device(d) => write!(f, "device {d}"),
+            Holder::Mount(m) => write!(f, "mount at {}", m.display()),
+        }
+    }
+}
+
+/// "held by pid 1234 (sleep), mount at /x", or that nothing visible holds it (a lazily
+/// unmounted filesystem still in use, or a holder in another PID namespace).
+pub fn describe(holders: &[Holder]) -> String {
+    if holders.is_empty() {
+        return "no holder visible: a lazily unmounted filesystem may still be in use".into();
+    }
+    let v: Vec<String> = holders.iter().map(|h| h.to_string()).collect();
+    format!("held by {}", v.join(", "))
+}
+
+/// Who keeps `dev` attached: processes with it open (/proc/*/fd), stacked devices
+/// (/sys/block/loopN/holders) and mounts of it (/proc/self/mountinfo). Best effort: entries
+/// that vanish or cannot be read while scanning are skipped.
+pub fn holders(dev: &Path) -> Vec<Holder> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(md) = std::fs::metadata(dev) else {
+        return out;
+    };
+    let rdev = md.rdev();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        // stat follows the fd link to the device node without opening it.
+        let holds = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == rdev)
+        });
+        if holds {
+            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(Holder::Process {
+                pid,
+                name: name.trim().to_string(),
+            });
+        }
+    }
+    if let Some(name) = dev.file_name() {
+        let dir = Path::new("/sys/block").join(name).join("holders");
+        for h in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = h.file_name().to_string_lossy().into_owned();
+            let dm = std::fs::read_to_string(Path::new("/sys/block").join(&n).join("dm/name"));
+            out.push(Holder::Device(match dm {
+                Ok(dm) => format!("{n} ({})", dm.trim()),
+                Err(_) => n,
+            }));
+        }
+    }
+    if let Ok(ms) = super::mount::mountinfo() {
+        out.extend(
+            ms.into_iter()
+                .filter(|m| mounted_from(m, &[dev.to_path_buf()]))
+                .map(|m| Holder::Mount(m.target)),
+        );
+    }
+    out
+}
+
+/// The block devices stacked on `dev`, recursively (a dm thin-pool on the loop device, the thin
+/// volumes on that), from /sys/block/*/holders: their mounts use the pool too.
+pub fn stacked_on(dev: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo: Vec<std::ffi::OsString> =
+        dev.file_name().map(|n| vec![n.into()]).unwrap_or_default();
+    // A holder graph is acyclic; the bound only guards against a sysfs surprise.
+    while let Some(name) = todo.pop().filter(|_| out.len() < 4096) {
+        let dir = Path::new("/sys/block").join(&name).join("holders");
+        for h in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = Path::new("/dev").join(h.file_name());
+            if !out.contains(&p) {
+                out.push(p);
+                todo.push(h.file_name());
+            }
+        }
+    }
+    out
+}
+
+/// Whether `m` is a filesystem on one of `devices` (block device paths). By the source, not
+/// only by major:minor: btrfs reports an anonymous device number for its mounts.
+fn mounted_from(m: &super::mount::MountInfo, devices: &[PathBuf]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let source = Path::new(&m.source);
+    // Only absolute sources are paths ("overlay", "tmpfs" are not, and would resolve in cwd).
+    let source = source
+        .is_absolute()
+        .then(|| source.canonicalize().ok())
+        .flatten();
+    devices.iter().any(|d| {
+        source.as_deref() == Some(d.as_path())
+            || std::fs::metadata(d).is_ok_and(|md| {
+                let r = md.rdev();
+                m.major_minor
+                    == format!("{}:{}", nix::sys::stat::major(r), nix::sys::stat::minor(r))
+            })
+    })
+}
+
+/// A mount found by [`mounts_using`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedMount {
+    /// The mount ID (mountinfo's first field): still names the mount after a lazy detach.
+    pub id: u64,
+    pub target: PathBuf,
+}
+
+/// Mounts that use what lives under `dir` or the block devices `devices`: mounts below `dir`,
+/// filesystems on those devices mounted anywhere, and overlays whose lowerdir, upperdir or
+/// workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
+/// stand on.
+pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<UsedMount>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| DriverError::io("read", "/proc/self/mountinfo", e))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(m) = super::mount::parse_mountinfo(line).into_iter().next() else {
+            continue;
+        };
+        // Super options are the third field after the " - " separator.
+        let sopts = line
+            .split_once(" - ")
+            .and_then(|(_, post)| post.split(' ').nth(2))
+            .unwrap_or_default();
+        let overlay_on_dir = m.fstype == "overlay"
+            && sopts.split(',').any(|o| {
+                let (k, v) = o.split_once('=').unwrap_or((o, ""));
+                matches!(
+                    k,
+                    "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
+                ) && v.split(':').any(|p| Path::new(p).starts_with(dir))
+            });
+        if m.target.starts_with(dir) || overlay_on_dir || mounted_from(&m, devices) {
+            let id = line.split(' ').next().and_then(|i| i.parse().ok());
+            out.push(UsedMount {
+                id: id.unwrap_or(0),
+                target: m.target,
+            });
+        }
+    }
+    out.reverse();
+    out.dedup();
+    Ok(out)
+}
+
+/// Lazily detaches each mount in `targets` (for `--force` teardown, where a mount left behind is
+/// worse than one that finishes unmounting when its last user goes).
+pub fn detach_mounts(targets: &[PathBuf]) -> Result<()> {
+    use nix::mount::MntFlags;
+    for t in targets {
+        match nix::mount::umount2(t.as_path(), MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(DriverError::sys("detach mount", t.display(), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Tells the loop driver that the backing file changed size (after growing a sparse file).
@@ -116,4 +449,74 @@ pub fn create_sparse_file(path: &Path, size: crate::Bytes) -> Result<()> {
         .map_err(|e| DriverError::io("create sparse file", path, e))?;
     f.set_len(size.0)
         .map_err(|e| DriverError::io("size sparse file", path, e))
+}
+
+/// Processes whose working directory, root or an open file lies on one of the mounts `ids`
+/// (what keeps a lazily detached filesystem, and so its loop device, alive). Best effort, like
+/// [`holders`]; memory mappings are not looked at.
+pub fn mount_users(ids: &[u64]) -> Vec<Holder> {
+    let mut out = Vec::new();
+    if ids.is_empty() {
+        return out;
+    }
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let on = |path: &Path| mount_id(path).is_some_and(|id| ids.contains(&id));
+        let uses = on(&p.path().join("cwd"))
+            || on(&p.path().join("root"))
+            || std::fs::read_dir(p.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| on(&fd.path()));
+        if uses {
+            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(Holder::Process {
+                pid,
+                name: name.trim().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The mount ID of what `path` resolves to (statx STATX_MNT_ID; follows /proc magic links).
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: all-zero is a valid statx (plain integers).
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `stx` a statx buffer the kernel fills.
+    let r = unsafe {
+        nix::libc::statx(
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            nix::libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_dev_encoding_decodes_to_major_minor() {
+        // huge_encode_dev(MKDEV(8, 1)) and MKDEV(259, 0x12345) (minor above 8 bits).
+        let a = FileId::from_kernel(0x0801, 7);
+        assert_eq!((a.major, a.minor, a.inode), (8, 1, 7));
+        let d = 0x45 | (259 << 8) | ((0x12345u64 & !0xff) << 12);
+        let b = FileId::from_kernel(d, 9);
+        assert_eq!((b.major, b.minor), (259, 0x12345));
+    }
+
+    #[test]
+    fn loop_info64_has_the_kernel_size() {
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+    }
 }
