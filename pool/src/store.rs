@@ -628,4 +628,44 @@ mod tests {
         let err = Store::open(&p).err().expect("garbage must not open");
         assert!(matches!(err, PoolError::CorruptStore { .. }), "{err}");
     }
+
+    /// A store of schema 1 (mounts keyed by target alone) opens as schema 2: its mounts keep
+    /// an unknown namespace, and the same target can then be recorded in two namespaces.
+    #[test]
+    fn schema_1_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let mut s = Store::create(&p).unwrap();
+        let id = s
+            .tx("t", |t| {
+                let a = t.allocate_id()?;
+                t.insert_layer(&rec(a, None))?;
+                Ok(a)
+            })
+            .unwrap();
+        s.conn
+            .execute_batch(&format!(
+                "DROP TABLE mounts;
+                 CREATE TABLE mounts (target TEXT PRIMARY KEY, layer INTEGER NOT NULL
+                     REFERENCES layers(id), mode TEXT NOT NULL, state TEXT NOT NULL);
+                 INSERT INTO mounts VALUES ('/m', {}, 'rw', 'mounted');
+                 UPDATE meta SET value='1' WHERE key='schema';",
+                id.get()
+            ))
+            .unwrap();
+        drop(s);
+        let mut s = Store::open(&p).unwrap();
+        assert_eq!(s.meta("schema").unwrap().as_deref(), Some("2"));
+        let m = s.mounts().unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].target.as_path(), m[0].ns), (Path::new("/m"), None));
+        s.tx("t", |t| {
+            t.add_mount(Path::new("/m"), Some(MountNs(7)), id, MountMode::ReadOnly)
+        })
+        .unwrap();
+        assert_eq!(s.mounts().unwrap().len(), 2);
+        s.tx("t", |t| t.remove_mount(Path::new("/m"), None))
+            .unwrap();
+        assert_eq!(s.mounts().unwrap()[0].ns, Some(MountNs(7)));
+    }
 }
