@@ -386,30 +386,11 @@ pub struct UsedMount {
 /// workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
 /// stand on.
 pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<UsedMount>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| DriverError::io("read", "/proc/self/mountinfo", e))?;
     let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(m) = super::mount::parse_mountinfo(line).into_iter().next() else {
-            continue;
-        };
-        // Super options are the third field after the " - " separator.
-        let sopts = line
-            .split_once(" - ")
-            .and_then(|(_, post)| post.split(' ').nth(2))
-            .unwrap_or_default();
-        let overlay_on_dir = m.fstype == "overlay"
-            && sopts.split(',').any(|o| {
-                let (k, v) = o.split_once('=').unwrap_or((o, ""));
-                matches!(
-                    k,
-                    "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
-                ) && v.split(':').any(|p| Path::new(p).starts_with(dir))
-            });
-        if m.target.starts_with(dir) || overlay_on_dir || mounted_from(&m, devices) {
-            let id = line.split(' ').next().and_then(|i| i.parse().ok());
+    for m in super::mount::mountinfo()? {
+        if m.target.starts_with(dir) || m.overlay_uses(dir) || mounted_from(&m, devices) {
             out.push(UsedMount {
-                id: id.unwrap_or(0),
+                id: m.id,
                 target: m.target,
             });
         }

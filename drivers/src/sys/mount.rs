@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// One line of /proc/self/mountinfo (the fields blkdrv uses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
+    /// The mount ID (first field): still names the mount after a lazy detach.
+    pub id: u64,
     pub major_minor: String,
     pub root: String,
     pub target: PathBuf,
@@ -19,6 +21,26 @@ pub struct MountInfo {
     pub source: String,
     /// The filesystem's own options (overlay's lowerdir=, upperdir=, ...).
     pub super_options: String,
+}
+
+impl MountInfo {
+    /// Whether this is an overlay that has `dir`, or a directory below it, as a layer (lower,
+    /// upper, work or data dir).
+    pub fn overlay_uses(&self, dir: &Path) -> bool {
+        self.fstype == "overlay"
+            && self
+                .super_options
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(k, _)| {
+                    matches!(
+                        *k,
+                        "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
+                    )
+                })
+                .flat_map(|(_, v)| v.split(':'))
+                .any(|p| Path::new(p).starts_with(dir))
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo octal.
@@ -54,6 +76,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 return None;
             }
             Some(MountInfo {
+                id: pre[0].parse().unwrap_or(0),
                 major_minor: pre[2].to_string(),
                 root: unescape(pre[3]),
                 target: PathBuf::from(unescape(pre[4])),
@@ -244,24 +267,11 @@ pub fn users_of_dir(dir: &Path, fs_mnt: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     };
     let root = Path::new(&backing.root).join(rel);
-    let dir_s = dir.to_string_lossy();
-    let names_dir = |opts: &str| {
-        opts.split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| {
-                matches!(
-                    *k,
-                    "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
-                )
-            })
-            .flat_map(|(_, v)| v.split(':'))
-            .any(|p| Path::new(p).starts_with(&*dir_s))
-    };
     Ok(tables
         .all()
         .filter(|(_, _, m)| {
             (m.major_minor == backing.major_minor && Path::new(&m.root).starts_with(&root))
-                || (m.fstype == "overlay" && names_dir(&m.super_options))
+                || m.overlay_uses(dir)
         })
         .map(|(ns, pid, m)| tables.describe(ns, pid, m))
         .collect())
