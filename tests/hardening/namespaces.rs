@@ -15,8 +15,16 @@ pub fn trials() -> Vec<Trial> {
             writer_in_private_namespace_keeps_host_mounts,
         ),
         trial(
-            "namespaces::mount_in_other_namespace_blocks_remove",
-            mount_in_other_namespace_blocks_remove,
+            "namespaces::mount_in_other_namespace_blocks_remove::overlay",
+            || mount_in_other_namespace_blocks_remove("overlay"),
+        ),
+        trial(
+            "namespaces::mount_in_other_namespace_blocks_remove::vfs",
+            || mount_in_other_namespace_blocks_remove("vfs"),
+        ),
+        trial(
+            "namespaces::mount_in_other_namespace_blocks_remove::btrfs",
+            || mount_in_other_namespace_blocks_remove("btrfs"),
         ),
         trial(
             "namespaces::record_of_a_dead_namespace_is_forgotten",
@@ -106,11 +114,20 @@ fn mounted_here(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
 }
 
-fn layer_dir(env: &Env, name: &str) -> PathBuf {
+/// Where `driver` keeps layer `name`'s files in the pool's backing mount.
+fn layer_dir_of(env: &Env, driver: &str, name: &str) -> PathBuf {
     let id = json(env, &["layer", "inspect", name, "--pool", "t"])["id"]
         .as_u64()
         .unwrap();
-    env.root().join(format!("pools/t/driver/mnt/overlay/{id}"))
+    let dir = env.root().join(format!("pools/t/driver/mnt/{driver}/{id}"));
+    match driver {
+        "overlay" => dir.join("diff"),
+        _ => dir,
+    }
+}
+
+fn layer_dir(env: &Env, name: &str) -> PathBuf {
+    layer_dir_of(env, "overlay", name)
 }
 
 /// The reproduction: `pool check` from a private namespace forgot the host's mount,
@@ -169,18 +186,19 @@ fn writer_in_private_namespace_keeps_host_mounts() {
 
 /// A mount blkdrv never recorded, in another namespace: the kernel's mount tables keep the
 /// layer from being deleted under it.
-fn mount_in_other_namespace_blocks_remove() {
-    let env = Env::new();
+fn mount_in_other_namespace_blocks_remove(driver: &str) {
+    let size = if driver == "btrfs" { "1G" } else { "400M" };
+    let env = Env::with_pool(&["--driver", driver, "--size", size]);
     env.base();
     env.ok(&["layer", "snapshot", "base", "c1", "--pool", "t"]);
-    let dir = layer_dir(&env, "c1");
-    std::fs::write(dir.join("diff/kept"), "x").unwrap();
+    let dir = layer_dir_of(&env, driver, "c1");
+    std::fs::write(dir.join("kept"), "x").unwrap();
     let ns = PrivateNs::new();
     let target = env.path("elsewhere");
     std::fs::create_dir_all(&target).unwrap();
     ns.sh(&format!(
         "mount --bind '{}' '{}'",
-        dir.join("diff").display(),
+        dir.display(),
         target.display()
     ));
     let rm = env.run(&["layer", "rm", "c1", "--pool", "t"]);
@@ -190,10 +208,7 @@ fn mount_in_other_namespace_blocks_remove() {
         "the error should say where: {}",
         rm.stderr
     );
-    assert!(
-        dir.join("diff/kept").exists(),
-        "the layer's data was deleted"
-    );
+    assert!(dir.join("kept").exists(), "the layer's data was deleted");
     drop(ns);
     // The namespace is gone, and its mount with it: now the layer can go.
     env.ok(&["layer", "rm", "c1", "--pool", "t"]);
