@@ -841,7 +841,10 @@ fn layer_cmd(
             }
         }
         LayerCmd::Rm { name, force, sel } => {
-            let outcome = open_write(ctx, sel, err)?.remove(name, *force)?;
+            let mut pool = open_write(ctx, sel, err)?;
+            let outcome = pool.remove(name, *force);
+            print_notices(&mut pool, err);
+            let outcome = outcome?;
             if ctx.json {
                 output::json(out, &serde_json::json!({"layer": name, "result": outcome}))
             } else {

@@ -135,7 +135,7 @@ impl Btrfs {
 
     /// Where a layer's subvolume (or one below it) is mounted, other than our own pool mount,
     /// in any mount namespace (a subvolume mounted in a service's namespace is still in use).
-    fn mounted_at(&self, id: ObjectId) -> Result<Vec<String>> {
+    fn mounted_at(&self, id: ObjectId) -> Result<mount::Users> {
         let tables = mount::NsTables::read()?;
         let Some(pool_mount) = tables
             .tables()
@@ -143,15 +143,16 @@ impl Btrfs {
             .and_then(|(_, _, own)| own.iter().find(|m| m.target == self.backing.mnt))
             .cloned()
         else {
-            return Ok(Vec::new());
+            return Ok(mount::Users::default());
         };
         let root = format!("/{NAME}/{id}");
-        Ok(tables
-            .all()
-            .filter(|(_, _, m)| m.fstype == "btrfs" && m.major_minor == pool_mount.major_minor)
-            .filter(|(_, _, m)| m.root == root || m.root.starts_with(&format!("{root}/")))
-            .map(|(ns, pid, m)| tables.describe(ns, pid, m))
-            .collect())
+        Ok(mount::Users::of(
+            &tables,
+            tables
+                .all()
+                .filter(|(_, _, m)| m.fstype == "btrfs" && m.major_minor == pool_mount.major_minor)
+                .filter(|(_, _, m)| m.root == root || m.root.starts_with(&format!("{root}/"))),
+        ))
     }
 
     /// Subvolumes nested anywhere below `top`, deepest first (the order to delete them in).
@@ -270,15 +271,8 @@ impl Driver for Btrfs {
             return Ok(());
         }
         // The kernel deletes a subvolume that is mounted elsewhere and leaves the mount
-        // pointing at nothing ("//deleted"); refuse instead, and say where.
-        let at = self.mounted_at(id)?;
-        if !at.is_empty() {
-            return Err(DriverError::Refused {
-                id,
-                op: "remove",
-                reason: format!("subvolume is mounted at {}", at.join(", ")),
-            });
-        }
+        // pointing at nothing ("//deleted"); refuse (or defer) instead, and say where.
+        self.mounted_at(id)?.check_remove(id, "subvolume")?;
         let fd = self.open_dir(&path)?;
         let subvol = subvolume::subvolume_info(fd.as_fd())
             .map_err(|e| DriverError::sys("read subvolume info of layer", id, e))?

@@ -229,14 +229,7 @@ impl Driver for Overlay {
     fn remove(&self, id: ObjectId) -> Result<()> {
         // Deleting a directory under a live mount would leave that mount empty: ask the mount
         // tables of every namespace, not only the pool's records.
-        let users = mount::users_of_dir(&self.dir(id), &self.backing.mnt)?;
-        if !users.is_empty() {
-            return Err(DriverError::Refused {
-                id,
-                op: "remove",
-                reason: format!("the layer is mounted at {}", users.join(", ")),
-            });
-        }
+        mount::users_of_dir(&self.dir(id), &self.backing.mnt)?.check_remove(id, "the layer")?;
         fsbacked::remove_object(&self.dir(id))
     }
 

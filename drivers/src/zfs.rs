@@ -1033,18 +1033,13 @@ impl Driver for Zfs {
         // `zfs destroy` would unmount a mount of ours silently; one blkdrv does not know of is
         // someone's, so refuse and say where, in whichever mount namespace it is.
         let tables = mount::NsTables::read()?;
-        let at: Vec<String> = tables
-            .all()
-            .filter(|(_, _, m)| m.fstype == "zfs" && m.source == ds.as_str())
-            .map(|(ns, pid, m)| tables.describe(ns, pid, m))
-            .collect();
-        if !at.is_empty() {
-            return Err(DriverError::Refused {
-                id,
-                op: "remove",
-                reason: format!("dataset {ds} is mounted at {}", at.join(", ")),
-            });
-        }
+        mount::Users::of(
+            &tables,
+            tables
+                .all()
+                .filter(|(_, _, m)| m.fstype == "zfs" && m.source == ds.as_str()),
+        )
+        .check_remove(id, &format!("dataset {ds}"))?;
         z::wait_for_tools(ds.as_str(), TOOL_WAIT);
         self.destroy_layer(id, &ds)
     }

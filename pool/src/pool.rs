@@ -1387,6 +1387,8 @@ impl Pool {
                 if matches!(*source, blkdrv_drivers::DriverError::Busy { .. }) =>
             {
                 tracing::info!(layer = name, "removal deferred: {source}");
+                self.notices
+                    .push(format!("removal of {name} deferred: {source}"));
                 return Ok(RemoveOutcome::Deferred);
             }
             Err(e) => {

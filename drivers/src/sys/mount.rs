@@ -249,11 +249,61 @@ fn ns_held_by_fd(ns: MountNs) -> bool {
     })
 }
 
+/// The mounts that use a layer's object, split by where they live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Users {
+    /// Mounts in the caller's namespace, by target.
+    pub here: Vec<String>,
+    /// Mounts in other namespaces: "TARGET (mount namespace mnt:[N], pid P)".
+    pub elsewhere: Vec<String>,
+}
+
+impl Users {
+    /// Collects `mounts` (namespace, pid, mount) of `tables`.
+    pub fn of<'a>(
+        tables: &NsTables,
+        mounts: impl Iterator<Item = (MountNs, u32, &'a MountInfo)>,
+    ) -> Users {
+        let mut u = Users::default();
+        for (ns, pid, m) in mounts {
+            let d = tables.describe(ns, pid, m);
+            if ns == tables.own() {
+                u.here.push(d);
+            } else {
+                u.elsewhere.push(d);
+            }
+        }
+        u
+    }
+
+    /// Whether removing layer `id` may go ahead. A mount here that blkdrv did not make is
+    /// someone's: refused. One only in other namespaces is usually a copy a container's
+    /// namespace took of the host's mounts, which goes away with it: the removal is deferred
+    /// (the pool retries it), never done under the mount.
+    pub fn check_remove(&self, id: crate::ObjectId, what: &str) -> Result<()> {
+        if !self.here.is_empty() {
+            return Err(DriverError::Refused {
+                id,
+                op: "remove",
+                reason: format!("{what} is mounted at {}", self.here.join(", ")),
+            });
+        }
+        if !self.elsewhere.is_empty() {
+            return Err(DriverError::Busy {
+                id,
+                op: "remove",
+                reason: format!("{what} is mounted at {}", self.elsewhere.join(", ")),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Mounts, in any mount namespace, that use directory `dir` of the filesystem mounted at
 /// `fs_mnt`: binds of it or of anything below it, and overlay mounts that name it (or a
-/// directory below it) as a layer. Each as "TARGET (mount namespace, pid)". A directory
-/// deleted under a mount leaves that mount pointing at nothing, so removal asks this first.
-pub fn users_of_dir(dir: &Path, fs_mnt: &Path) -> Result<Vec<String>> {
+/// directory below it) as a layer. A directory deleted under a mount leaves that mount
+/// pointing at nothing, so removal asks this first.
+pub fn users_of_dir(dir: &Path, fs_mnt: &Path) -> Result<Users> {
     let tables = NsTables::read()?;
     let own: Vec<&MountInfo> = tables
         .tables()
@@ -261,20 +311,19 @@ pub fn users_of_dir(dir: &Path, fs_mnt: &Path) -> Result<Vec<String>> {
         .map(|(_, _, m)| m.iter().collect())
         .unwrap_or_default();
     let Some(backing) = own.iter().rev().find(|m| m.target == fs_mnt) else {
-        return Ok(Vec::new());
+        return Ok(Users::default());
     };
     let Ok(rel) = dir.strip_prefix(fs_mnt) else {
-        return Ok(Vec::new());
+        return Ok(Users::default());
     };
     let root = Path::new(&backing.root).join(rel);
-    Ok(tables
-        .all()
-        .filter(|(_, _, m)| {
+    Ok(Users::of(
+        &tables,
+        tables.all().filter(|(_, _, m)| {
             (m.major_minor == backing.major_minor && Path::new(&m.root).starts_with(&root))
                 || m.overlay_uses(dir)
-        })
-        .map(|(ns, pid, m)| tables.describe(ns, pid, m))
-        .collect())
+        }),
+    ))
 }
 
 /// Unmounts `target` inside the mount namespace of process `pid`: a forked child enters the
