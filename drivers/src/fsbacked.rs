@@ -222,6 +222,7 @@ impl FsBacking {
             inodes_total: st.files(),
             inodes_free: st.files_free(),
             unallocated: None,
+            pending: None,
             metadata: None,
             details: vec![
                 ("Backing Filesystem".into(), self.fs.name().into()),

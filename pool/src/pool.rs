@@ -710,25 +710,53 @@ impl Pool {
     // ----- space policy -----
 
     fn ensure_space(&mut self) -> Result<()> {
+        // How long a new layer waits for space that removed layers freed but the driver has not
+        // made reusable yet (btrfs' cleaner otherwise runs every 30 s).
+        const RECLAIM_WAIT: Duration = Duration::from_secs(60);
         self.autoextend()?;
-        let s = self
+        let min_pct = self.config.min_free_pct;
+        let passes =
+            |available: Bytes, total: Bytes| available.percent_of(total) >= f64::from(min_pct);
+        let mut s = self
             .driver
             .space()
             .map_err(|e| PoolError::backing(&self.name, e))?;
-        let mut areas = vec![("data", s.available, s.total)];
-        if let Some(m) = s.metadata {
-            areas.push(("metadata", m.available, m.total));
+        // Space a removed layer freed may come back late (btrfs cleaner): when it would be
+        // enough, wait for it rather than refuse.
+        if let Some(pending) = s.pending.filter(|p| p.0 > 0) {
+            if !passes(s.available, s.total) && passes(s.available + pending, s.total) {
+                let started = std::time::Instant::now();
+                self.driver
+                    .reclaim(RECLAIM_WAIT)
+                    .map_err(|e| PoolError::backing(&self.name, e))?;
+                let before = s.available;
+                s = self
+                    .driver
+                    .space()
+                    .map_err(|e| PoolError::backing(&self.name, e))?;
+                let msg = format!(
+                    "waited {:.1}s for {pending} freed by removed layers: available {before} -> {}",
+                    started.elapsed().as_secs_f64(),
+                    s.available
+                );
+                tracing::info!(pool = %self.name, "{msg}");
+                self.notices.push(msg);
+            }
         }
-        for (what, available, total) in areas {
-            let pct = available.percent_of(total);
-            if pct < f64::from(self.config.min_free_pct) {
+        let mut areas = vec![("data", s.available, s.pending, s.total)];
+        if let Some(m) = s.metadata {
+            areas.push(("metadata", m.available, None, m.total));
+        }
+        for (what, available, pending, total) in areas {
+            if !passes(available, total) {
                 return Err(PoolError::LowSpace {
                     pool: self.name.to_string(),
                     what,
                     available,
+                    pending,
                     total,
-                    pct,
-                    min_pct: self.config.min_free_pct,
+                    pct: available.percent_of(total),
+                    min_pct,
                 });
             }
         }
