@@ -221,7 +221,9 @@ impl FsBacking {
             available,
             inodes_total: st.files(),
             inodes_free: st.files_free(),
-            unallocated: None,
+            // xfs and ext4 grow online into a longer device: what they have left is what the
+            // pool watches to grow a loopback file (btrfs reports its unallocated chunks).
+            unallocated: (self.fs != FsType::Btrfs).then_some(available),
             pending: None,
             metadata: None,
             details: vec![
@@ -234,6 +236,26 @@ impl FsBacking {
 
     pub fn deactivate(&self) -> Result<()> {
         mount::unmount(&self.mnt)
+    }
+
+    /// Takes up a grown device online: xfs_growfs works on the mount point, resize2fs on the
+    /// mounted device. btrfs grows through its own ioctl (the btrfs driver).
+    pub fn grow(&self) -> Result<()> {
+        match self.fs {
+            FsType::Xfs => exec::run(
+                "xfs_growfs",
+                [std::ffi::OsStr::new("-d"), self.mnt.as_os_str()],
+                "grow an xfs filesystem",
+            )
+            .map(drop),
+            FsType::Ext4 => exec::run(
+                "resize2fs",
+                [self.device.as_os_str()],
+                "grow an ext4 filesystem",
+            )
+            .map(drop),
+            FsType::Btrfs => Ok(()),
+        }
     }
 }
 

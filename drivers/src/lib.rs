@@ -139,8 +139,10 @@ pub struct Space {
     pub available: Bytes,
     pub inodes_total: u64,
     pub inodes_free: u64,
-    /// Space on the devices not yet given to the filesystem's allocator (btrfs chunks, thin-pool
-    /// data), where that differs from `available`. The pool grows loopback files when it runs low.
+    /// Space the pool could still take up before its device has to grow: on the devices but not
+    /// given to the filesystem's allocator yet (btrfs chunks, thin-pool data), or simply what
+    /// is available where the filesystem has no such reserve (xfs/ext4, a zpool on files). The
+    /// pool grows loopback files when it runs low; `None`: the driver cannot grow.
     pub unallocated: Option<Bytes>,
     /// Space freed by removed layers that the filesystem has not made reusable yet (btrfs
     /// subvolumes waiting for the cleaner thread); [`Driver::reclaim`] waits for it. `None`:

@@ -476,22 +476,46 @@ impl Pool {
             }
             return Ok(());
         };
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_len(next.0))
-            .map_err(|e| PoolError::io("grow loopback file", &path, e))?;
-        let canon = path
-            .canonicalize()
-            .map_err(|e| PoolError::io("resolve", &path, e))?;
-        for dev in
-            loopdev::find_by_backing_file(&canon).map_err(|e| PoolError::backing(&self.name, e))?
-        {
-            loopdev::refresh_capacity(&dev).map_err(|e| PoolError::backing(&self.name, e))?;
+        // The file and the loop devices on it, set to one length.
+        let resize = |len: Bytes, op: &'static str| -> Result<()> {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(len.0))
+                .map_err(|e| PoolError::io(op, &path, e))?;
+            let canon = path
+                .canonicalize()
+                .map_err(|e| PoolError::io("resolve", &path, e))?;
+            for dev in loopdev::find_by_backing_file(&canon)
+                .map_err(|e| PoolError::backing(&self.name, e))?
+            {
+                loopdev::refresh_capacity(&dev).map_err(|e| PoolError::backing(&self.name, e))?;
+            }
+            Ok(())
+        };
+        resize(next, "grow loopback file")?;
+        if let Err(e) = self.driver.grow() {
+            // The filesystem did not take up the longer device (ext4's online resize needs
+            // CAP_SYS_RESOURCE, which containers often lack). Shrink the file back, or every
+            // later check would grow it again, and carry on: this command did not ask for
+            // growth, and the min-free policy still refuses new layers when space is short.
+            let msg = match resize(current, "shrink loopback file back") {
+                Ok(()) => format!(
+                    "could not grow pool {} beyond {current}: {}",
+                    self.name,
+                    PoolError::backing(&self.name, e)
+                ),
+                Err(r) => format!(
+                    "could not grow pool {}: {}; shrinking its file back to {current} failed too: {r}",
+                    self.name,
+                    PoolError::backing(&self.name, e)
+                ),
+            };
+            // The CLI prints notices itself (as for growth below).
+            tracing::info!("{msg}");
+            self.notices.push(msg);
+            return Ok(());
         }
-        self.driver
-            .grow()
-            .map_err(|e| PoolError::backing(&self.name, e))?;
         let mut config = self.config.clone();
         if let Backing::Loopback { files } = &mut config.backing {
             files[0].size = next;

@@ -4,12 +4,31 @@
 use crate::common::{fill, json, Env, MIB};
 use crate::trial;
 use libtest_mimic::Trial;
+use std::path::PathBuf;
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "space::btrfs_new_layer_waits_for_space_freed_by_rm",
-        btrfs_new_layer_waits_for_space_freed_by_rm,
-    )]
+    vec![
+        trial(
+            "space::btrfs_new_layer_waits_for_space_freed_by_rm",
+            btrfs_new_layer_waits_for_space_freed_by_rm,
+        ),
+        trial("space::overlay_xfs_loopback_pool_autoextends", || {
+            loopback_fs_grows_beyond_its_initial_size("overlay", "xfs")
+        }),
+        trial("space::vfs_ext4_loopback_pool_autoextends", || {
+            loopback_fs_grows_beyond_its_initial_size("vfs", "ext4")
+        }),
+    ]
+}
+
+/// CAP_SYS_RESOURCE (24) in our effective set: ext4's online resize needs it.
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
 fn status(env: &Env) -> serde_json::Value {
@@ -20,6 +39,10 @@ fn space(env: &Env, field: &str) -> u64 {
     status(env)["space"][field]
         .as_u64()
         .unwrap_or_else(|| panic!("pool status has no space.{field}"))
+}
+
+fn backing_file(env: &Env) -> PathBuf {
+    env.root().join("pools/t/backing/data.img")
 }
 
 /// An empty committed layer "base" to take active layers of.
@@ -98,4 +121,51 @@ fn btrfs_new_layer_waits_for_space_freed_by_rm() {
         space(&env, "available") > total / 2,
         "the removed layer's space is free again"
     );
+}
+
+/// Issue #11.7: overlay and vfs on an xfs or ext4 loopback file never grew. The pool now grows
+/// the file when the filesystem runs low, and xfs_growfs or resize2fs takes up the new size
+/// online.
+fn loopback_fs_grows_beyond_its_initial_size(driver: &str, fs: &str) {
+    let fs_opt = format!("fs={fs}");
+    let env = Env::with_pool(&[
+        "--driver",
+        driver,
+        "-o",
+        &fs_opt,
+        "--size",
+        "400M",
+        "--max-size",
+        "1G",
+    ]);
+    let len0 = std::fs::metadata(backing_file(&env)).unwrap().len();
+    let total0 = space(&env, "total");
+    empty_base(&env);
+    // Leave 15% of the file free: under the 20% at which the pool grows it.
+    let data = space(&env, "available").saturating_sub(len0 / 100 * 15) / MIB * MIB;
+    filled_layer(&env, "a", data);
+    // Every writer command checks (here already the `layer umount`), adding a layer too.
+    let o = env.ok(&["layer", "snapshot", "base", "b", "--pool", "t"]);
+    let len1 = std::fs::metadata(backing_file(&env)).unwrap().len();
+    let total1 = space(&env, "total");
+    if fs == "ext4" && !has_cap_sys_resource() {
+        // ext4 resizes online only with CAP_SYS_RESOURCE (a container without it): the pool
+        // says so, keeps its file as it was, and the command still succeeds.
+        assert!(o.stderr.contains("could not grow"), "{}", o.stderr);
+        assert_eq!((len1, total1), (len0, total0), "{}", o.stderr);
+        eprintln!("{driver} on {fs}: no CAP_SYS_RESOURCE here: {}", o.stderr);
+        return;
+    }
+    assert!(
+        len1 > len0,
+        "backing file grew: {len0} -> {len1}; {}",
+        o.stderr
+    );
+    assert!(total1 > total0, "pool total grew: {total0} -> {total1}");
+    // More data than the pool's initial size now fits.
+    let more = total0 - data + 50 * MIB;
+    let m = env.mount_rw("b", "b");
+    fill(&m.join("more"), more).expect("writes past the initial size succeed");
+    env.ok(&["layer", "umount", "b", "--pool", "t"]);
+    eprintln!("{driver} on {fs}: {len0} -> {len1} bytes, total {total0} -> {total1}, {data} + {more} written");
 }
