@@ -163,10 +163,12 @@ blkdrv pool init --driver zfs --zpool tank"
         /// btrfs: do not enable quotas (no per-layer sizes or limits, slightly faster writes).
         #[arg(long)]
         no_quota: bool,
-        /// Loopback pools: never grow the file beyond this size (default 4x --size).
+        /// Loopback pools: never grow the file beyond this size (default 4x --size). Every
+        /// driver's loopback pool grows: btrfs, devicemapper and zfs when unallocated space runs
+        /// low, overlay and vfs (xfs_growfs, resize2fs online) when their filesystem does.
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         max_size: Option<Bytes>,
-        /// Loopback pools: never grow the file automatically.
+        /// Loopback pools (any driver): never grow the file automatically.
         #[arg(long, conflicts_with = "max_size")]
         no_autoextend: bool,
         /// Refuse new layers when less than this percentage of the pool is free.

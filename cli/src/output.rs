@@ -114,6 +114,10 @@ pub fn pool_status(out: Out<'_>, s: &PoolStatus) -> Result<(), PoolError> {
             s.space.available.percent_of(s.space.total)
         ),
     )?;
+    if let Some(p) = s.space.pending {
+        // Freed by `layer rm` but not usable yet (btrfs cleaner); new layers wait for it.
+        kv(out, "Pending Space", format!("{p} freed, not yet reusable"))?;
+    }
     // btrfs allocates inodes dynamically and statvfs reports 0 of 0.
     let inodes = if s.space.inodes_total == 0 {
         "n/a (allocated dynamically)".to_string()

@@ -1414,6 +1414,7 @@ impl Driver for DmThin {
             inodes_total: 0,
             inodes_free: 0,
             unallocated: Some(total.saturating_sub(used)),
+            pending: None,
             metadata: Some(MetaSpace {
                 total: meta_total,
                 available: meta_total.saturating_sub(meta_used),

@@ -61,10 +61,71 @@ pub fn min_device_size(options: &DriverOptions) -> Bytes {
     }
 }
 
-/// Removes a layer directory and any half-built `<id>.tmp` beside it.
+/// Removes a layer directory and any half-built `<id>.tmp` beside it, then gives the freed
+/// blocks back to a loopback file (see [`trim_loop_backed`]).
 pub fn remove_object(dir: &Path) -> Result<()> {
     crate::sys::tree::remove_tree(&dir.with_extension("tmp"))?;
-    crate::sys::tree::remove_tree(dir)
+    crate::sys::tree::remove_tree(dir)?;
+    if let Some(parent) = dir.parent() {
+        // Best effort: the layer is gone either way; a failed trim only keeps host space.
+        if let Err(e) = trim_loop_backed(parent) {
+            tracing::warn!("after removing {}: {e}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// `struct fstrim_range` of <linux/fs.h>.
+#[repr(C)]
+struct FstrimRange {
+    start: u64,
+    len: u64,
+    minlen: u64,
+}
+
+// FITRIM = _IOWR('X', 121, struct fstrim_range)
+nix::ioctl_readwrite!(fitrim, b'X', 121, FstrimRange);
+
+/// Discards the free space of the filesystem holding `path` when it sits on a loop device:
+/// xfs and ext4 keep freed blocks allocated in the sparse backing file otherwise, and the loop
+/// driver turns a discard into a hole punch. Filesystems on real disks are left to the admin's
+/// own trim policy (a trim of a large disk takes long, and `discard` may be mounted already).
+/// Returns the bytes the filesystem trimmed, `None` when it was not on a loop device.
+pub fn trim_loop_backed(path: &Path) -> Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path)
+        .map_err(|e| DriverError::io("stat", path, e))?
+        .dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if !Path::new(&format!("/sys/dev/block/{major}:{minor}/loop")).exists() {
+        return Ok(None);
+    }
+    let dir = std::fs::File::open(path).map_err(|e| DriverError::io("open", path, e))?;
+    // xfs frees an unlinked file's blocks in the background (inode inactivation), which a
+    // statfs waits for, and skips extents whose freeing its log has not committed, which a
+    // syncfs commits. Without both a trim right after the remove found nothing to discard.
+    nix::sys::statvfs::fstatvfs(&dir)
+        .map_err(|e| DriverError::sys("statvfs", path.display(), e))?;
+    nix::unistd::syncfs(&dir).map_err(|e| DriverError::sys("sync", path.display(), e))?;
+    let mut range = FstrimRange {
+        start: 0,
+        len: u64::MAX,
+        minlen: 0,
+    };
+    // xfs completes the discards (the loop driver's hole punches) shortly after FITRIM returns.
+    // SAFETY: the fd is open for the call and `range` is a valid fstrim_range.
+    match unsafe { fitrim(dir.as_raw_fd(), &mut range) } {
+        // A loop device over a file system that cannot punch holes refuses discards.
+        Err(nix::errno::Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(DriverError::sys(
+            "trim (FITRIM) the filesystem of",
+            path.display(),
+            e,
+        )),
+        // The kernel writes back how many bytes it trimmed.
+        Ok(_) => Ok(Some(Bytes(range.len))),
+    }
 }
 
 /// Option keys this backing understands.
@@ -221,7 +282,10 @@ impl FsBacking {
             available,
             inodes_total: st.files(),
             inodes_free: st.files_free(),
-            unallocated: None,
+            // xfs and ext4 grow online into a longer device: what they have left is what the
+            // pool watches to grow a loopback file (btrfs reports its unallocated chunks).
+            unallocated: (self.fs != FsType::Btrfs).then_some(available),
+            pending: None,
             metadata: None,
             details: vec![
                 ("Backing Filesystem".into(), self.fs.name().into()),
@@ -233,6 +297,26 @@ impl FsBacking {
 
     pub fn deactivate(&self) -> Result<()> {
         mount::unmount(&self.mnt)
+    }
+
+    /// Takes up a grown device online: xfs_growfs works on the mount point, resize2fs on the
+    /// mounted device. btrfs grows through its own ioctl (the btrfs driver).
+    pub fn grow(&self) -> Result<()> {
+        match self.fs {
+            FsType::Xfs => exec::run(
+                "xfs_growfs",
+                [std::ffi::OsStr::new("-d"), self.mnt.as_os_str()],
+                "grow an xfs filesystem",
+            )
+            .map(drop),
+            FsType::Ext4 => exec::run(
+                "resize2fs",
+                [self.device.as_os_str()],
+                "grow an ext4 filesystem",
+            )
+            .map(drop),
+            FsType::Btrfs => Ok(()),
+        }
     }
 }
 

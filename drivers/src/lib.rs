@@ -168,9 +168,16 @@ pub struct Space {
     pub available: Bytes,
     pub inodes_total: u64,
     pub inodes_free: u64,
-    /// Space on the devices not yet given to the filesystem's allocator (btrfs chunks, thin-pool
-    /// data), where that differs from `available`. The pool grows loopback files when it runs low.
+    /// Space the pool could still take up before its device has to grow: on the devices but not
+    /// given to the filesystem's allocator yet (btrfs chunks, thin-pool data), or simply what
+    /// is available where the filesystem has no such reserve (xfs/ext4, a zpool on files). The
+    /// pool grows loopback files when it runs low; `None`: the driver cannot grow.
     pub unallocated: Option<Bytes>,
+    /// Space freed by removed layers that the filesystem has not made reusable yet (btrfs
+    /// subvolumes waiting for the cleaner thread); [`Driver::reclaim`] waits for it. `None`:
+    /// the driver frees space at once.
+    #[serde(default)]
+    pub pending: Option<Bytes>,
     /// Metadata space where the driver has a separate, exhaustible metadata area (thin-pool
     /// metadata); the pool's min-free policy applies to it as to data.
     pub metadata: Option<MetaSpace>,
@@ -295,6 +302,14 @@ pub trait Driver: Send + Sync {
     /// Takes up space the pool's devices gained (a grown loopback file): resize the filesystem
     /// or pool to the device size. Drivers that report no `unallocated` space need not act.
     fn grow(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Waits, at most `timeout`, for space in [`Space::pending`] to become available (btrfs: kick
+    /// and wait for the cleaner thread). Returning `Ok` does not promise that all of it came back:
+    /// the caller reads [`Driver::space`] again.
+    fn reclaim(&self, timeout: std::time::Duration) -> Result<()> {
+        let _ = timeout;
         Ok(())
     }
 

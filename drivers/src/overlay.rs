@@ -253,6 +253,10 @@ impl Driver for Overlay {
     fn deactivate(&self) -> Result<()> {
         self.backing.deactivate()
     }
+
+    fn grow(&self) -> Result<()> {
+        self.backing.grow()
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,10 @@ impl Driver for Vfs {
         self.backing.deactivate()
     }
 
+    fn grow(&self) -> Result<()> {
+        self.backing.grow()
+    }
+
     // The raw operation is the same tree copy without the create-then-rename dance.
     fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<Duration>> {
         let dst = self.backing.mnt.join(NAME).join(".bench-raw");

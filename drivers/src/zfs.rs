@@ -1143,6 +1143,7 @@ impl Driver for Zfs {
             // pool lengthens a file); what writers can still use is what the policy watches.
             unallocated: (self.rec.created == Created::Zpool && self.file_vdevs().next().is_some())
                 .then_some(available),
+            pending: None,
             metadata: None,
             details: self.space_details(&pool, &ds),
         })

@@ -4,6 +4,13 @@
 use blkdrv_drivers::DriverError;
 use std::path::PathBuf;
 
+fn pending_note(pending: Option<blkdrv_drivers::Bytes>) -> String {
+    match pending {
+        Some(p) if p.0 > 0 => format!(" and {p} freed by removed layers not reusable yet"),
+        _ => String::new(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// Bad input from the user (exit code 2 in the CLI).
@@ -38,11 +45,13 @@ pub enum PoolError {
         reason: String,
     },
 
-    #[error("pool {pool:?}: not enough free {what} space for a new layer: {available} free of {total} ({pct:.1}%), minimum is {min_pct}% (--min-free)")]
+    #[error("pool {pool:?}: not enough free {what} space for a new layer: {available} free of {total} ({pct:.1}%){}, minimum is {min_pct}% (--min-free)", pending_note(*.pending))]
     LowSpace {
         pool: String,
         what: &'static str,
         available: blkdrv_drivers::Bytes,
+        /// Freed by removed layers but still not reusable (after waiting for it).
+        pending: Option<blkdrv_drivers::Bytes>,
         total: blkdrv_drivers::Bytes,
         pct: f64,
         min_pct: u8,

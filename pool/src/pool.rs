@@ -595,22 +595,46 @@ impl Pool {
             }
             return Ok(());
         };
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_len(next.0))
-            .map_err(|e| PoolError::io("grow loopback file", &path, e))?;
-        let canon = path
-            .canonicalize()
-            .map_err(|e| PoolError::io("resolve", &path, e))?;
-        for dev in
-            loopdev::find_by_backing_file(&canon).map_err(|e| PoolError::backing(&self.name, e))?
-        {
-            loopdev::refresh_capacity(&dev).map_err(|e| PoolError::backing(&self.name, e))?;
+        // The file and the loop devices on it, set to one length.
+        let resize = |len: Bytes, op: &'static str| -> Result<()> {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(len.0))
+                .map_err(|e| PoolError::io(op, &path, e))?;
+            let canon = path
+                .canonicalize()
+                .map_err(|e| PoolError::io("resolve", &path, e))?;
+            for dev in loopdev::find_by_backing_file(&canon)
+                .map_err(|e| PoolError::backing(&self.name, e))?
+            {
+                loopdev::refresh_capacity(&dev).map_err(|e| PoolError::backing(&self.name, e))?;
+            }
+            Ok(())
+        };
+        resize(next, "grow loopback file")?;
+        if let Err(e) = self.driver.grow() {
+            // The filesystem did not take up the longer device (ext4's online resize needs
+            // CAP_SYS_RESOURCE, which containers often lack). Shrink the file back, or every
+            // later check would grow it again, and carry on: this command did not ask for
+            // growth, and the min-free policy still refuses new layers when space is short.
+            let msg = match resize(current, "shrink loopback file back") {
+                Ok(()) => format!(
+                    "could not grow pool {} beyond {current}: {}",
+                    self.name,
+                    PoolError::backing(&self.name, e)
+                ),
+                Err(r) => format!(
+                    "could not grow pool {}: {}; shrinking its file back to {current} failed too: {r}",
+                    self.name,
+                    PoolError::backing(&self.name, e)
+                ),
+            };
+            // The CLI prints notices itself (as for growth below).
+            tracing::info!("{msg}");
+            self.notices.push(msg);
+            return Ok(());
         }
-        self.driver
-            .grow()
-            .map_err(|e| PoolError::backing(&self.name, e))?;
         let mut config = self.config.clone();
         if let Backing::Loopback { files } = &mut config.backing {
             files[0].size = next;
@@ -829,25 +853,53 @@ impl Pool {
     // ----- space policy -----
 
     fn ensure_space(&mut self) -> Result<()> {
+        // How long a new layer waits for space that removed layers freed but the driver has not
+        // made reusable yet (btrfs' cleaner otherwise runs every 30 s).
+        const RECLAIM_WAIT: Duration = Duration::from_secs(60);
         self.autoextend()?;
-        let s = self
+        let min_pct = self.config.min_free_pct;
+        let passes =
+            |available: Bytes, total: Bytes| available.percent_of(total) >= f64::from(min_pct);
+        let mut s = self
             .driver
             .space()
             .map_err(|e| PoolError::backing(&self.name, e))?;
-        let mut areas = vec![("data", s.available, s.total)];
-        if let Some(m) = s.metadata {
-            areas.push(("metadata", m.available, m.total));
+        // Space a removed layer freed may come back late (btrfs cleaner): when it would be
+        // enough, wait for it rather than refuse.
+        if let Some(pending) = s.pending.filter(|p| p.0 > 0) {
+            if !passes(s.available, s.total) && passes(s.available + pending, s.total) {
+                let started = std::time::Instant::now();
+                self.driver
+                    .reclaim(RECLAIM_WAIT)
+                    .map_err(|e| PoolError::backing(&self.name, e))?;
+                let before = s.available;
+                s = self
+                    .driver
+                    .space()
+                    .map_err(|e| PoolError::backing(&self.name, e))?;
+                let msg = format!(
+                    "waited {:.1}s for {pending} freed by removed layers: available {before} -> {}",
+                    started.elapsed().as_secs_f64(),
+                    s.available
+                );
+                tracing::info!(pool = %self.name, "{msg}");
+                self.notices.push(msg);
+            }
         }
-        for (what, available, total) in areas {
-            let pct = available.percent_of(total);
-            if pct < f64::from(self.config.min_free_pct) {
+        let mut areas = vec![("data", s.available, s.pending, s.total)];
+        if let Some(m) = s.metadata {
+            areas.push(("metadata", m.available, None, m.total));
+        }
+        for (what, available, pending, total) in areas {
+            if !passes(available, total) {
                 return Err(PoolError::LowSpace {
                     pool: self.name.to_string(),
                     what,
                     available,
+                    pending,
                     total,
-                    pct,
-                    min_pct: self.config.min_free_pct,
+                    pct: available.percent_of(total),
+                    min_pct,
                 });
             }
         }
