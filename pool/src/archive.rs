@@ -848,7 +848,18 @@ fn validate_stream(input: &mut impl Read, opts: &ApplyOptions, room: Option<u64>
                 return Err(e);
             }
         }
-        entry_xattrs(pax.as_deref(), &item.name)?;
+        let xattrs = entry_xattrs(pax.as_deref(), &item.name)?;
+        // The kernel allows user.* only on regular files and directories (EPERM elsewhere).
+        if !matches!(item.kind, Kind::File | Kind::Dir | Kind::Root)
+            && xattrs
+                .iter()
+                .any(|(n, _)| n.as_bytes().starts_with(b"user."))
+        {
+            return Err(entry_err(
+                &item.name,
+                "user.* xattrs exist only on regular files and directories",
+            ));
+        }
         if entry.header().entry_type() != tar::EntryType::XGlobalHeader {
             count += 1;
         }
@@ -2819,6 +2830,22 @@ mod tests {
 
     #[test]
     fn bad_xattr_records_are_refused_before_import() {
+        let mut tb = TB::new();
+        with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
+        let tar = tb.symlink("l", "t").done();
+        assert_entry_err(spool(&tar), "only on regular files and directories");
+        let mut tb = TB::new();
+        with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
+        // The same on a regular file is fine.
+        spool(&tb.file("x", b"x", 0o644).done()).unwrap();
+        // A record whose length runs past the header's data.
+        let mut tb = TB::new();
+        let data = b"99 SCHILY.xattr.user.k=v\n";
+        let mut h = hdr(tar::EntryType::XHeader, 0o644, data.len() as u64);
+        h.set_cksum();
+        tb.0.append(&h, &data[..]).unwrap();
+        let tar = tb.file("f", b"", 0o644).done();
+        assert_entry_err(spool(&tar), "malformed PAX record");
         let mut tb = TB::new();
         let big = vec![b'x'; XATTR_SIZE_MAX + 1];
         with_pax(&mut tb, &[("SCHILY.xattr.user.big", &big)]);
