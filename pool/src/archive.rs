@@ -990,6 +990,10 @@ fn entry_meta<R: Read>(
     })
 }
 
+/// What a directory gets once nothing more is written in it: mode, mtime, then xattrs (after
+/// the mode, as for files, so an access ACL and the mode agree as the tar says).
+type DirMeta = (u32, TimeSpec, Vec<Xattr>);
+
 struct Applier<'a> {
     root: &'a Path,
     opts: &'a ApplyOptions,
@@ -998,7 +1002,7 @@ struct Applier<'a> {
     /// Ancestors of written paths.
     written_parents: HashSet<PathBuf>,
     /// Directory metadata applied at the end, so later entries cannot disturb it.
-    dirs: HashMap<PathBuf, (u32, TimeSpec)>,
+    dirs: HashMap<PathBuf, DirMeta>,
     stats: ApplyStats,
     reported: u64,
     is_root: bool,
@@ -1165,8 +1169,8 @@ impl Applier<'_> {
         if let Kind::Root = &item.kind {
             // Mode and mtime are set with the other directories at the end.
             self.chown(&p, &meta)?;
-            set_xattrs(&p, &meta.xattrs)?;
-            self.dirs.insert(PathBuf::new(), (meta.mode, meta.mtime));
+            self.dirs
+                .insert(PathBuf::new(), (meta.mode, meta.mtime, meta.xattrs));
             return Ok(());
         }
         self.walk_dirs(name, traversed_dir(&item), true)?;
@@ -1176,9 +1180,8 @@ impl Applier<'_> {
                     fs::create_dir(&p).map_err(|e| PoolError::io("create directory", &p, e))?;
                 }
                 self.chown(&p, &meta)?;
-                // Checked above: a directory, not a symlink.
-                set_xattrs(&p, &meta.xattrs)?;
-                self.dirs.insert(rel.to_path_buf(), (meta.mode, meta.mtime));
+                self.dirs
+                    .insert(rel.to_path_buf(), (meta.mode, meta.mtime, meta.xattrs));
             }
             Kind::File => {
                 self.clear(&p, false)?;
@@ -1293,13 +1296,13 @@ impl Applier<'_> {
 
     /// Directory modes and mtimes, deepest first, once nothing else will be written.
     fn finish_dirs(&mut self) -> Result<()> {
-        let mut dirs: Vec<(PathBuf, (u32, TimeSpec))> = self.dirs.drain().collect();
+        let mut dirs: Vec<(PathBuf, DirMeta)> = self.dirs.drain().collect();
         dirs.sort_by(|a, b| {
             let da = a.0.components().count();
             let db = b.0.components().count();
             db.cmp(&da).then_with(|| a.0.cmp(&b.0))
         });
-        for (rel, (mode, mtime)) in dirs {
+        for (rel, (mode, mtime, xattrs)) in dirs {
             // Re-check: a later entry may have replaced a component by a symlink.
             let intact = match self.walk_dirs("", &rel, false) {
                 Ok(exists) => exists,
@@ -1312,6 +1315,14 @@ impl Applier<'_> {
             let p = self.root.join(&rel);
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))
                 .map_err(|e| PoolError::io("chmod", &p, e))?;
+            // Checked just above: no symlink on the way. The root itself is the caller's and
+            // may be a symlink: "/." reaches the directory it names.
+            let at = if rel.as_os_str().is_empty() {
+                p.join(".")
+            } else {
+                p.clone()
+            };
+            set_xattrs(&at, &xattrs)?;
             set_mtime(&p, mtime)?;
         }
         Ok(())
@@ -2782,6 +2793,67 @@ mod tests {
         assert_eq!(
             xattr_of(&again.path().join("d/f"), "user.bin").as_deref(),
             Some(&binary[..])
+        );
+    }
+
+    /// A POSIX access ACL in the kernel's xattr form: user::rwx user:10:r-- group::r-x
+    /// mask::r-x other::r-- (uid 10 puts a 0x0a byte in the value).
+    fn acl_value() -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 7u16, u32::MAX),
+            (0x02, 4, 10),
+            (0x04, 5, u32::MAX),
+            (0x10, 5, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn acls_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let probe = root.path().join("probe");
+        fs::write(&probe, b"").unwrap();
+        let acl = acl_value();
+        if let Err(e) = set_xattrs(
+            &probe,
+            &[(
+                CString::new("system.posix_acl_access").unwrap(),
+                acl.clone(),
+            )],
+        ) {
+            eprintln!("SKIP: {} cannot hold ACLs: {e}", root.path().display());
+            return;
+        }
+        fs::remove_file(&probe).unwrap();
+        let mut tb = TB::new();
+        with_pax(
+            &mut tb,
+            &[
+                ("SCHILY.xattr.system.posix_acl_access", &acl),
+                ("SCHILY.xattr.system.posix_acl_default", &acl),
+            ],
+        );
+        let tar = tb.dir("shared", 0o755).done();
+        spool(&tar).unwrap();
+        apply(&tar, root.path()).unwrap();
+        let d = root.path().join("shared");
+        assert_eq!(xattr_of(&d, "system.posix_acl_access"), Some(acl.clone()));
+        assert_eq!(xattr_of(&d, "system.posix_acl_default"), Some(acl.clone()));
+        let mut out = Vec::new();
+        tar_dir(root.path(), &mut out).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        apply(&out, again.path()).unwrap();
+        let d2 = again.path().join("shared");
+        assert_eq!(read_xattrs(&d).unwrap(), read_xattrs(&d2).unwrap());
+        assert_eq!(
+            fs::metadata(&d).unwrap().mode(),
+            fs::metadata(&d2).unwrap().mode()
         );
     }
 
