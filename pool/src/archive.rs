@@ -2858,6 +2858,64 @@ mod tests {
     }
 
     #[test]
+    fn xattrs_of_long_names_and_hardlinks_round_trip() {
+        let src = tempfile::tempdir().unwrap();
+        if !xattrs_supported(src.path()) {
+            return;
+        }
+        let long = src.path().join("l".repeat(150));
+        fs::write(&long, b"x").unwrap();
+        fs::hard_link(&long, src.path().join("hl")).unwrap();
+        set_xattrs(&long, &[(CString::new("user.k").unwrap(), b"v\n".to_vec())]).unwrap();
+        let mut out = Vec::new();
+        tar_dir(src.path(), &mut out).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        apply(&out, dst.path()).unwrap();
+        for name in ["l".repeat(150), "hl".to_string()] {
+            assert_eq!(
+                xattr_of(&dst.path().join(&name), "user.k").as_deref(),
+                Some(&b"v\n"[..]),
+                "{name}"
+            );
+        }
+        if std::process::Command::new("tar")
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            let t = src.path().join("out.tar");
+            fs::write(&t, &out).unwrap();
+            let o = std::process::Command::new("tar")
+                .args(["--xattrs", "-tvf"])
+                .arg(&t)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "GNU tar: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            // And what GNU tar writes imports the same.
+            let g = dst.path().join("gnu.tar");
+            let o = std::process::Command::new("tar")
+                .args(["--xattrs", "--xattrs-include=*", "-C"])
+                .arg(src.path())
+                .arg("-cf")
+                .arg(&g)
+                .arg("l".repeat(150))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let third = tempfile::tempdir().unwrap();
+            apply(&fs::read(&g).unwrap(), third.path()).unwrap();
+            assert_eq!(
+                xattr_of(&third.path().join("l".repeat(150)), "user.k").as_deref(),
+                Some(&b"v\n"[..])
+            );
+        }
+    }
+
+    #[test]
     fn tar_dir_without_xattrs_is_unchanged() {
         // No PAX header unless a file has xattrs: digests of existing --from-dir layers stay.
         let src = tempfile::tempdir().unwrap();
