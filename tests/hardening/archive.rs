@@ -14,7 +14,220 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial("archive_tar_import_mutation_fuzz", tar_import_fuzz)]
+    vec![
+        trial("archive_tar_import_mutation_fuzz", tar_import_fuzz),
+        trial("archive_device_nodes_refused_as_root", device_nodes_refused),
+        trial("archive_forged_output_line_in_entry_name", forged_line),
+        trial(
+            "archive_xattrs_through_from_dir_and_diff",
+            xattrs_through_cli,
+        ),
+    ]
+}
+
+/// Runs a refused `layer create --from-tar`: exit 2, one clean stderr line containing each of
+/// `needles`, layers and `pool check` unchanged.
+fn refused_tar(env: &Env, tar: &[u8], needles: &[&str]) -> String {
+    let path = env.path("refused.tar");
+    std::fs::write(&path, tar).unwrap();
+    let before = env.state();
+    let o = env.run(&[
+        "layer",
+        "create",
+        "x",
+        "--from-tar",
+        path.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    assert_eq!(o.code, 2, "exit {}: {}", o.code, o.stderr);
+    assert_eq!(judge(&o), None);
+    for n in needles {
+        assert!(o.stderr.contains(n), "{:?} lacks {n:?}", o.stderr);
+    }
+    assert_eq!(env.state(), before, "pool changed by a refused tar");
+    o.stderr
+}
+
+/// #11: a block device 7:0 mode 0666 imported as root.
+fn device_nodes_refused() {
+    let env = Env::new();
+    for (kind, major, minor, what) in [
+        (tar::EntryType::Block, 7, 0, "block device 7:0"),
+        (tar::EntryType::Char, 1, 1, "char device 1:1"),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(kind, 0o666, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        b.append_data(&mut h, "dev/node", std::io::empty()).unwrap();
+        let tar = b.into_inner().unwrap();
+        refused_tar(&env, &tar, &[what, "\"dev/node\"", "--allow-devices"]);
+    }
+}
+
+/// #11: a tar entry name that prints a fake "created layer" line and clears the screen.
+fn forged_line() {
+    let env = Env::new();
+    let mut h = header(tar::EntryType::Regular, 0o644, 0);
+    let name = b"x\ncreated layer evil\x1b[2J/../../y";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    refused_tar(&env, &tar, &["`..`"]);
+    // A bad numeric field: the tar crate's message quotes the raw name.
+    let mut h = header(tar::EntryType::Regular, 0o644, 0);
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.as_old_mut().size = *b"\n\x1b[31mzzz\0\0\0";
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    refused_tar(&env, &tar, &["reading tar stream"]);
+}
+
+fn get_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: NUL-terminated strings; `buf` is valid for its length.
+    let n = unsafe {
+        nix::libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+fn set_xattr(p: &std::path::Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated strings; `value` is valid for its length.
+    let rc = unsafe {
+        nix::libc::lsetxattr(
+            cp.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The SCHILY.xattr records of each entry of `tar` that has some.
+fn tar_xattrs(tar: &[u8]) -> Vec<(String, String, Vec<u8>)> {
+    let mut a = tar::Archive::new(tar);
+    let mut out = Vec::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for x in exts.flatten() {
+                if let Some(k) = x.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                    out.push((path.clone(), k.to_string(), x.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// #11: xattrs (a file capability, user xattrs) vanished on import and export.
+fn xattrs_through_cli() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(src.join("bin/ping"), b"ping").unwrap();
+    std::fs::write(src.join("plain"), b"p").unwrap();
+    // cap_net_raw+ep: no newline byte, which the tar crate's own PAX reader (used by
+    // tar_xattrs here) needs.
+    let cap: [u8; 20] = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    if let Err(e) = set_xattr(&src.join("bin/ping"), "user.note", b"n") {
+        eprintln!("SKIP: {} cannot hold user xattrs: {e}", src.display());
+        return;
+    }
+    set_xattr(&src.join("bin/ping"), "security.capability", &cap).unwrap();
+    env.ok(&[
+        "layer",
+        "create",
+        "base",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let out = env.path("base.tar");
+    env.ok(&[
+        "layer",
+        "diff",
+        "base",
+        "-o",
+        out.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let x = tar_xattrs(&std::fs::read(&out).unwrap());
+    assert_eq!(
+        x,
+        vec![
+            (
+                "bin/ping".to_string(),
+                "security.capability".to_string(),
+                cap.to_vec()
+            ),
+            (
+                "bin/ping".to_string(),
+                "user.note".to_string(),
+                b"n".to_vec()
+            ),
+        ]
+    );
+    // A change of xattrs alone is a modification.
+    env.ok(&["layer", "snapshot", "base", "c1", "--pool", "t"]);
+    let m = env.mount_rw("c1", "m");
+    set_xattr(&m.join("plain"), "user.new", b"1").unwrap();
+    env.ok(&["layer", "umount", "c1", "--pool", "t"]);
+    env.ok(&["layer", "commit", "c1", "--pool", "t"]);
+    let out = env.path("c1.tar");
+    env.ok(&[
+        "layer",
+        "diff",
+        "c1",
+        "-o",
+        out.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let x = tar_xattrs(&std::fs::read(&out).unwrap());
+    assert_eq!(
+        x,
+        vec![("plain".to_string(), "user.new".to_string(), b"1".to_vec())]
+    );
+    // And the exported tar imports with the capability on the file.
+    env.ok(&[
+        "layer",
+        "create",
+        "again",
+        "--from-tar",
+        env.path("base.tar").to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    let m = env.mount_rw("again", "m2");
+    let got = get_xattr(&m.join("bin/ping"), "security.capability");
+    env.ok(&["layer", "umount", "again", "--pool", "t"]);
+    assert_eq!(got.as_deref(), Some(&cap[..]));
 }
 
 const CASES: u64 = 1000;
