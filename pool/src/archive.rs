@@ -338,12 +338,15 @@ struct TapState {
     prev_end: u64,
 }
 
+/// Shared by the tap (which records) and the entry loop (which arms it and reads the record).
+type SharedTap = std::rc::Rc<std::cell::RefCell<TapState>>;
+
 /// Sits under the tar reader and records the raw headers before each entry: the tar crate
 /// splits PAX records at newlines, which breaks binary xattr values (a capability or an ACL
 /// holding a 0x0a byte), so the records are parsed here by their length, as POSIX says.
 struct Tap<R> {
     inner: R,
-    st: std::rc::Rc<std::cell::RefCell<TapState>>,
+    st: SharedTap,
 }
 
 impl<R: Read> Read for Tap<R> {
@@ -370,15 +373,10 @@ impl<R: Read> Read for Tap<R> {
 /// Entries of a tar read through a [`Tap`], each with its raw PAX data (if any).
 struct TappedEntries<'a, R: Read> {
     entries: tar::Entries<'a, Tap<R>>,
-    st: std::rc::Rc<std::cell::RefCell<TapState>>,
+    st: SharedTap,
 }
 
-fn tapped<R: Read>(
-    reader: R,
-) -> (
-    tar::Archive<Tap<R>>,
-    std::rc::Rc<std::cell::RefCell<TapState>>,
-) {
+fn tapped<R: Read>(reader: R) -> (tar::Archive<Tap<R>>, SharedTap) {
     let st = std::rc::Rc::new(std::cell::RefCell::new(TapState::default()));
     let tap = Tap {
         inner: reader,
@@ -388,10 +386,7 @@ fn tapped<R: Read>(
 }
 
 impl<'a, R: Read> TappedEntries<'a, R> {
-    fn new(
-        archive: &'a mut tar::Archive<Tap<R>>,
-        st: std::rc::Rc<std::cell::RefCell<TapState>>,
-    ) -> Result<Self> {
+    fn new(archive: &'a mut tar::Archive<Tap<R>>, st: SharedTap) -> Result<Self> {
         let entries = archive.entries().map_err(read_err)?;
         Ok(TappedEntries { entries, st })
     }
@@ -443,20 +438,23 @@ fn pax_before(st: &TapState, header_pos: u64) -> Result<Option<Vec<u8>>> {
         let size = h.entry_size().map_err(|_| bad())?;
         let data_len = usize::try_from(size).map_err(|_| bad())?;
         if h.entry_type() == tar::EntryType::XHeader {
-            let data = st.buf.get(i + 512..i + 512 + data_len).ok_or_else(bad)?;
-            pax = Some(data.to_vec());
+            let end = (i + 512).checked_add(data_len).ok_or_else(bad)?;
+            pax = Some(st.buf.get(i + 512..end).ok_or_else(bad)?.to_vec());
         }
         off = off
             .saturating_add(512)
             .saturating_add(size.div_ceil(512).saturating_mul(512));
     }
+    if off != header_pos {
+        return Err(bad());
+    }
     Ok(pax)
 }
 
-/// PAX records ("LEN KEY=VALUE\n"), split by their length so values may hold any byte.
 /// One PAX record: key and value bytes.
 type PaxRecord<'a> = (&'a [u8], &'a [u8]);
 
+/// PAX records ("LEN KEY=VALUE\n"), split by their length so values may hold any byte.
 fn pax_records(data: &[u8]) -> std::result::Result<Vec<PaxRecord<'_>>, &'static str> {
     let mut out = Vec::new();
     let mut rest = data;
