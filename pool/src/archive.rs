@@ -848,10 +848,14 @@ fn validate_stream(input: &mut impl Read, opts: &ApplyOptions, room: Option<u64>
         }
         let xattrs = entry_xattrs(pax.as_deref(), &item.name)?;
         // The kernel allows user.* only on regular files and directories (EPERM elsewhere).
-        if !matches!(item.kind, Kind::File | Kind::Dir | Kind::Root)
-            && xattrs
-                .iter()
-                .any(|(n, _)| n.as_bytes().starts_with(b"user."))
+        // A hardlink entry's records are ignored (containerd writes the file's there too):
+        // the inode has those of its first entry.
+        if matches!(
+            item.kind,
+            Kind::Symlink(_) | Kind::Fifo | Kind::Char(..) | Kind::Block(..)
+        ) && xattrs
+            .iter()
+            .any(|(n, _)| n.as_bytes().starts_with(b"user."))
         {
             return Err(entry_err(
                 &item.name,
@@ -2964,8 +2968,19 @@ mod tests {
         assert_entry_err(spool(&tar), "only on regular files and directories");
         let mut tb = TB::new();
         with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
-        // The same on a regular file is fine.
-        spool(&tb.file("x", b"x", 0o644).done()).unwrap();
+        // The same on a regular file is fine, and on a hardlink ignored.
+        tb = tb.file("x", b"x", 0o644);
+        with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"other")]);
+        let tar = tb.hardlink("y", "x").done();
+        spool(&tar).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        if xattrs_supported(root.path()) {
+            apply(&tar, root.path()).unwrap();
+            assert_eq!(
+                xattr_of(&root.path().join("y"), "user.k").as_deref(),
+                Some(&b"v"[..])
+            );
+        }
         // A record whose length runs past the header's data.
         let mut tb = TB::new();
         let data = b"99 SCHILY.xattr.user.k=v\n";
