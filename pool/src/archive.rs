@@ -318,6 +318,35 @@ pub fn xattr_kept(name: &[u8]) -> bool {
         || name == b"system.posix_acl_default"
 }
 
+/// Why the kernel would refuse xattr `name` on an entry of `kind` (it would fail the import
+/// after the layer exists): said at spool time instead. A hardlink entry's records are ignored
+/// (containerd's writer leaves the file's there; the inode has those of its first entry), as
+/// are a whiteout's.
+fn xattr_misfit(kind: &Kind, name: &[u8]) -> Option<&'static str> {
+    let file = matches!(kind, Kind::File);
+    let dir = matches!(kind, Kind::Dir | Kind::Root);
+    let node = !matches!(
+        kind,
+        Kind::Hardlink(_) | Kind::Whiteout | Kind::Opaque | Kind::Skip
+    );
+    if !node {
+        return None;
+    }
+    if name.starts_with(b"user.") && !file && !dir {
+        return Some("user.* xattrs exist only on regular files and directories");
+    }
+    if name == b"security.capability" && !file {
+        return Some("security.capability exists only on regular files");
+    }
+    if name == b"system.posix_acl_default" && !dir {
+        return Some("a default ACL exists only on directories");
+    }
+    if name == b"system.posix_acl_access" && matches!(kind, Kind::Symlink(_)) {
+        return Some("a symlink has no ACL");
+    }
+    None
+}
+
 /// One extended attribute: name (no NUL) and raw value bytes.
 type Xattr = (CString, Vec<u8>);
 
@@ -847,20 +876,10 @@ fn validate_stream(input: &mut impl Read, opts: &ApplyOptions, room: Option<u64>
             }
         }
         let xattrs = entry_xattrs(pax.as_deref(), &item.name)?;
-        // The kernel allows user.* only on regular files and directories (EPERM elsewhere).
-        // A hardlink entry's records are ignored (containerd writes the file's there too):
-        // the inode has those of its first entry.
-        if matches!(
-            item.kind,
-            Kind::Symlink(_) | Kind::Fifo | Kind::Char(..) | Kind::Block(..)
-        ) && xattrs
-            .iter()
-            .any(|(n, _)| n.as_bytes().starts_with(b"user."))
-        {
-            return Err(entry_err(
-                &item.name,
-                "user.* xattrs exist only on regular files and directories",
-            ));
+        for (xname, _) in &xattrs {
+            if let Some(why) = xattr_misfit(&item.kind, xname.as_bytes()) {
+                return Err(entry_err(&item.name, why));
+            }
         }
         if entry.header().entry_type() != tar::EntryType::XGlobalHeader {
             count += 1;
@@ -2966,6 +2985,18 @@ mod tests {
         with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
         let tar = tb.symlink("l", "t").done();
         assert_entry_err(spool(&tar), "only on regular files and directories");
+        for (key, what) in [
+            ("SCHILY.xattr.security.capability", "only on regular files"),
+            (
+                "SCHILY.xattr.system.posix_acl_default",
+                "only on directories",
+            ),
+        ] {
+            let mut tb = TB::new();
+            with_pax(&mut tb, &[(key, &acl_value())]);
+            let tar = tb.symlink("l", "t").done();
+            assert_entry_err(spool(&tar), what);
+        }
         let mut tb = TB::new();
         with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
         // The same on a regular file is fine, and on a hardlink ignored.
