@@ -2,7 +2,21 @@
 //! deterministic tars of a directory or of the difference between two directories.
 //!
 //! Everything here treats tar input as hostile: paths are normalised and checked before use, and
-//! nothing is ever created, chowned or chmodded through a symlink.
+//! nothing is ever created, chowned, chmodded or given xattrs through a symlink.
+//!
+//! Rules that make one tar give the same content on every driver:
+//! - Device nodes (char and block) are refused by `spool_tar` unless
+//!   [`ApplyOptions::allow_devices`] (`layer create --allow-devices`): an image has no business
+//!   shipping `/dev/sda`. FIFOs are allowed. Setuid/setgid bits are kept, as moby and containerd do.
+//! - A char device 0:0 is overlayfs's on-disk whiteout, and some tools put it in tars: it is read
+//!   as a whiteout of its own path on every driver, whatever `allow_devices` says, never as a node.
+//! - Extended attributes travel as PAX `SCHILY.xattr.NAME` records, in both directions, for the
+//!   names [`xattr_kept`] accepts: `user.*`, `security.capability` (file capabilities) and the
+//!   POSIX ACLs. Others (`trusted.*` would steer overlayfs, `security.selinux` is host policy)
+//!   are skipped on import and never exported, so a tar of a directory does not depend on the
+//!   host's labels. Import sets them after chown, which clears `security.capability`.
+//! - Errors never carry raw bytes of the tar: entry names, link targets and tar-crate messages are
+//!   escaped, so every error is one line without control characters.
 
 use crate::error::{PoolError, Result};
 use flate2::read::MultiGzDecoder;
@@ -10,7 +24,7 @@ use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -28,7 +42,7 @@ pub struct Digested {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
-    /// True only when running as root.
+    /// Import char/block device nodes (`layer create --allow-devices`); refused by default.
     pub allow_devices: bool,
 }
 
@@ -49,7 +63,14 @@ pub struct DiffStats {
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_META_PREFIX: &[u8] = b".wh..wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
+/// Linux limits (XATTR_NAME_MAX, XATTR_SIZE_MAX): larger ones cannot be set anywhere.
+const XATTR_NAME_MAX: usize = 255;
+const XATTR_SIZE_MAX: usize = 64 * 1024;
 const PROGRESS_STEP: u64 = 1 << 20;
+/// Bytes allowed after the end-of-archive marker (writers pad to their record size, 10 KiB for
+/// GNU tar's default; large blocking factors reach a few hundred KiB).
+const MAX_TRAILER: u64 = 1 << 20;
 const COPY_BUF: usize = 128 * 1024;
 
 // ---------------------------------------------------------------------------------------------
@@ -84,15 +105,62 @@ struct Item {
     kind: Kind,
 }
 
+/// `s` with control characters (newline, escape, ...) written as `\xNN` or `\u{NNNN}`, so
+/// text from a tar cannot start a new line or drive the terminal.
+pub fn escape_control(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let n = u32::from(c);
+            if n < 0x100 {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The entry name is shown with `{:?}` by the error (escaped there); the reason may quote paths
+/// from the tar, so it is escaped here.
 fn entry_err(entry: &str, reason: impl Into<String>) -> PoolError {
     PoolError::TarEntry {
         entry: entry.to_string(),
-        reason: reason.into(),
+        reason: escape_control(&reason.into()),
     }
 }
 
+/// The tar crate's messages quote header fields (the entry path among them): escaped.
 fn read_err(source: io::Error) -> PoolError {
-    PoolError::TarRead { source }
+    let msg = source.to_string();
+    let escaped = escape_control(&msg);
+    if escaped == msg {
+        return PoolError::TarRead { source };
+    }
+    PoolError::TarRead {
+        source: io::Error::new(source.kind(), escaped),
+    }
+}
+
+/// An I/O error whose path came from the tar may hold control characters: escape it for
+/// display (the OS error itself is kept).
+fn clean_err(e: PoolError) -> PoolError {
+    match e {
+        PoolError::Io { op, path, source } => {
+            let shown = path.to_string_lossy();
+            let escaped = escape_control(&shown);
+            let path = if escaped == shown {
+                path
+            } else {
+                PathBuf::from(escaped)
+            };
+            PoolError::Io { op, path, source }
+        }
+        other => other,
+    }
 }
 
 fn truncated(name: &str) -> PoolError {
@@ -209,6 +277,14 @@ fn classify<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Item> {
             let bad = |_| entry_err(&name, "bad device number field");
             let major = header.device_major().map_err(bad)?.unwrap_or(0);
             let minor = header.device_minor().map_err(bad)?.unwrap_or(0);
+            if etype == tar::EntryType::Char && major == 0 && minor == 0 {
+                // overlayfs's whiteout form: the same meaning on every driver.
+                return Ok(Item {
+                    name,
+                    rel,
+                    kind: Kind::Whiteout,
+                });
+            }
             if etype == tar::EntryType::Char {
                 Kind::Char(major, minor)
             } else {
@@ -231,6 +307,353 @@ fn traversed_dir(item: &Item) -> &Path {
         Kind::Opaque => &item.rel,
         _ => item.rel.parent().unwrap_or(Path::new("")),
     }
+}
+
+/// The xattr names a layer tar carries (see the module doc): what an image needs to run as
+/// built, and nothing that is the host's policy or another subsystem's bookkeeping.
+pub fn xattr_kept(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"security.capability"
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+/// Why the kernel would refuse xattr `name` on an entry of `kind` (it would fail the import
+/// after the layer exists): said at spool time instead. A hardlink entry's records are ignored
+/// (containerd's writer leaves the file's there; the inode has those of its first entry), as
+/// are a whiteout's.
+fn xattr_misfit(kind: &Kind, name: &[u8]) -> Option<&'static str> {
+    let file = matches!(kind, Kind::File);
+    let dir = matches!(kind, Kind::Dir | Kind::Root);
+    let node = !matches!(
+        kind,
+        Kind::Hardlink(_) | Kind::Whiteout | Kind::Opaque | Kind::Skip
+    );
+    if !node {
+        return None;
+    }
+    if name.starts_with(b"user.") && !file && !dir {
+        return Some("user.* xattrs exist only on regular files and directories");
+    }
+    if name == b"security.capability" && !file {
+        return Some("security.capability exists only on regular files");
+    }
+    if name == b"system.posix_acl_default" && !dir {
+        return Some("a default ACL exists only on directories");
+    }
+    if name == b"system.posix_acl_access" && matches!(kind, Kind::Symlink(_)) {
+        return Some("a symlink has no ACL");
+    }
+    None
+}
+
+/// One extended attribute: name (no NUL) and raw value bytes.
+type Xattr = (CString, Vec<u8>);
+
+/// Bytes of extension headers (PAX, GNU long names) allowed before one entry: real ones are a
+/// few KiB; this bounds what a decompression bomb can make the tar reader hold in memory.
+const MAX_EXT_HEADERS: usize = 16 << 20;
+
+/// What the tar reader consumed while looking for the next entry.
+#[derive(Default)]
+struct TapState {
+    armed: bool,
+    /// Stream offset of `buf[0]`.
+    start: u64,
+    /// Stream offset read so far.
+    pos: u64,
+    buf: Vec<u8>,
+    /// Stream offset where the previous entry's data (padded) ends.
+    prev_end: u64,
+}
+
+/// Shared by the tap (which records) and the entry loop (which arms it and reads the record).
+type SharedTap = std::rc::Rc<std::cell::RefCell<TapState>>;
+
+/// Sits under the tar reader and records the raw headers before each entry: the tar crate
+/// splits PAX records at newlines, which breaks binary xattr values (a capability or an ACL
+/// holding a 0x0a byte), so the records are parsed here by their length, as POSIX says.
+struct Tap<R> {
+    inner: R,
+    st: SharedTap,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut st = self.st.borrow_mut();
+        if st.armed {
+            if st.buf.len() + n > MAX_EXT_HEADERS {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "extended headers of one entry exceed {} MiB",
+                        MAX_EXT_HEADERS >> 20
+                    ),
+                ));
+            }
+            st.buf.extend_from_slice(&buf[..n]);
+        }
+        st.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Entries of a tar read through a [`Tap`], each with its raw PAX data (if any).
+struct TappedEntries<'a, R: Read> {
+    entries: tar::Entries<'a, Tap<R>>,
+    st: SharedTap,
+}
+
+fn tapped<R: Read>(reader: R) -> (tar::Archive<Tap<R>>, SharedTap) {
+    let st = std::rc::Rc::new(std::cell::RefCell::new(TapState::default()));
+    let tap = Tap {
+        inner: reader,
+        st: st.clone(),
+    };
+    (tar::Archive::new(tap), st)
+}
+
+impl<'a, R: Read> TappedEntries<'a, R> {
+    fn new(archive: &'a mut tar::Archive<Tap<R>>, st: SharedTap) -> Result<Self> {
+        let entries = archive.entries().map_err(read_err)?;
+        Ok(TappedEntries { entries, st })
+    }
+
+    /// The next entry and the data of the PAX header before it. Must be called only after the
+    /// previous entry's data was read to its end.
+    #[allow(clippy::type_complexity)]
+    fn next(&mut self) -> Option<Result<(tar::Entry<'a, Tap<R>>, Option<Vec<u8>>)>> {
+        {
+            let mut st = self.st.borrow_mut();
+            st.buf.clear();
+            st.start = st.pos;
+            st.armed = true;
+        }
+        let next = self.entries.next();
+        self.st.borrow_mut().armed = false;
+        let entry = match next? {
+            Ok(e) => e,
+            Err(e) => return Some(Err(read_err(e))),
+        };
+        let mut st = self.st.borrow_mut();
+        let pax = pax_before(&st, entry.raw_header_position());
+        st.prev_end = entry
+            .raw_file_position()
+            .saturating_add(entry.size().div_ceil(512).saturating_mul(512));
+        Some(pax.map(|p| (entry, p)))
+    }
+}
+
+/// Finds the PAX header among the extension headers between the previous entry and the header
+/// at `header_pos`, all of which the tap recorded.
+fn pax_before(st: &TapState, header_pos: u64) -> Result<Option<Vec<u8>>> {
+    let bad = || {
+        read_err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "extension headers do not line up",
+        ))
+    };
+    let mut off = st.prev_end;
+    if off < st.start || header_pos < off {
+        return Err(bad());
+    }
+    let mut pax = None;
+    while off < header_pos {
+        let i = usize::try_from(off - st.start).map_err(|_| bad())?;
+        let block = st.buf.get(i..i + 512).ok_or_else(bad)?;
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(block);
+        let size = h.entry_size().map_err(|_| bad())?;
+        let data_len = usize::try_from(size).map_err(|_| bad())?;
+        if h.entry_type() == tar::EntryType::XHeader {
+            let end = (i + 512).checked_add(data_len).ok_or_else(bad)?;
+            pax = Some(st.buf.get(i + 512..end).ok_or_else(bad)?.to_vec());
+        }
+        off = off
+            .saturating_add(512)
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
+    }
+    if off != header_pos {
+        return Err(bad());
+    }
+    Ok(pax)
+}
+
+/// One PAX record: key and value bytes.
+type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
+/// PAX records ("LEN KEY=VALUE\n"), split by their length so values may hold any byte.
+fn pax_records(data: &[u8]) -> std::result::Result<Vec<PaxRecord<'_>>, &'static str> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or("malformed PAX record")?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .ok_or("malformed PAX record length")?;
+        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err("malformed PAX record");
+        }
+        let kv = &rest[sp + 1..len - 1];
+        let eq = kv
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or("malformed PAX record")?;
+        out.push((&kv[..eq], &kv[eq + 1..]));
+        rest = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// The `SCHILY.xattr.*` records of an entry's PAX data that [`xattr_kept`] keeps, in name
+/// order; a later record of the same name wins, as with any PAX key. Malformed ones are refused.
+fn entry_xattrs(pax: Option<&[u8]>, name: &str) -> Result<Vec<Xattr>> {
+    let Some(pax) = pax else {
+        return Ok(Vec::new());
+    };
+    let records = pax_records(pax).map_err(|r| entry_err(name, r))?;
+    let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (key, value) in records {
+        let Some(xname) = key.strip_prefix(PAX_XATTR) else {
+            continue;
+        };
+        if !xattr_kept(xname) {
+            tracing::debug!(entry = %escape_control(name), xattr = %escape_control(&String::from_utf8_lossy(xname)), "skipping xattr");
+            continue;
+        }
+        if xname.len() > XATTR_NAME_MAX || xname.contains(&0) {
+            return Err(entry_err(name, "bad xattr name"));
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(entry_err(
+                name,
+                format!(
+                    "xattr {} larger than {XATTR_SIZE_MAX} bytes",
+                    String::from_utf8_lossy(xname)
+                ),
+            ));
+        }
+        found.insert(xname.to_vec(), value.to_vec());
+    }
+    Ok(found
+        .into_iter()
+        .filter_map(|(k, v)| CString::new(k).ok().map(|k| (k, v)))
+        .collect())
+}
+
+fn path_cstring(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        PoolError::io(
+            "xattr on",
+            p,
+            io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"),
+        )
+    })
+}
+
+/// lsetxattr: never follows a symlink.
+fn set_xattrs(p: &Path, xattrs: &[Xattr]) -> Result<()> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    let cp = path_cstring(p)?;
+    for (name, value) in xattrs {
+        // SAFETY: both strings are NUL-terminated; `value` is valid for its length.
+        let rc = unsafe {
+            nix::libc::lsetxattr(
+                cp.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            let why = if e.raw_os_error() == Some(nix::libc::ENOTSUP) {
+                "the layer's filesystem does not support this xattr".to_string()
+            } else {
+                e.to_string()
+            };
+            return Err(PoolError::io(
+                "set xattr of",
+                p,
+                io::Error::new(
+                    e.kind(),
+                    format!("{}: {why}", String::from_utf8_lossy(name.as_bytes())),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f(buf)` (an l*xattr call) with a growing buffer until the result fits.
+fn xattr_call(mut f: impl FnMut(&mut [u8]) -> nix::libc::ssize_t) -> io::Result<Vec<u8>> {
+    loop {
+        let size = f(&mut []);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Room for growth between the two calls; ERANGE means it grew more: ask again.
+        let mut buf = vec![0u8; size as usize + 256];
+        let n = f(&mut buf);
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(nix::libc::ERANGE) {
+            return Err(e);
+        }
+    }
+}
+
+/// The kept xattrs of `p` (not following a symlink), in name order. A filesystem without
+/// xattr support has none.
+fn read_xattrs(p: &Path) -> Result<Vec<Xattr>> {
+    let cp = path_cstring(p)?;
+    let list = match xattr_call(|buf| {
+        // SAFETY: `cp` is NUL-terminated; `buf` is valid for `buf.len()` bytes (empty asks
+        // for the size).
+        unsafe { nix::libc::llistxattr(cp.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    }) {
+        Ok(l) => l,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(PoolError::io("list xattrs of", p, e)),
+    };
+    let mut names: Vec<&[u8]> = list
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && xattr_kept(n))
+        .collect();
+    names.sort_unstable();
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let Ok(name) = CString::new(n) else { continue };
+        let value = xattr_call(|buf| {
+            // SAFETY: as above; `name` is NUL-terminated.
+            unsafe {
+                nix::libc::lgetxattr(
+                    cp.as_ptr(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            }
+        });
+        match value {
+            Ok(v) => out.push((name, v)),
+            // Removed since it was listed.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => {}
+            Err(e) => return Err(PoolError::io("get xattr of", p, e)),
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,6 +772,24 @@ pub fn spool_tar(
     reader: impl Read,
     spool_dir: &Path,
 ) -> Result<(tempfile::NamedTempFile, Digested)> {
+    spool_tar_with(reader, spool_dir, &ApplyOptions::default())
+}
+
+/// [`spool_tar`] with the import options: device nodes are refused here, before any layer
+/// exists, unless `opts.allow_devices`.
+pub fn spool_tar_with(
+    reader: impl Read,
+    spool_dir: &Path,
+    opts: &ApplyOptions,
+) -> Result<(tempfile::NamedTempFile, Digested)> {
+    spool_inner(reader, spool_dir, opts).map_err(clean_err)
+}
+
+fn spool_inner(
+    reader: impl Read,
+    spool_dir: &Path,
+    opts: &ApplyOptions,
+) -> Result<(tempfile::NamedTempFile, Digested)> {
     let spool = tempfile::NamedTempFile::new_in(spool_dir)
         .map_err(|e| PoolError::io("create spool file in", spool_dir, e))?;
     let input = decompressed(reader)?;
@@ -359,9 +800,28 @@ pub fn spool_tar(
         bytes: 0,
         write_error: None,
     };
-    let walked = validate_stream(&mut tee).and_then(|entries| {
-        // Keep the trailer and anything after it: the digest covers the whole stream.
-        io::copy(&mut tee, &mut io::sink()).map_err(read_err)?;
+    // The spool holds the whole uncompressed tar: data claiming more than that filesystem has
+    // free can never be imported, so it is refused at its header instead of after writing it
+    // (a gzip bomb of a few MiB can claim terabytes).
+    // fsblkcnt_t is not u64 on every target.
+    #[allow(clippy::useless_conversion)]
+    let room = nix::sys::statvfs::statvfs(spool_dir)
+        .ok()
+        .map(|v| u64::from(v.blocks_available()).saturating_mul(u64::from(v.fragment_size())));
+    let walked = validate_stream(&mut tee, opts, room).and_then(|entries| {
+        // Keep the trailer and what follows it, as the digest covers the whole stream, but
+        // only up to a bound: padding, not gigabytes of decompressed zeros.
+        let after =
+            io::copy(&mut (&mut tee).take(MAX_TRAILER + 1), &mut io::sink()).map_err(read_err)?;
+        if after > MAX_TRAILER {
+            return Err(read_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "more than {} KiB of data after the end of the tar",
+                    MAX_TRAILER / 1024
+                ),
+            )));
+        }
         Ok(entries)
     });
     if let Some(e) = tee.write_error.take() {
@@ -386,20 +846,58 @@ pub fn spool_tar(
     Ok((spool, digested))
 }
 
-fn validate_stream(input: &mut impl Read) -> Result<u64> {
-    let mut archive = tar::Archive::new(input);
+fn device_refused(name: &str, kind: &Kind) -> Option<PoolError> {
+    let (what, major, minor) = match kind {
+        Kind::Char(ma, mi) => ("char", ma, mi),
+        Kind::Block(ma, mi) => ("block", ma, mi),
+        _ => return None,
+    };
+    Some(entry_err(
+        name,
+        format!(
+            "{what} device {major}:{minor} refused: image tars may not create device nodes \
+             (`layer create --allow-devices` allows them)"
+        ),
+    ))
+}
+
+fn validate_stream(input: &mut impl Read, opts: &ApplyOptions, room: Option<u64>) -> Result<u64> {
+    let (mut archive, st) = tapped(input);
+    let mut entries = TappedEntries::new(&mut archive, st)?;
     let mut tracker = SymlinkTracker::default();
     let mut count = 0u64;
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
+    let mut claimed = 0u64;
+    while let Some(next) = entries.next() {
+        let (mut entry, pax) = next?;
         let item = classify(&entry)?;
+        if !opts.allow_devices {
+            if let Some(e) = device_refused(&item.name, &item.kind) {
+                return Err(e);
+            }
+        }
+        let xattrs = entry_xattrs(pax.as_deref(), &item.name)?;
+        for (xname, _) in &xattrs {
+            if let Some(why) = xattr_misfit(&item.kind, xname.as_bytes()) {
+                return Err(entry_err(&item.name, why));
+            }
+        }
         if entry.header().entry_type() != tar::EntryType::XGlobalHeader {
             count += 1;
         }
         tracker.check(&item)?;
         tracker.record(&item);
-        // Read the data ourselves: the tar crate's reader stops silently at EOF.
         let want = entry.size();
+        claimed = claimed.saturating_add(want);
+        if let Some(room) = room.filter(|r| claimed > *r) {
+            return Err(entry_err(
+                &item.name,
+                format!(
+                    "claims {want} bytes of data: the tar would need more than the {room} bytes \
+                     free where it is spooled"
+                ),
+            ));
+        }
+        // Read the data ourselves: the tar crate's reader stops silently at EOF.
         let got = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
         if got != want {
             return Err(truncated(&item.name));
@@ -467,6 +965,7 @@ struct Meta {
     uid: u32,
     gid: u32,
     mtime: TimeSpec,
+    xattrs: Vec<Xattr>,
 }
 
 /// A numeric header field; one left blank (all NUL or spaces, as some writers do) reads as 0.
@@ -478,7 +977,11 @@ fn field<T: Default>(name: &str, what: &str, raw: &[u8], parsed: io::Result<T>) 
     }
 }
 
-fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
+fn entry_meta<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: &str,
+    pax: Option<&[u8]>,
+) -> Result<Meta> {
     let header = entry.header();
     let old = header.as_old();
     let mode = field(name, "mode", &old.mode, header.mode())? & 0o7777;
@@ -498,13 +1001,19 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta
             }
         }
     }
+    let xattrs = entry_xattrs(pax, name)?;
     Ok(Meta {
         mode,
         uid,
         gid,
         mtime,
+        xattrs,
     })
 }
+
+/// What a directory gets once nothing more is written in it: mode, mtime, then xattrs (after
+/// the mode, as for files, so an access ACL and the mode agree as the tar says).
+type DirMeta = (u32, TimeSpec, Vec<Xattr>);
 
 struct Applier<'a> {
     root: &'a Path,
@@ -514,7 +1023,7 @@ struct Applier<'a> {
     /// Ancestors of written paths.
     written_parents: HashSet<PathBuf>,
     /// Directory metadata applied at the end, so later entries cannot disturb it.
-    dirs: HashMap<PathBuf, (u32, TimeSpec)>,
+    dirs: HashMap<PathBuf, DirMeta>,
     stats: ApplyStats,
     reported: u64,
     is_root: bool,
@@ -635,6 +1144,7 @@ impl Applier<'_> {
     fn apply_entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        pax: Option<&[u8]>,
         item: Item,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
@@ -664,7 +1174,8 @@ impl Applier<'_> {
                 return Ok(());
             }
             Kind::Char(..) | Kind::Block(..) if !self.opts.allow_devices => {
-                return Err(entry_err(name, "device node needs root"));
+                return Err(device_refused(name, &item.kind)
+                    .unwrap_or_else(|| entry_err(name, "device node refused")));
             }
             _ => {}
         }
@@ -675,11 +1186,12 @@ impl Applier<'_> {
             return Ok(());
         }
 
-        let meta = entry_meta(entry, name)?;
+        let meta = entry_meta(entry, name, pax)?;
         if let Kind::Root = &item.kind {
             // Mode and mtime are set with the other directories at the end.
             self.chown(&p, &meta)?;
-            self.dirs.insert(PathBuf::new(), (meta.mode, meta.mtime));
+            self.dirs
+                .insert(PathBuf::new(), (meta.mode, meta.mtime, meta.xattrs));
             return Ok(());
         }
         self.walk_dirs(name, traversed_dir(&item), true)?;
@@ -689,7 +1201,8 @@ impl Applier<'_> {
                     fs::create_dir(&p).map_err(|e| PoolError::io("create directory", &p, e))?;
                 }
                 self.chown(&p, &meta)?;
-                self.dirs.insert(rel.to_path_buf(), (meta.mode, meta.mtime));
+                self.dirs
+                    .insert(rel.to_path_buf(), (meta.mode, meta.mtime, meta.xattrs));
             }
             Kind::File => {
                 self.clear(&p, false)?;
@@ -722,6 +1235,8 @@ impl Applier<'_> {
                 // After chown, which clears setuid/setgid.
                 f.set_permissions(fs::Permissions::from_mode(meta.mode))
                     .map_err(|e| PoolError::io("chmod", &p, e))?;
+                // After chown, which clears security.capability; created O_NOFOLLOW above.
+                set_xattrs(&p, &meta.xattrs)?;
                 drop(f);
                 set_mtime(&p, meta.mtime)?;
             }
@@ -730,6 +1245,8 @@ impl Applier<'_> {
                 std::os::unix::fs::symlink(target, &p)
                     .map_err(|e| PoolError::io("create symlink", &p, e))?;
                 self.chown(&p, &meta)?;
+                // lsetxattr: on the link itself.
+                set_xattrs(&p, &meta.xattrs)?;
                 set_mtime(&p, meta.mtime)?;
             }
             Kind::Fifo | Kind::Char(..) | Kind::Block(..) => {
@@ -749,6 +1266,7 @@ impl Applier<'_> {
                 // Just created as a fifo/device under checked parents: not a symlink.
                 fs::set_permissions(&p, fs::Permissions::from_mode(meta.mode))
                     .map_err(|e| PoolError::io("chmod", &p, e))?;
+                set_xattrs(&p, &meta.xattrs)?;
                 set_mtime(&p, meta.mtime)?;
             }
             _ => {}
@@ -799,13 +1317,13 @@ impl Applier<'_> {
 
     /// Directory modes and mtimes, deepest first, once nothing else will be written.
     fn finish_dirs(&mut self) -> Result<()> {
-        let mut dirs: Vec<(PathBuf, (u32, TimeSpec))> = self.dirs.drain().collect();
+        let mut dirs: Vec<(PathBuf, DirMeta)> = self.dirs.drain().collect();
         dirs.sort_by(|a, b| {
             let da = a.0.components().count();
             let db = b.0.components().count();
             db.cmp(&da).then_with(|| a.0.cmp(&b.0))
         });
-        for (rel, (mode, mtime)) in dirs {
+        for (rel, (mode, mtime, xattrs)) in dirs {
             // Re-check: a later entry may have replaced a component by a symlink.
             let intact = match self.walk_dirs("", &rel, false) {
                 Ok(exists) => exists,
@@ -818,6 +1336,14 @@ impl Applier<'_> {
             let p = self.root.join(&rel);
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))
                 .map_err(|e| PoolError::io("chmod", &p, e))?;
+            // Checked just above: no symlink on the way. The root itself is the caller's and
+            // may be a symlink: "/." reaches the directory it names.
+            let at = if rel.as_os_str().is_empty() {
+                p.join(".")
+            } else {
+                p.clone()
+            };
+            set_xattrs(&at, &xattrs)?;
             set_mtime(&p, mtime)?;
         }
         Ok(())
@@ -829,6 +1355,15 @@ impl Applier<'_> {
 /// mtimes, links and special files. `progress` gets the cumulative bytes written, about every
 /// MiB and once at the end.
 pub fn apply_tar(
+    reader: impl Read,
+    root: &Path,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ApplyStats> {
+    apply_tar_inner(reader, root, opts, progress).map_err(clean_err)
+}
+
+fn apply_tar_inner(
     reader: impl Read,
     root: &Path,
     opts: &ApplyOptions,
@@ -853,9 +1388,10 @@ pub fn apply_tar(
         is_root: nix::unistd::geteuid().is_root(),
         chown_warned: false,
     };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
+    let (mut archive, st) = tapped(reader);
+    let mut entries = TappedEntries::new(&mut archive, st)?;
+    while let Some(next) = entries.next() {
+        let (mut entry, pax) = next?;
         let item = classify(&entry)?;
         if entry.header().entry_type() != tar::EntryType::XGlobalHeader {
             applier.stats.entries += 1;
@@ -863,7 +1399,7 @@ pub fn apply_tar(
         let want = entry.size();
         let is_file = item.kind == Kind::File;
         let name = item.name.clone();
-        applier.apply_entry(&mut entry, item, progress)?;
+        applier.apply_entry(&mut entry, pax.as_deref(), item, progress)?;
         if !is_file {
             // Data of non-files is ignored, but a stream cut inside it is still truncated.
             let got = io::copy(&mut entry, &mut io::sink()).map_err(read_err)?;
@@ -1012,6 +1548,10 @@ impl<W: Write> TarWriter<W> {
         };
         let werr = |e| PoolError::io("write tar entry for", &abs, e);
         let ft = meta.file_type();
+        // A hardlink shares the first path's inode, whose entry carries the xattrs.
+        if link_to.is_none() {
+            self.xattrs(&abs)?;
+        }
         if let Some(target) = link_to {
             let mut h = Self::header(meta, tar::EntryType::Link);
             self.builder
@@ -1083,6 +1623,29 @@ impl<W: Write> TarWriter<W> {
         Ok(())
     }
 
+    /// The kept xattrs of `abs` as one PAX header (none when it has none, so a tree without
+    /// xattrs gives the same bytes as before xattrs were carried).
+    fn xattrs(&mut self, abs: &Path) -> Result<()> {
+        let xattrs = read_xattrs(abs)?;
+        if xattrs.is_empty() {
+            return Ok(());
+        }
+        let mut records: Vec<(String, &[u8])> = Vec::with_capacity(xattrs.len());
+        for (name, value) in &xattrs {
+            let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+                return Err(PoolError::Invalid(format!(
+                    "{}: xattr name {:?} is not UTF-8, which a PAX record cannot hold",
+                    escape_control(&abs.to_string_lossy()),
+                    String::from_utf8_lossy(name.as_bytes())
+                )));
+            };
+            records.push((format!("SCHILY.xattr.{name}"), value));
+        }
+        self.builder
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .map_err(|e| PoolError::io("write tar entry for", abs, e))
+    }
+
     fn whiteout(&mut self, base: &Path, rel: &[u8]) -> Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
@@ -1152,6 +1715,10 @@ fn emit_tar(
 /// path bytes, relative paths without "./", hardlinks for second and later paths of an inode.
 /// Does not cross mount points. Returns the number of entries.
 pub fn tar_dir(dir: &Path, out: impl Write) -> Result<u64> {
+    tar_dir_inner(dir, out).map_err(clean_err)
+}
+
+fn tar_dir_inner(dir: &Path, out: impl Write) -> Result<u64> {
     let mut tree = walk_tree(dir)?;
     // The root's own owner and mode are part of the layer ("./", first since "" sorts first).
     tree.insert(
@@ -1187,18 +1754,25 @@ fn differs(
     if ft.is_symlink() {
         let a = fs::read_link(layer_abs).map_err(|e| PoolError::io("readlink", layer_abs, e))?;
         let b = fs::read_link(parent_abs).map_err(|e| PoolError::io("readlink", parent_abs, e))?;
-        return Ok(a != b);
+        if a != b {
+            return Ok(true);
+        }
     }
-    Ok(false)
+    // A change of xattrs alone (setcap, setfacl) changes only the ctime.
+    Ok(read_xattrs(layer_abs)? != read_xattrs(parent_abs)?)
 }
 
 /// Writes the changes of `layer` against `parent` (None: everything in `layer`) as an OCI layer
 /// tar: added and modified entries (by metadata), their parent directories, and `.wh.NAME`
 /// whiteouts for deleted paths. `deleted` counts whiteouts (a deleted directory is one).
 pub fn write_diff(layer: &Path, parent: Option<&Path>, out: impl Write) -> Result<DiffStats> {
+    write_diff_inner(layer, parent, out).map_err(clean_err)
+}
+
+fn write_diff_inner(layer: &Path, parent: Option<&Path>, out: impl Write) -> Result<DiffStats> {
     // A base layer's diff is the whole layer, root metadata included.
     if parent.is_none() {
-        let added = tar_dir(layer, out)?;
+        let added = tar_dir_inner(layer, out)?;
         return Ok(DiffStats {
             added,
             ..Default::default()
@@ -2052,18 +2626,41 @@ mod tests {
     }
 
     #[test]
-    fn device_nodes_need_allow_devices() {
-        let tar = TB::new().device("null", tar::EntryType::Char, 1, 3).done();
-        spool(&tar).unwrap();
-        let root = tempfile::tempdir().unwrap();
-        assert_entry_err(apply(&tar, root.path()), "device node needs root");
-        assert!(!root.path().join("null").exists());
-        if !nix::unistd::geteuid().is_root() {
-            return;
+    fn device_nodes_refused_by_default() {
+        for (kind, what) in [
+            (tar::EntryType::Block, "block device 7:0"),
+            (tar::EntryType::Char, "char device 1:3"),
+        ] {
+            let (ma, mi) = if kind == tar::EntryType::Block {
+                (7, 0)
+            } else {
+                (1, 3)
+            };
+            let tar = TB::new().device("dev/x", kind, ma, mi).done();
+            for r in [
+                spool(&tar).map(|_| ()),
+                apply(&tar, tempfile::tempdir().unwrap().path()).map(|_| ()),
+            ] {
+                let msg = r.expect_err("device imported by default").to_string();
+                assert!(msg.contains(what) && msg.contains("refused"), "{msg}");
+                assert!(msg.contains("--allow-devices"), "{msg}");
+                assert!(msg.contains("\"dev/x\""), "{msg}");
+            }
         }
+    }
+
+    #[test]
+    fn device_nodes_with_allow_devices() {
+        let tar = TB::new().device("null", tar::EntryType::Char, 1, 3).done();
         let opts = ApplyOptions {
             allow_devices: true,
         };
+        let dir = tempfile::tempdir().unwrap();
+        spool_tar_with(&tar[..], dir.path(), &opts).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
         match apply_tar(&tar[..], root.path(), &opts, &mut |_| {}) {
             Ok(_) => {
                 let m = fs::symlink_metadata(root.path().join("null")).unwrap();
@@ -2084,6 +2681,427 @@ mod tests {
                 if source.raw_os_error() == Some(nix::libc::EPERM) => {}
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn char_0_0_is_a_whiteout_whatever_allow_devices_says() {
+        let tar = TB::new()
+            .device("gone", tar::EntryType::Char, 0, 0)
+            .device("d/gone2", tar::EntryType::Char, 0, 0)
+            .done();
+        spool(&tar).unwrap();
+        for allow_devices in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            fs::write(root.path().join("gone"), b"lower").unwrap();
+            fs::create_dir(root.path().join("d")).unwrap();
+            fs::create_dir(root.path().join("d/gone2")).unwrap();
+            fs::write(root.path().join("d/gone2/x"), b"x").unwrap();
+            fs::write(root.path().join("d/stays"), b"s").unwrap();
+            let opts = ApplyOptions { allow_devices };
+            let st = apply_tar(&tar[..], root.path(), &opts, &mut |_| {}).unwrap();
+            assert_eq!(st.whiteouts, 2);
+            assert!(lstat(&root.path().join("gone")).unwrap().is_none());
+            assert!(lstat(&root.path().join("d/gone2")).unwrap().is_none());
+            assert!(root.path().join("d/stays").exists());
+        }
+    }
+
+    /// Creates `p` and sets a user xattr; false (with the reason printed) if the filesystem of
+    /// the temp dir cannot hold one.
+    fn xattrs_supported(dir: &Path) -> bool {
+        let p = dir.join(".xattr-probe");
+        fs::write(&p, b"").unwrap();
+        let r = set_xattrs(&p, &[(CString::new("user.probe").unwrap(), b"1".to_vec())]);
+        fs::remove_file(&p).unwrap();
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("SKIP: {} cannot hold user xattrs: {e}", dir.display());
+                false
+            }
+        }
+    }
+
+    fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+        read_xattrs(p)
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n.as_bytes() == name.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// A file capability (cap_net_raw+ep, VFS_CAP_REVISION_2): binary, with NUL bytes.
+    const CAP_NET_RAW: [u8; 20] = [
+        0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+
+    /// PAX records before one entry, written raw (key = bytes).
+    fn with_pax(tb: &mut TB, records: &[(&str, &[u8])]) {
+        tb.0.append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
+            .unwrap();
+    }
+
+    #[test]
+    fn xattrs_round_trip_import_tar_dir_import() {
+        let root = tempfile::tempdir().unwrap();
+        if !xattrs_supported(root.path()) {
+            return;
+        }
+        let binary: Vec<u8> = (0u8..=255).collect();
+        let mut tb = TB::new();
+        with_pax(&mut tb, &[("SCHILY.xattr.user.dir", b"D")]);
+        tb = tb.dir("d", 0o755);
+        with_pax(
+            &mut tb,
+            &[
+                ("SCHILY.xattr.user.bin", &binary),
+                ("SCHILY.xattr.user.a", b"1"),
+                // Skipped: host policy and overlayfs bookkeeping.
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+                ("SCHILY.xattr.security.selinux", b"system_u:object_r:x:s0"),
+            ],
+        );
+        tb = tb.file("d/f", b"data", 0o4755);
+        let is_root = nix::unistd::geteuid().is_root();
+        if is_root {
+            with_pax(
+                &mut tb,
+                &[("SCHILY.xattr.security.capability", &CAP_NET_RAW)],
+            );
+            let mut h = hdr(tar::EntryType::Regular, 0o755, 1);
+            h.set_uid(1000);
+            h.set_gid(1000);
+            tb.0.append_data(&mut h, "ping", &b"p"[..]).unwrap();
+        }
+        let tar = tb.done();
+        spool(&tar).unwrap();
+        apply(&tar, root.path()).unwrap();
+        let f = root.path().join("d/f");
+        assert_eq!(xattr_of(&f, "user.bin").as_deref(), Some(&binary[..]));
+        assert_eq!(xattr_of(&f, "user.a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(xattr_of(&f, "trusted.overlay.opaque"), None);
+        assert_eq!(
+            xattr_of(&root.path().join("d"), "user.dir").as_deref(),
+            Some(&b"D"[..])
+        );
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o4755);
+        if is_root {
+            // Set after chown, which would have cleared it.
+            let ping = root.path().join("ping");
+            assert_eq!(
+                xattr_of(&ping, "security.capability").as_deref(),
+                Some(&CAP_NET_RAW[..])
+            );
+            assert_eq!(fs::metadata(&ping).unwrap().uid(), 1000);
+        }
+
+        // tar_dir carries them, deterministically, and a second import gives the same tree.
+        let mut out1 = Vec::new();
+        tar_dir(root.path(), &mut out1).unwrap();
+        let mut out2 = Vec::new();
+        tar_dir(root.path(), &mut out2).unwrap();
+        assert_eq!(out1, out2);
+        let again = tempfile::tempdir().unwrap();
+        apply(&out1, again.path()).unwrap();
+        assert_eq!(snapshot(root.path()), snapshot(again.path()));
+        for p in ["d", "d/f", "ping"] {
+            let (a, b) = (root.path().join(p), again.path().join(p));
+            if a.exists() {
+                assert_eq!(read_xattrs(&a).unwrap(), read_xattrs(&b).unwrap(), "{p}");
+            }
+        }
+        assert_eq!(
+            xattr_of(&again.path().join("d/f"), "user.bin").as_deref(),
+            Some(&binary[..])
+        );
+    }
+
+    /// A POSIX access ACL in the kernel's xattr form: user::rwx user:10:r-- group::r-x
+    /// mask::r-x other::r-- (uid 10 puts a 0x0a byte in the value).
+    fn acl_value() -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 7u16, u32::MAX),
+            (0x02, 4, 10),
+            (0x04, 5, u32::MAX),
+            (0x10, 5, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn acls_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let probe = root.path().join("probe");
+        fs::write(&probe, b"").unwrap();
+        let acl = acl_value();
+        if let Err(e) = set_xattrs(
+            &probe,
+            &[(
+                CString::new("system.posix_acl_access").unwrap(),
+                acl.clone(),
+            )],
+        ) {
+            eprintln!("SKIP: {} cannot hold ACLs: {e}", root.path().display());
+            return;
+        }
+        fs::remove_file(&probe).unwrap();
+        let mut tb = TB::new();
+        with_pax(
+            &mut tb,
+            &[
+                ("SCHILY.xattr.system.posix_acl_access", &acl),
+                ("SCHILY.xattr.system.posix_acl_default", &acl),
+            ],
+        );
+        let tar = tb.dir("shared", 0o755).done();
+        spool(&tar).unwrap();
+        apply(&tar, root.path()).unwrap();
+        let d = root.path().join("shared");
+        assert_eq!(xattr_of(&d, "system.posix_acl_access"), Some(acl.clone()));
+        assert_eq!(xattr_of(&d, "system.posix_acl_default"), Some(acl.clone()));
+        let mut out = Vec::new();
+        tar_dir(root.path(), &mut out).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        apply(&out, again.path()).unwrap();
+        let d2 = again.path().join("shared");
+        assert_eq!(read_xattrs(&d).unwrap(), read_xattrs(&d2).unwrap());
+        assert_eq!(
+            fs::metadata(&d).unwrap().mode(),
+            fs::metadata(&d2).unwrap().mode()
+        );
+    }
+
+    #[test]
+    fn xattrs_of_long_names_and_hardlinks_round_trip() {
+        let src = tempfile::tempdir().unwrap();
+        if !xattrs_supported(src.path()) {
+            return;
+        }
+        let long = src.path().join("l".repeat(150));
+        fs::write(&long, b"x").unwrap();
+        fs::hard_link(&long, src.path().join("hl")).unwrap();
+        set_xattrs(&long, &[(CString::new("user.k").unwrap(), b"v\n".to_vec())]).unwrap();
+        let mut out = Vec::new();
+        tar_dir(src.path(), &mut out).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        apply(&out, dst.path()).unwrap();
+        for name in ["l".repeat(150), "hl".to_string()] {
+            assert_eq!(
+                xattr_of(&dst.path().join(&name), "user.k").as_deref(),
+                Some(&b"v\n"[..]),
+                "{name}"
+            );
+        }
+        if std::process::Command::new("tar")
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            let t = src.path().join("out.tar");
+            fs::write(&t, &out).unwrap();
+            let o = std::process::Command::new("tar")
+                .args(["--xattrs", "-tvf"])
+                .arg(&t)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "GNU tar: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            // And what GNU tar writes imports the same.
+            let g = dst.path().join("gnu.tar");
+            let o = std::process::Command::new("tar")
+                .args(["--xattrs", "--xattrs-include=*", "-C"])
+                .arg(src.path())
+                .arg("-cf")
+                .arg(&g)
+                .arg("l".repeat(150))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let third = tempfile::tempdir().unwrap();
+            apply(&fs::read(&g).unwrap(), third.path()).unwrap();
+            assert_eq!(
+                xattr_of(&third.path().join("l".repeat(150)), "user.k").as_deref(),
+                Some(&b"v\n"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn tar_dir_without_xattrs_is_unchanged() {
+        // No PAX header unless a file has xattrs: digests of existing --from-dir layers stay.
+        let src = tempfile::tempdir().unwrap();
+        populate(src.path());
+        let mut out = Vec::new();
+        tar_dir(src.path(), &mut out).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            assert!(e.pax_extensions().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn write_diff_counts_an_xattr_change_as_modified() {
+        let parent = tempfile::tempdir().unwrap();
+        if !xattrs_supported(parent.path()) {
+            return;
+        }
+        let layer = tempfile::tempdir().unwrap();
+        for d in [parent.path(), layer.path()] {
+            fs::write(d.join("f"), b"same").unwrap();
+            set_mtime_secs(&d.join("f"), 1_600_000_000);
+            set_mtime_secs(d, 1_600_000_000);
+        }
+        set_xattrs(
+            &layer.path().join("f"),
+            &[(CString::new("user.k").unwrap(), vec![0, 1, 2])],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let st = write_diff(layer.path(), Some(parent.path()), &mut out).unwrap();
+        assert_eq!(st.modified, 1, "{st:?}");
+        let onto = tempfile::tempdir().unwrap();
+        fs::write(onto.path().join("f"), b"same").unwrap();
+        apply(&out, onto.path()).unwrap();
+        assert_eq!(
+            xattr_of(&onto.path().join("f"), "user.k").as_deref(),
+            Some(&[0u8, 1, 2][..])
+        );
+    }
+
+    #[test]
+    fn bad_xattr_records_are_refused_before_import() {
+        let mut tb = TB::new();
+        with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
+        let tar = tb.symlink("l", "t").done();
+        assert_entry_err(spool(&tar), "only on regular files and directories");
+        for (key, what) in [
+            ("SCHILY.xattr.security.capability", "only on regular files"),
+            (
+                "SCHILY.xattr.system.posix_acl_default",
+                "only on directories",
+            ),
+        ] {
+            let mut tb = TB::new();
+            with_pax(&mut tb, &[(key, &acl_value())]);
+            let tar = tb.symlink("l", "t").done();
+            assert_entry_err(spool(&tar), what);
+        }
+        let mut tb = TB::new();
+        with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"v")]);
+        // The same on a regular file is fine, and on a hardlink ignored.
+        tb = tb.file("x", b"x", 0o644);
+        with_pax(&mut tb, &[("SCHILY.xattr.user.k", b"other")]);
+        let tar = tb.hardlink("y", "x").done();
+        spool(&tar).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        if xattrs_supported(root.path()) {
+            apply(&tar, root.path()).unwrap();
+            assert_eq!(
+                xattr_of(&root.path().join("y"), "user.k").as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+        // A record whose length runs past the header's data.
+        let mut tb = TB::new();
+        let data = b"99 SCHILY.xattr.user.k=v\n";
+        let mut h = hdr(tar::EntryType::XHeader, 0o644, data.len() as u64);
+        h.set_cksum();
+        tb.0.append(&h, &data[..]).unwrap();
+        let tar = tb.file("f", b"", 0o644).done();
+        assert_entry_err(spool(&tar), "malformed PAX record");
+        let mut tb = TB::new();
+        let big = vec![b'x'; XATTR_SIZE_MAX + 1];
+        with_pax(&mut tb, &[("SCHILY.xattr.user.big", &big)]);
+        let tar = tb.file("f", b"", 0o644).done();
+        assert_entry_err(spool(&tar), "larger than");
+    }
+
+    /// Every message is one line of printable text, whatever the tar holds.
+    fn assert_clean(msg: &str) {
+        assert!(
+            !msg.chars().any(|c| c.is_control()),
+            "control character in {msg:?}"
+        );
+    }
+
+    #[test]
+    fn errors_escape_names_from_the_tar() {
+        // A name forging a second output line, with a terminal escape.
+        let name = b"x\ncreated layer \x1b[2Jevil/../../y";
+        let tar = TB::new()
+            .raw(tar::EntryType::Regular, name, b"", b"")
+            .done();
+        let msg = spool(&tar).unwrap_err().to_string();
+        assert_clean(&msg);
+        assert!(msg.contains("\\n") && msg.contains("{1b}"), "{msg}");
+
+        // A symlink whose name has a newline, written through later.
+        let tar = TB::new()
+            .raw(tar::EntryType::Symlink, b"l\nk", b"/etc", b"")
+            .raw(tar::EntryType::Regular, b"l\nk/passwd", b"", b"")
+            .done();
+        let msg = spool(&tar).unwrap_err().to_string();
+        assert!(msg.contains("writes through symlink"), "{msg}");
+        assert_clean(&msg);
+
+        // The tar crate's own messages quote header fields: a bad mode field.
+        let mut h = hdr(tar::EntryType::Regular, 0o644, 0);
+        h.as_old_mut().name[..5].copy_from_slice(b"a\x1b]0;");
+        h.as_old_mut().size = *b"zz\n\x1b[31m\0\0\0\0";
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[0u8; 1024]);
+        let msg = spool(&tar).unwrap_err().to_string();
+        assert_clean(&msg);
+
+        // Hardlink target missing: the reason quotes the target.
+        let root = tempfile::tempdir().unwrap();
+        let tar = TB::new()
+            .raw(tar::EntryType::Link, b"l", b"no\x1bpe", b"")
+            .done();
+        let msg = apply(&tar, root.path()).unwrap_err().to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+        assert_clean(&msg);
+    }
+
+    #[test]
+    fn entry_claiming_more_than_the_spool_space_is_refused_at_its_header() {
+        // 1 PiB claimed, 64 KiB present: refused before reading any data.
+        let mut h = hdr(tar::EntryType::Regular, 0o644, 0);
+        h.set_size(1 << 50);
+        h.set_path("bomb").unwrap();
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[0u8; 65536]);
+        assert_entry_err(spool(&tar), "free where it is spooled");
+    }
+
+    #[test]
+    fn gigabytes_of_trailing_zeros_are_refused() {
+        // A gzip of 64 MiB of zeros (64 KiB compressed): an empty tar, then padding without end.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        let msg = spool(&gz).unwrap_err().to_string();
+        assert!(msg.contains("after the end of the tar"), "{msg}");
+        // Ordinary padding (GNU tar's 10 KiB record) is fine.
+        let mut tar = TB::new().file("f", b"x", 0o644).done();
+        tar.extend_from_slice(&[0u8; 10240]);
+        spool(&tar).unwrap();
     }
 
     // ---- write_diff ----------------------------------------------------------------------

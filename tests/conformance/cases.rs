@@ -34,6 +34,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("persistence_across_processes", persistence),
     ("crash_at_every_step", crash_every_step),
     ("kill_9_during_import_and_remove", kill_9_at_random),
+    ("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
 ];
 
 fn ln(s: &str) -> LayerName {

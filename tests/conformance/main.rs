@@ -8,6 +8,7 @@
 mod cases;
 mod child;
 mod harness;
+mod hostile;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
