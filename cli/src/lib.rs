@@ -9,7 +9,7 @@ mod output;
 
 use blkdrv_drivers::{registry, Bytes, DriverOptions};
 use blkdrv_pool::config::{self, HostConfig};
-use blkdrv_pool::pool::{self, CreateOptions, MountRequest, RemoveOutcome, Spooled};
+use blkdrv_pool::pool::{self, MountRequest, RemoveOutcome, Spooled};
 use blkdrv_pool::text::escape_controls;
 use blkdrv_pool::{
     Access, BackingSpec, InitSpec, LayerName, Pool, PoolError, PoolName, Root, Source,
@@ -741,14 +741,10 @@ fn layer_cmd(
             };
             // Spool and validate before taking the writer lock: a slow producer on stdin
             // must not block every other writer.
-            let spooled = Spooled::for_pool(&ctx.root, &pool_name, source)?;
+            let spooled = Spooled::for_pool(&ctx.root, &pool_name, source, *allow_devices)?;
             let mut pool = open_write(ctx, sel, err)?;
             let bar = output::byte_bar(&format!("importing {name}"));
-            let opts = CreateOptions {
-                limit: *size,
-                allow_devices: *allow_devices,
-            };
-            let res = pool.create_from(&name, parent.as_deref(), spooled, opts, &mut |b| {
+            let res = pool.create_from(&name, parent.as_deref(), spooled, *size, &mut |b| {
                 bar.set_position(b)
             });
             print_notices(&mut pool, err);

@@ -19,6 +19,7 @@
 //!   escaped, so every error is one line without control characters.
 
 use crate::error::{PoolError, Result};
+use crate::text::escape_controls;
 use flate2::read::MultiGzDecoder;
 use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -105,38 +106,19 @@ struct Item {
     kind: Kind,
 }
 
-/// `s` with control characters (newline, escape, ...) written as `\xNN` or `\u{NNNN}`, so
-/// text from a tar cannot start a new line or drive the terminal.
-pub fn escape_control(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            let n = u32::from(c);
-            if n < 0x100 {
-                out.push_str(&format!("\\x{n:02x}"));
-            } else {
-                out.push_str(&format!("\\u{{{n:x}}}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The entry name is shown with `{:?}` by the error (escaped there); the reason may quote paths
 /// from the tar, so it is escaped here.
 fn entry_err(entry: &str, reason: impl Into<String>) -> PoolError {
     PoolError::TarEntry {
         entry: entry.to_string(),
-        reason: escape_control(&reason.into()),
+        reason: escape_controls(&reason.into()),
     }
 }
 
 /// The tar crate's messages quote header fields (the entry path among them): escaped.
 fn read_err(source: io::Error) -> PoolError {
     let msg = source.to_string();
-    let escaped = escape_control(&msg);
+    let escaped = escape_controls(&msg);
     if escaped == msg {
         return PoolError::TarRead { source };
     }
@@ -151,7 +133,7 @@ fn clean_err(e: PoolError) -> PoolError {
     match e {
         PoolError::Io { op, path, source } => {
             let shown = path.to_string_lossy();
-            let escaped = escape_control(&shown);
+            let escaped = escape_controls(&shown);
             let path = if escaped == shown {
                 path
             } else {
@@ -523,7 +505,7 @@ fn entry_xattrs(pax: Option<&[u8]>, name: &str) -> Result<Vec<Xattr>> {
             continue;
         };
         if !xattr_kept(xname) {
-            tracing::debug!(entry = %escape_control(name), xattr = %escape_control(&String::from_utf8_lossy(xname)), "skipping xattr");
+            tracing::debug!(entry = %escape_controls(name), xattr = %escape_controls(&String::from_utf8_lossy(xname)), "skipping xattr");
             continue;
         }
         if xname.len() > XATTR_NAME_MAX || xname.contains(&0) {
@@ -1635,7 +1617,7 @@ impl<W: Write> TarWriter<W> {
             let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
                 return Err(PoolError::Invalid(format!(
                     "{}: xattr name {:?} is not UTF-8, which a PAX record cannot hold",
-                    escape_control(&abs.to_string_lossy()),
+                    escape_controls(&abs.to_string_lossy()),
                     String::from_utf8_lossy(name.as_bytes())
                 )));
             };

@@ -107,27 +107,22 @@ pub enum Access {
     Read,
 }
 
-/// Options of `layer create`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CreateOptions {
-    /// Size limit of the new layer (drivers with per-layer limits).
-    pub limit: Option<Bytes>,
-    /// Import device nodes (char and block) from the tar; refused otherwise.
-    pub allow_devices: bool,
-}
-
 /// A layer's content, spooled to a temp file and validated (every entry parsed, digest
 /// computed) before any layer or lock exists: bad input changes nothing.
 pub struct Spooled {
     file: tempfile::NamedTempFile,
     digested: archive::Digested,
+    /// What the content was validated against, and is applied with.
+    opts: archive::ApplyOptions,
 }
 
 impl Spooled {
-    /// Spools `source` into a temp file in `dir`.
-    pub fn new(dir: &Path, source: Source<'_>) -> Result<Spooled> {
+    /// Spools `source` into a temp file in `dir`. Device nodes are refused unless
+    /// `allow_devices` (`layer create --allow-devices`).
+    pub fn new(dir: &Path, source: Source<'_>, allow_devices: bool) -> Result<Spooled> {
+        let opts = archive::ApplyOptions { allow_devices };
         let (file, digested) = match source {
-            Source::Tar(r) => archive::spool_tar(r, dir)?,
+            Source::Tar(r) => archive::spool_tar_with(r, dir, &opts)?,
             Source::Dir(d) => {
                 check_import_dir(d)?;
                 let mut t = tempfile::NamedTempFile::new_in(dir)
@@ -135,14 +130,23 @@ impl Spooled {
                 archive::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
                 let f = std::fs::File::open(t.path())
                     .map_err(|e| PoolError::io("reopen", t.path(), e))?;
-                archive::spool_tar(f, dir)?
+                archive::spool_tar_with(f, dir, &opts)?
             }
         };
-        Ok(Spooled { file, digested })
+        Ok(Spooled {
+            file,
+            digested,
+            opts,
+        })
     }
 
     /// Spools for pool `name` under `root`, without its lock (`layer create` does this first).
-    pub fn for_pool(root: &Root, name: &PoolName, source: Source<'_>) -> Result<Spooled> {
+    pub fn for_pool(
+        root: &Root,
+        name: &PoolName,
+        source: Source<'_>,
+        allow_devices: bool,
+    ) -> Result<Spooled> {
         let dir = root.pool_dir(name);
         if !dir.join(STORE).is_file() {
             return Err(PoolError::PoolNotFound {
@@ -152,7 +156,7 @@ impl Spooled {
         }
         let tmp = dir.join("tmp");
         mkdir(&tmp)?;
-        Spooled::new(&tmp, source)
+        Spooled::new(&tmp, source, allow_devices)
     }
 
     pub fn digest(&self) -> &str {
@@ -953,12 +957,8 @@ impl Pool {
         limit: Option<Bytes>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<CreateOutcome> {
-        let spooled = Spooled::new(&self.tmp_dir(), source)?;
-        let opts = CreateOptions {
-            limit,
-            ..CreateOptions::default()
-        };
-        self.create_from(name, parent, spooled, opts, progress)
+        let spooled = Spooled::new(&self.tmp_dir(), source, false)?;
+        self.create_from(name, parent, spooled, limit, progress)
     }
 
     /// `layer create` of content spooled (and validated) beforehand, without the writer lock:
@@ -968,15 +968,15 @@ impl Pool {
         name: &LayerName,
         parent: Option<&str>,
         spooled: Spooled,
-        opts: CreateOptions,
+        limit: Option<Bytes>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<CreateOutcome> {
-        let limit = opts.limit;
         let parent_rec = self.committed_parent(parent, "create", name.as_str())?;
         let existing_name = self.store.resolve(name.as_str())?;
         let Spooled {
             file: spool,
             digested,
+            opts,
         } = spooled;
         let parent_id = parent_rec.as_ref().map(|r| r.id);
         let key = content_key(parent_id, &digested.digest);
@@ -1024,9 +1024,7 @@ impl Pool {
                     archive::apply_tar(
                         std::io::BufReader::new(crate::signal::Checked(f)),
                         &target,
-                        &archive::ApplyOptions {
-                            allow_devices: opts.allow_devices,
-                        },
+                        &opts,
                         progress,
                     )
                 })
