@@ -32,6 +32,12 @@ pub const CASES: &[(&str, Case)] = &[
     ("diff_export_round_trip", diff_export),
     ("usage_counts_exclusive_bytes", usage),
     ("persistence_across_processes", persistence),
+    ("kill_9_campaign", crate::campaign::kill_9_campaign),
+    (
+        "enospc_through_mounted_layer",
+        crate::campaign::enospc_through_mounted_layer,
+    ),
+    ("concurrent_writers", crate::campaign::concurrent_writers),
     ("crash_at_every_step", crash_every_step),
     ("kill_9_during_import_and_remove", kill_9_at_random),
 ];
