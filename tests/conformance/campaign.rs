@@ -44,6 +44,13 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// An independent stream for part `n` of a case.
+    pub fn fork(&self, n: u64) -> Rng {
+        let mut r = Rng(self.0 ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.next();
+        r
+    }
+
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
@@ -137,7 +144,7 @@ fn walk(root: &Path, p: &Path, m: &mut Manifest) -> Result<(), String> {
 }
 
 /// What differs between two manifests, briefly (for failure messages).
-fn diff(want: &Manifest, got: &Manifest) -> String {
+pub fn diff(want: &Manifest, got: &Manifest) -> String {
     let mut out = Vec::new();
     for (k, v) in want {
         match got.get(k) {
@@ -156,14 +163,14 @@ fn diff(want: &Manifest, got: &Manifest) -> String {
     format!("{n} difference(s): {}", out.join("; "))
 }
 
-fn without_root(m: &Manifest) -> Manifest {
+pub fn without_root(m: &Manifest) -> Manifest {
     m.iter()
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-fn layer_manifest(tp: &TestPool, pool: &mut Pool, name: &str) -> Result<Manifest, String> {
+pub fn layer_manifest(tp: &TestPool, pool: &mut Pool, name: &str) -> Result<Manifest, String> {
     with_mount(tp, pool, name, true, manifest)
 }
 
@@ -207,13 +214,13 @@ fn loops_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// The pool's own kernel objects (backing mount, loop devices) while it is open.
-struct Baseline {
+pub struct Baseline {
     mounts: Vec<PathBuf>,
     loops: Vec<PathBuf>,
 }
 
 impl Baseline {
-    fn take(tp: &TestPool) -> Result<Baseline, String> {
+    pub fn take(tp: &TestPool) -> Result<Baseline, String> {
         Ok(Baseline {
             mounts: mounts_in(tp.dir())?,
             loops: loops_in(tp.dir())?,
@@ -222,7 +229,7 @@ impl Baseline {
 
     /// Fails unless the mounts under the test dir are the pool's own plus `layer_mounts`, and
     /// the loop devices are exactly the pool's own.
-    fn check(&self, tp: &TestPool, layer_mounts: &[PathBuf], when: &str) -> Result<(), String> {
+    pub fn check(&self, tp: &TestPool, layer_mounts: &[PathBuf], when: &str) -> Result<(), String> {
         let mut want = self.mounts.clone();
         want.extend(layer_mounts.iter().cloned());
         want.sort();
@@ -477,23 +484,33 @@ fn run_and_kill(
 }
 
 /// Kill delays that land inside an operation wherever it runs (a debug build here, emulation in
-/// the VM): uniform up to a little more than the longest run of that kind seen so far.
+/// the VM): uniform up to a little more than the longest of the last few runs of that kind (the
+/// last few: one slow run on a busy host must not spread the kills thin for the whole case).
 struct Timing {
-    longest: BTreeMap<&'static str, Duration>,
+    recent: BTreeMap<&'static str, std::collections::VecDeque<Duration>>,
     default: Duration,
 }
 
 impl Timing {
+    fn top(&self, kind: &str) -> Duration {
+        self.recent
+            .get(kind)
+            .and_then(|v| v.iter().max().copied())
+            .unwrap_or(self.default)
+    }
+
     fn delay(&self, rng: &mut Rng, kind: &str) -> Duration {
-        let top = self.longest.get(kind).copied().unwrap_or(self.default);
-        let top_us = top.as_micros() as u64 * 6 / 5;
+        let top_us = self.top(kind).as_micros() as u64 * 6 / 5;
         Duration::from_micros(rng.below(top_us + 1))
     }
 
     fn saw(&mut self, kind: &'static str, took: Option<Duration>) {
         if let Some(t) = took {
-            let e = self.longest.entry(kind).or_insert(t);
-            *e = (*e).max(t);
+            let v = self.recent.entry(kind).or_default();
+            v.push_back(t);
+            if v.len() > 5 {
+                v.pop_front();
+            }
         }
     }
 }
@@ -534,12 +551,15 @@ pub fn kill_9_campaign(driver: &str) -> TestResult {
         (Baseline::take(&tp)?, pool.list()?)
     };
     let mut timing = Timing {
-        longest: BTreeMap::new(),
+        recent: BTreeMap::new(),
         default: Duration::from_millis(max_delay),
     };
     // op kind -> [finished, killed, recovery killed]
     let mut stats: BTreeMap<&str, [u32; 3]> = BTreeMap::new();
     for round in 0..runs {
+        // Each round draws from its own stream: a replay that diverges in one round (kill
+        // timing is never exact) still makes the same draws in the next.
+        let mut rng = rng.fork(round);
         let op = plan(&mut rng, round, &known, &list, &tp, 7);
         // One round in four runs to completion: progress, and the operation's duration.
         let kill_after = (!rng.chance(1, 4)).then(|| timing.delay(&mut rng, op.kind()));
@@ -580,8 +600,12 @@ pub fn kill_9_campaign(driver: &str) -> TestResult {
         list = verify_round(&tp, &baseline, &mut known, &op, !killed, &sources, &ctx)?;
     }
     eprintln!(
-        "{driver}::kill_9_campaign: {runs} rounds, op: [finished, killed, recovery killed] {stats:?}; longest runs {:?}; {} layers at the end",
-        timing.longest,
+        "{driver}::kill_9_campaign: {runs} rounds, op: [finished, killed, recovery killed] {stats:?}; kill window {:?}; {} layers at the end",
+        timing
+            .recent
+            .keys()
+            .map(|k| (*k, timing.top(k)))
+            .collect::<BTreeMap<_, _>>(),
         known.len()
     );
     Ok(())
