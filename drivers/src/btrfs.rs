@@ -305,7 +305,15 @@ impl Driver for Btrfs {
         }
         let dir = self.open_dir(&self.layers_dir())?;
         subvolume::subvolume_delete(dir.as_fd(), &cname(id))
-            .map_err(|e| DriverError::sys("delete subvolume of layer", id, e))
+            .map_err(|e| DriverError::sys("delete subvolume of layer", id, e))?;
+        // The cleaner thread frees a deleted subvolume's extents only when woken, which sync(2)
+        // does not do: without this the space came back at the next periodic commit, up to
+        // 30 s later, and a pool at its min-free refused new layers meanwhile. The ioctl
+        // commits and wakes it; the layer is gone either way, so a failure only costs the wait.
+        if let Err(e) = filesystem::sync(root.as_fd()) {
+            tracing::info!(layer = %id, "sync after removal: {e}");
+        }
+        Ok(())
     }
 
     fn list(&self) -> Result<Vec<ObjectId>> {

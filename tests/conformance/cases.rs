@@ -32,6 +32,12 @@ pub const CASES: &[(&str, Case)] = &[
     ("diff_export_round_trip", diff_export),
     ("usage_counts_exclusive_bytes", usage),
     ("persistence_across_processes", persistence),
+    ("kill_9_campaign", crate::campaign::kill_9_campaign),
+    (
+        "enospc_through_mounted_layer",
+        crate::campaign::enospc_through_mounted_layer,
+    ),
+    ("concurrent_writers", crate::campaign::concurrent_writers),
     ("crash_at_every_step", crash_every_step),
     ("kill_9_during_import_and_remove", kill_9_at_random),
     ("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
@@ -584,10 +590,12 @@ fn crash_every_step(driver: &str) -> TestResult {
     let src = tp.path("src");
     base_files(&src).map_err(|e| e.to_string())?;
     let s = src.to_str().unwrap().to_string();
-    {
+    let (baseline, base_tree) = {
         let mut pool = tp.open()?;
         pool.create(&ln("base"), None, Source::Dir(&src), None, &mut |_| {})?;
-    }
+        let tree = crate::campaign::layer_manifest(&tp, &mut pool, "base")?;
+        (crate::campaign::Baseline::take(&tp)?, tree)
+    };
     let mnt = tp.path("mnt");
     let m = mnt.to_str().unwrap().to_string();
     for step in blkdrv_pool::crash::STEPS {
@@ -631,6 +639,12 @@ fn crash_every_step(driver: &str) -> TestResult {
         );
         let base = pool.inspect("base")?;
         ensure!(base.state == LayerState::Committed, "{step}: base survived");
+        let tree = crate::campaign::layer_manifest(&tp, &mut pool, "base")?;
+        ensure!(
+            tree == base_tree,
+            "{step}: base changed: {}",
+            crate::campaign::diff(&base_tree, &tree)
+        );
         for l in pool.list()? {
             ensure!(
                 l.state.is_settled(),
@@ -640,6 +654,12 @@ fn crash_every_step(driver: &str) -> TestResult {
             );
         }
         let victim = pool.inspect("victim").ok();
+        // Nothing left over but the pool's own objects and the victim's recorded mount.
+        let recorded: Vec<std::path::PathBuf> = victim
+            .iter()
+            .flat_map(|v| v.mounts.iter().map(|m| m.target.clone()))
+            .collect();
+        baseline.check(&tp, &recorded, step)?;
         // Creates roll back unless they had finished; commits roll forward; removes roll forward.
         let expect_present = *step == "create:committed" || op == "commit" || op == "mount";
         ensure!(
@@ -662,6 +682,18 @@ fn crash_every_step(driver: &str) -> TestResult {
                     live != v.mounts.is_empty(),
                     "{step}: mount record matches reality"
                 );
+            } else {
+                // A finished import of the same files, or a snapshot of base: base's tree.
+                let tree = crate::campaign::layer_manifest(&tp, &mut pool, "victim")?;
+                let (want, got) = (
+                    crate::campaign::without_root(&base_tree),
+                    crate::campaign::without_root(&tree),
+                );
+                ensure!(
+                    got == want,
+                    "{step}: victim's tree: {}",
+                    crate::campaign::diff(&want, &got)
+                );
             }
             pool.remove("victim", true)?;
         }
@@ -669,6 +701,7 @@ fn crash_every_step(driver: &str) -> TestResult {
             pool.check(false)?.is_clean(),
             "{step}: clean after removing victim"
         );
+        baseline.check(&tp, &[], &format!("{step}: after removing victim"))?;
     }
     Ok(())
 }

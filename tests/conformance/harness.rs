@@ -32,8 +32,33 @@ pub struct TestPool {
     pub scratch: PathBuf,
 }
 
+/// How a [`TestPool`] is made; `Default` is the suite's usual pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolOptions {
+    /// Loopback file size (ignored on raw devices).
+    pub size: Bytes,
+    /// Grow the loopback file when unallocated space runs low (up to 4x).
+    pub autoextend: bool,
+    /// The pool's min-free policy (`--min-free`).
+    pub min_free_pct: u8,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            size: Bytes::mib(512),
+            autoextend: true,
+            min_free_pct: 0,
+        }
+    }
+}
+
 impl TestPool {
     pub fn new(driver: &str) -> Result<TestPool, String> {
+        TestPool::with_options(driver, PoolOptions::default())
+    }
+
+    pub fn with_options(driver: &str, opts: PoolOptions) -> Result<TestPool, String> {
         std::fs::create_dir_all(test_base()).map_err(|e| e.to_string())?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{driver}-"))
@@ -63,10 +88,9 @@ impl TestPool {
             .collect();
         let (backing, autoextend) = if devices.is_empty() {
             (
-                BackingSpec::Loopback {
-                    size: Bytes::mib(512),
-                },
-                Some(AutoExtend::for_size(Bytes::mib(512), None)),
+                BackingSpec::Loopback { size: opts.size },
+                opts.autoextend
+                    .then(|| AutoExtend::for_size(opts.size, None)),
             )
         } else {
             (BackingSpec::Devices(devices), None)
@@ -78,7 +102,7 @@ impl TestPool {
                 driver: driver.to_string(),
                 backing,
                 options,
-                min_free_pct: 0,
+                min_free_pct: opts.min_free_pct,
                 force: true,
                 autoextend,
             },
@@ -89,6 +113,11 @@ impl TestPool {
 
     pub fn open(&self) -> Result<Pool, String> {
         Pool::open(&self.root, &self.name, Access::Write).map_err(|e| format!("open pool: {e}"))
+    }
+
+    /// The test's own directory (pool root and scratch space): leak checks look here.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// A directory under the test's scratch space (created).

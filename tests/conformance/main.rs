@@ -5,6 +5,7 @@
 //! the command that runs it in the VM (`tests/vm/run`, which `scripts/test.sh` calls); inside the
 //! VM (`BLKDRV_IN_VM=1`), or when anything else is missing, it fails with the reason.
 
+mod campaign;
 mod cases;
 mod child;
 mod harness;
