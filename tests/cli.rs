@@ -316,15 +316,7 @@ fn json_output_and_reuse() {
         ],
     );
     assert_eq!(v["reused"], true);
-    let o = env.ok(&[
-        "layer",
-        "create",
-        "again2",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    let o = env.create_from_dir("again2", &src);
     assert!(o.stdout.contains("reused"), "{}", o.stdout);
     let v = json(&env, &["layer", "ls", "--pool", "t"]);
     assert_eq!(v.as_array().unwrap().len(), 1, "one layer, three names");
@@ -362,15 +354,7 @@ fn mount_write_commit_flow_and_tree() {
         o.stdout
     );
     let out = env.path("c1.tar");
-    env.ok(&[
-        "layer",
-        "diff",
-        "c1",
-        "-o",
-        out.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    env.diff_to("c1", &out);
     assert!(std::fs::metadata(&out).unwrap().len() > 1 << 20);
 }
 

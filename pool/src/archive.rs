@@ -575,60 +575,21 @@ fn set_xattrs(p: &Path, xattrs: &[Xattr]) -> Result<()> {
     Ok(())
 }
 
-/// Calls `f(buf)` (an l*xattr call) with a growing buffer until the result fits.
-fn xattr_call(mut f: impl FnMut(&mut [u8]) -> nix::libc::ssize_t) -> io::Result<Vec<u8>> {
-    loop {
-        let size = f(&mut []);
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Room for growth between the two calls; ERANGE means it grew more: ask again.
-        let mut buf = vec![0u8; size as usize + 256];
-        let n = f(&mut buf);
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(nix::libc::ERANGE) {
-            return Err(e);
-        }
-    }
-}
-
 /// The kept xattrs of `p` (not following a symlink), in name order. A filesystem without
 /// xattr support has none.
 fn read_xattrs(p: &Path) -> Result<Vec<Xattr>> {
+    use blkdrv_drivers::sys::tree::{get_xattr, list_xattrs};
     let cp = path_cstring(p)?;
-    let list = match xattr_call(|buf| {
-        // SAFETY: `cp` is NUL-terminated; `buf` is valid for `buf.len()` bytes (empty asks
-        // for the size).
-        unsafe { nix::libc::llistxattr(cp.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
-    }) {
+    let mut names = match list_xattrs(&cp) {
         Ok(l) => l,
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSUP) => return Ok(Vec::new()),
         Err(e) => return Err(PoolError::io("list xattrs of", p, e)),
     };
-    let mut names: Vec<&[u8]> = list
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty() && xattr_kept(n))
-        .collect();
+    names.retain(|n| xattr_kept(n.as_bytes()));
     names.sort_unstable();
     let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        let Ok(name) = CString::new(n) else { continue };
-        let value = xattr_call(|buf| {
-            // SAFETY: as above; `name` is NUL-terminated.
-            unsafe {
-                nix::libc::lgetxattr(
-                    cp.as_ptr(),
-                    name.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            }
-        });
-        match value {
+    for name in names {
+        match get_xattr(&cp, &name) {
             Ok(v) => out.push((name, v)),
             // Removed since it was listed.
             Err(e) if e.raw_os_error() == Some(nix::libc::ENODATA) => {}

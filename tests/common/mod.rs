@@ -81,6 +81,32 @@ impl Env {
         o
     }
 
+    /// `layer create NAME --from-dir DIR --pool t`, which must succeed.
+    pub fn create_from_dir(&self, name: &str, dir: &Path) -> Out {
+        self.ok(&[
+            "layer",
+            "create",
+            name,
+            "--from-dir",
+            dir.to_str().unwrap(),
+            "--pool",
+            "t",
+        ])
+    }
+
+    /// `layer diff NAME -o FILE --pool t`, which must succeed.
+    pub fn diff_to(&self, name: &str, file: &Path) -> Out {
+        self.ok(&[
+            "layer",
+            "diff",
+            name,
+            "-o",
+            file.to_str().unwrap(),
+            "--pool",
+            "t",
+        ])
+    }
+
     /// `layer mount LAYER <dir>/DIR --pool t` (read-write); returns the mountpoint.
     pub fn mount_rw(&self, layer: &str, dir: &str) -> PathBuf {
         let m = self.path(dir);
@@ -132,15 +158,7 @@ impl Env {
         let src = self.path("src");
         std::fs::create_dir_all(src.join("etc")).unwrap();
         std::fs::write(src.join("etc/hostname"), "h").unwrap();
-        self.ok(&[
-            "layer",
-            "create",
-            "base",
-            "--from-dir",
-            src.to_str().unwrap(),
-            "--pool",
-            "t",
-        ]);
+        self.create_from_dir("base", &src);
     }
 }
 
@@ -166,6 +184,18 @@ pub fn tool<S: AsRef<OsStr> + std::fmt::Debug>(program: &str, args: &[S]) -> Str
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A GNU tar header owned by root with a fixed mtime, for tars built entry by entry.
+pub fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    h.set_size(size);
+    h
 }
 
 /// Runs `args` with `--json` added; panics unless it succeeds with JSON.
@@ -228,15 +258,7 @@ pub fn base_of(env: &Env, bytes: u64) {
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     write_file(&src.join("blob"), bytes).unwrap();
-    env.ok(&[
-        "layer",
-        "create",
-        "base",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    env.create_from_dir("base", &src);
 }
 
 /// `blkdrv bench --smoke` on `driver` alone: every workload has rows and the raw snapshot

@@ -30,16 +30,7 @@ struct Case {
 
 // ---- tar building --------------------------------------------------------------------------
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_600_000_000);
-    h.set_size(size);
-    h
-}
+use crate::common::tar_header as header;
 
 /// A tar written entry by entry; `raw` bypasses the tar crate's checks on names.
 struct T(tar::Builder<Vec<u8>>);

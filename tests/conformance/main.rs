@@ -8,6 +8,8 @@
 mod campaign;
 mod cases;
 mod child;
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 mod hostile;
 

@@ -158,25 +158,9 @@ fn xattrs_through_cli() {
         return;
     }
     set_xattr(&src.join("bin/ping"), "security.capability", &cap).unwrap();
-    env.ok(&[
-        "layer",
-        "create",
-        "base",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    env.create_from_dir("base", &src);
     let out = env.path("base.tar");
-    env.ok(&[
-        "layer",
-        "diff",
-        "base",
-        "-o",
-        out.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    env.diff_to("base", &out);
     let x = tar_xattrs(&std::fs::read(&out).unwrap());
     assert_eq!(
         x,
@@ -200,15 +184,7 @@ fn xattrs_through_cli() {
     env.ok(&["layer", "umount", "c1", "--pool", "t"]);
     env.ok(&["layer", "commit", "c1", "--pool", "t"]);
     let out = env.path("c1.tar");
-    env.ok(&[
-        "layer",
-        "diff",
-        "c1",
-        "-o",
-        out.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    env.diff_to("c1", &out);
     let x = tar_xattrs(&std::fs::read(&out).unwrap());
     assert_eq!(
         x,
@@ -259,16 +235,7 @@ impl Rng {
     }
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_600_000_000);
-    h.set_size(size);
-    h
-}
+use crate::common::tar_header as header;
 
 /// Every kind of entry the importer handles: directories, files, a long name, a PAX header with
 /// an xattr, symlink, hardlink, fifo, whiteout, opaque directory.

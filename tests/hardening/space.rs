@@ -65,15 +65,7 @@ fn allocated(env: &Env) -> u64 {
 fn empty_base(env: &Env) {
     let src = env.path("empty");
     std::fs::create_dir_all(&src).unwrap();
-    env.ok(&[
-        "layer",
-        "create",
-        "base",
-        "--from-dir",
-        src.to_str().unwrap(),
-        "--pool",
-        "t",
-    ]);
+    env.create_from_dir("base", &src);
 }
 
 /// Active layer `name` on "base" holding `bytes` of data, unmounted again.

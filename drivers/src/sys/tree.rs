@@ -336,7 +336,8 @@ fn xattr_buffer(mut f: impl FnMut(&mut [u8]) -> libc::ssize_t) -> io::Result<Vec
     }
 }
 
-fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
+/// The names of `path`'s xattrs (not following a symlink).
+pub fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
     let raw = xattr_buffer(|buf| {
         // SAFETY: `path` is NUL-terminated; `buf` is valid for `buf.len()` bytes (or empty,
         // which asks for the size).
@@ -349,7 +350,8 @@ fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
         .collect())
 }
 
-fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
+/// The value of xattr `name` of `path` (not following a symlink).
+pub fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
     xattr_buffer(|buf| {
         // SAFETY: as in list_xattrs.
         unsafe {
