@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 pub fn trials() -> Vec<Trial> {
     vec![
-        trial("archive_tar_import_mutation_fuzz", tar_import_fuzz),
-        trial("archive_device_nodes_refused_as_root", device_nodes_refused),
-        trial("archive_forged_output_line_in_entry_name", forged_line),
+        trial("archive::tar_import_mutation_fuzz", tar_import_fuzz),
+        trial("archive::device_nodes_refused_as_root", device_nodes_refused),
+        trial("archive::forged_output_line_in_entry_name", forged_line),
         trial(
-            "archive_xattrs_through_from_dir_and_diff",
+            "archive::xattrs_through_from_dir_and_diff",
             xattrs_through_cli,
         ),
     ]
