@@ -128,7 +128,11 @@ impl Spooled {
                 let mut t = tempfile::NamedTempFile::new_in(dir)
                     .map_err(|e| PoolError::io("create temp file", dir, e))?;
                 archive::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
-                let f = std::fs::File::open(t.path())
+                // By descriptor: without the lock, another writer's recovery may sweep tmp/.
+                let f = t
+                    .as_file()
+                    .try_clone()
+                    .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
                     .map_err(|e| PoolError::io("reopen", t.path(), e))?;
                 archive::spool_tar_with(f, dir, &opts)?
             }
