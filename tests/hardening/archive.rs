@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 pub fn trials() -> Vec<Trial> {
     vec![
         trial("archive::tar_import_mutation_fuzz", tar_import_fuzz),
-        trial("archive::device_nodes_refused_as_root", device_nodes_refused),
+        trial(
+            "archive::device_nodes_refused_as_root",
+            device_nodes_refused,
+        ),
         trial("archive::forged_output_line_in_entry_name", forged_line),
         trial(
             "archive::xattrs_through_from_dir_and_diff",
