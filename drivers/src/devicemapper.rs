@@ -1005,8 +1005,25 @@ fn pool_status(
 fn thin_ls(dm: &DM, names: &Names, pool: &ThinPoolDev) -> Result<Vec<(u32, Bytes, Bytes)>> {
     let id = DevId::Name(&names.pool);
     let meta_node = pool.meta_dev().devnode();
-    dm.target_msg(&id, None, "reserve_metadata_snap")
-        .map_err(|e| dm_err("reserve metadata snapshot of", &*names.pool, e))?;
+    // A pool has one metadata snapshot. Readers (`layer ls`) take it without the pool's writer
+    // lock, so processes take turns through a flock on the metadata device, which the kernel
+    // drops when a process dies. Holding it, a reservation that exists was left by a process
+    // killed between reserve and release: release it, or no usage could be read again.
+    let meta = std::fs::File::open(&meta_node)
+        .map_err(|e| DriverError::io("open metadata device", &meta_node, e))?;
+    let _turn = nix::fcntl::Flock::lock(meta, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| DriverError::sys("lock metadata device", meta_node.display(), e))?;
+    let reserve = || dm.target_msg(&id, None, "reserve_metadata_snap");
+    match reserve() {
+        Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) => {
+            tracing::info!(pool = %&*names.pool, "releasing a metadata snapshot left by a killed process");
+            dm.target_msg(&id, None, "release_metadata_snap")
+                .map_err(|e| dm_err("release stale metadata snapshot of", &*names.pool, e))?;
+            reserve()
+        }
+        r => r,
+    }
+    .map_err(|e| dm_err("reserve metadata snapshot of", &*names.pool, e))?;
     let out = exec::run(
         "thin_ls",
         [
