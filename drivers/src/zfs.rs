@@ -727,6 +727,21 @@ impl Zfs {
     }
 
     fn make(&self, layer: &LayerChain, ds: &Dataset) -> Result<()> {
+        match self.make_once(layer, ds) {
+            // Space a destroy freed already counts as `available`, but is allocatable only
+            // a few transaction groups later (deferred frees; async destroy): let them pass and
+            // try once more. Seen right after removing a layer that had filled the pool.
+            Err(e) if z::failure(&e) == Failure::NoSpace => {
+                for _ in 0..3 {
+                    z::zpool_sync(&self.rec.zpool)?;
+                }
+                self.make_once(layer, ds)
+            }
+            r => r,
+        }
+    }
+
+    fn make_once(&self, layer: &LayerChain, ds: &Dataset) -> Result<()> {
         match layer.parent() {
             Some(p) => z::clone(&self.committed(p), ds, &self.layer_props()).map_err(|e| {
                 // The origin is what can be missing: the new dataset does not exist yet.

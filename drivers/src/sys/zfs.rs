@@ -273,6 +273,8 @@ pub enum Failure {
     DependentClones,
     /// A quota below what the dataset already uses.
     BelowUsage,
+    /// "out of space": the pool (or a quota) has no room for the operation.
+    NoSpace,
     Other,
 }
 
@@ -287,6 +289,8 @@ pub fn classify(stderr: &str) -> Failure {
         Failure::Busy
     } else if stderr.contains("less than current used") {
         Failure::BelowUsage
+    } else if stderr.contains("out of space") {
+        Failure::NoSpace
     } else {
         Failure::Other
     }
@@ -778,6 +782,10 @@ mod tests {
             (
                 "cannot set property for 'tank/l/3': size is less than current used or reserved space",
                 Failure::BelowUsage,
+            ),
+            (
+                "cannot create 'blkdrv-t-a2cf63b2/3': out of space",
+                Failure::NoSpace,
             ),
             ("cannot open 'tank': permission denied", Failure::Other),
         ] {
