@@ -1,0 +1,160 @@
+//! The traits every driver implements: a stateless factory per driver kind and the layer
+//! operations of one open pool.
+
+use crate::error::{DriverError, Result};
+use crate::types::{
+    Capabilities, DriverOptions, Identity, LayerChain, MountFlags, MountMode, PoolContext,
+    Requirements, Space, Usage,
+};
+use crate::{sys, Bytes, ObjectId};
+use std::path::Path;
+
+/// Creates and opens pools of one driver kind. Stateless; one static instance per driver.
+pub trait DriverFactory: Send + Sync {
+    /// Stable name used in configs and on the command line ("overlay", "vfs", ...).
+    fn name(&self) -> &'static str;
+
+    /// One line for `blkdrv info`.
+    fn description(&self) -> &'static str;
+
+    fn requirements(&self) -> Requirements;
+
+    /// Checks the options a user gave and fills in defaults; unknown keys are errors.
+    fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions>;
+
+    /// The sparse files a loopback pool of `size` needs, in the order the driver wants them as
+    /// devices: (file stem, size). One data file unless the driver wants more (dm: data and
+    /// metadata).
+    fn loopback_files(&self, options: &DriverOptions, size: Bytes) -> Vec<(&'static str, Bytes)> {
+        let _ = options;
+        vec![("data", size)]
+    }
+
+    /// The smallest device (or loopback file) the driver can format with `options`.
+    fn min_device_size(&self, options: &DriverOptions) -> Bytes {
+        let _ = options;
+        Bytes(0)
+    }
+
+    /// Formats the pool's devices for this driver (mkfs, pool creation). Returns the identity to
+    /// record. Called once, at `pool init`.
+    fn format(&self, ctx: &PoolContext) -> Result<Identity>;
+
+    /// Activates an already formatted pool (mounts it, assembles it) after checking its identity.
+    /// Must be idempotent: opening an active pool reuses it.
+    fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>>;
+
+    /// Whether this host can run the driver; `Err` says what is missing.
+    fn check_host(&self) -> Result<()> {
+        sys::host::check(self.name(), &self.requirements())
+    }
+
+    /// The configurations `blkdrv bench` compares for this driver, as (label, options). One run
+    /// with defaults unless the backing changes the story (overlay: ext4 copy-up vs xfs reflink).
+    fn bench_variants(&self) -> Vec<(String, DriverOptions)> {
+        vec![(self.name().to_string(), DriverOptions::new())]
+    }
+}
+
+/// The layer operations of one open pool.
+///
+/// Every mutating call must be idempotent with respect to a crash: the pool may call `create`
+/// again after a crash left a half-made object (the driver replaces it), `commit` on an already
+/// committed object, and `remove` on an object that is already gone (returns `Ok`).
+pub trait Driver: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates an active (writable) layer object, empty or on top of `layer.ancestors`.
+    fn create(&self, layer: &LayerChain) -> Result<()>;
+
+    /// Freezes an active layer. Afterwards its content never changes.
+    fn commit(&self, layer: &LayerChain) -> Result<()>;
+
+    /// Mounts the layer at `target` with `flags`. Active layers may be mounted read-write once;
+    /// committed layers only read-only (views), any number of times.
+    fn mount(
+        &self,
+        layer: &LayerChain,
+        target: &Path,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<()>;
+
+    /// Unmounts a mount made by [`Driver::mount`].
+    fn unmount(&self, target: &Path) -> Result<()>;
+
+    /// Deletes the layer object. Missing objects are not an error.
+    fn remove(&self, id: ObjectId) -> Result<()>;
+
+    /// Objects present on disk, for drift checks against the pool store.
+    fn list(&self) -> Result<Vec<ObjectId>>;
+
+    /// Space and inodes exclusive to the layer.
+    fn usage(&self, layer: &LayerChain) -> Result<Usage>;
+
+    /// Usage of many layers at once (`layer ls`). Drivers whose usage query has a fixed cost
+    /// per call (dm: a metadata snapshot and a thin_ls run) answer all of them in one pass.
+    fn usage_many(&self, layers: &[LayerChain]) -> Vec<Result<Usage>> {
+        layers.iter().map(|l| self.usage(l)).collect()
+    }
+
+    /// Space of the pool as a whole.
+    fn space(&self) -> Result<Space>;
+
+    /// Deactivates the pool's backing (unmounts it). Layers must be unmounted first.
+    fn deactivate(&self) -> Result<()>;
+
+    /// Takes up space the pool's devices gained (a grown loopback file): resize the filesystem
+    /// or pool to the device size. Drivers that report no `unallocated` space need not act.
+    fn grow(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Waits, at most `timeout`, for space in [`Space::pending`] to become available (btrfs: kick
+    /// and wait for the cleaner thread). Returning `Ok` does not promise that all of it came back:
+    /// the caller reads [`Driver::space`] again.
+    fn reclaim(&self, timeout: std::time::Duration) -> Result<()> {
+        let _ = timeout;
+        Ok(())
+    }
+
+    /// The driver's own growth policy for storage blkdrv did not size itself (an LVM thin pool
+    /// with an autoextend profile), checked at each writer's command. Some(what it did).
+    fn autoextend(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// Tears the pool down for good (`pool destroy`): by default what `deactivate` does; drivers
+    /// that made storage objects of their own (an LVM VG and LV) remove them.
+    fn destroy(&self) -> Result<()> {
+        self.deactivate()
+    }
+
+    /// A counter the driver's kernel object keeps across restarts (the thin-pool transaction
+    /// id), advanced once per create or remove. The pool records it after each completed
+    /// operation and hands it back in [`PoolContext::generation`], so a driver can tell a crash
+    /// (one step ahead) from a pool changed behind blkdrv's back. `None`: no such counter.
+    fn generation(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Times the bare kernel operation behind [`Driver::create`] of a layer on `parent` (a
+    /// btrfs snapshot ioctl, a dm `create_snap` + activate, a plain directory copy) and undoes
+    /// it, so benchmarks can show blkdrv's own overhead as a ratio. `None`: there is no single
+    /// kernel operation to compare with (overlay's create is a mkdir).
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<std::time::Duration>> {
+        let _ = parent;
+        Ok(None)
+    }
+
+    /// Limits how much data a layer can hold. Drivers without per-layer limits refuse.
+    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
+        let _ = limit;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: format!("per-layer size limits (layer {id})"),
+        })
+    }
+}

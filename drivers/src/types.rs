@@ -1,0 +1,177 @@
+//! The vocabulary drivers and the pool share: options, identity, layer chains, mount modes,
+//! capabilities, usage and space.
+
+use crate::{Bytes, ObjectId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Driver-specific options (`--fs xfs`, later `--block-size` ...), kept as strings so the pool can
+/// store them without knowing what they mean. Each driver validates its own.
+pub type DriverOptions = BTreeMap<String, String>;
+
+/// What identifies a formatted pool on its devices (filesystem UUID, thin-pool UUID, zpool GUID).
+/// Recorded at format time and checked on every open, so a swapped device is refused.
+pub type Identity = BTreeMap<String, String>;
+
+/// Everything a driver gets to know about the pool it serves.
+#[derive(Debug, Clone)]
+pub struct PoolContext {
+    /// The pool's name (used to make kernel object names unique, e.g. dm device names).
+    pub pool: String,
+    /// A directory the driver may use for mount points of its own backing.
+    pub state_dir: PathBuf,
+    /// Block devices backing the pool (loop devices for loopback pools).
+    pub devices: Vec<PathBuf>,
+    /// Validated driver options.
+    pub options: DriverOptions,
+    /// The driver generation the pool recorded after its last completed operation (see
+    /// [`crate::Driver::generation`]); `None` for a pool being formatted.
+    pub generation: Option<u64>,
+}
+
+/// How a layer is mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountMode {
+    ReadWrite,
+    ReadOnly,
+}
+
+impl std::fmt::Display for MountMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MountMode::ReadWrite => "rw",
+            MountMode::ReadOnly => "ro",
+        })
+    }
+}
+
+/// Per-mount restrictions the pool's security policy asks for (README, "Security"). They are
+/// flags of the mount, not of the layer: the same layer can be mounted with and without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountFlags {
+    /// Device nodes in the layer cannot be opened through the mount (MS_NODEV).
+    pub nodev: bool,
+    /// Setuid/setgid bits and file capabilities do not apply to programs run from it
+    /// (MS_NOSUID).
+    pub nosuid: bool,
+}
+
+impl MountFlags {
+    /// Both restrictions: mounts no program should run from (imports, diffs, inspection).
+    pub const INERT: MountFlags = MountFlags {
+        nodev: true,
+        nosuid: true,
+    };
+
+    /// The mount(2) flags of a mount in `mode` with these restrictions.
+    pub fn ms(self, mode: MountMode) -> nix::mount::MsFlags {
+        use nix::mount::MsFlags;
+        let mut f = MsFlags::empty();
+        f.set(MsFlags::MS_RDONLY, mode == MountMode::ReadOnly);
+        f.set(MsFlags::MS_NODEV, self.nodev);
+        f.set(MsFlags::MS_NOSUID, self.nosuid);
+        f
+    }
+}
+
+/// A layer as a driver sees it: its object and the committed layers below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerChain {
+    pub id: ObjectId,
+    /// Whether the layer is still writable (active) or frozen (committed).
+    pub active: bool,
+    /// Committed ancestors, nearest parent first.
+    pub ancestors: Vec<ObjectId>,
+}
+
+impl LayerChain {
+    pub fn parent(&self) -> Option<ObjectId> {
+        self.ancestors.first().copied()
+    }
+}
+
+/// The unit in which a driver copies data when a shared file is first written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "unit", rename_all = "lowercase")]
+pub enum Granularity {
+    /// Whole files are copied up. `reflink` says the copy shares extents (xfs/btrfs) and so
+    /// costs metadata only.
+    File { reflink: bool },
+    /// Extents are shared and copied on write (btrfs, ZFS records).
+    Extent,
+    /// Fixed-size blocks are copied on write (dm-thin).
+    Block { size: Bytes },
+}
+
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Granularity::File { reflink: false } => f.write_str("file (full copy-up)"),
+            Granularity::File { reflink: true } => f.write_str("file (reflink copy-up)"),
+            Granularity::Extent => f.write_str("extent"),
+            Granularity::Block { size } => write!(f, "block ({size})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub granularity: Granularity,
+    /// Layers are native snapshots (constant-time create) rather than copies or directory stacks.
+    pub native_snapshots: bool,
+}
+
+/// Space used by one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Bytes exclusive to the layer (what removing it would free).
+    pub bytes: Bytes,
+    /// Inodes exclusive to the layer, where the driver can count them without a walk.
+    pub inodes: Option<u64>,
+    /// Bytes the layer references, shared ones included, where the driver knows it.
+    pub referenced: Option<Bytes>,
+}
+
+/// Space of the whole pool, plus driver-specific lines for `pool status`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Space {
+    pub total: Bytes,
+    pub used: Bytes,
+    pub available: Bytes,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+    /// Space the pool could still take up before its device has to grow: on the devices but not
+    /// given to the filesystem's allocator yet (btrfs chunks, thin-pool data), or simply what
+    /// is available where the filesystem has no such reserve (xfs/ext4, a zpool on files). The
+    /// pool grows loopback files when it runs low; `None`: the driver cannot grow.
+    pub unallocated: Option<Bytes>,
+    /// Space freed by removed layers that the filesystem has not made reusable yet (btrfs
+    /// subvolumes waiting for the cleaner thread); [`crate::Driver::reclaim`] waits for it. `None`:
+    /// the driver frees space at once.
+    #[serde(default)]
+    pub pending: Option<Bytes>,
+    /// Metadata space where the driver has a separate, exhaustible metadata area (thin-pool
+    /// metadata); the pool's min-free policy applies to it as to data.
+    pub metadata: Option<MetaSpace>,
+    /// Extra facts worth showing, in display order (e.g. "Backing Filesystem" = "xfs").
+    pub details: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MetaSpace {
+    pub total: Bytes,
+    pub available: Bytes,
+}
+
+/// What a driver needs from the host, so the pool can say why it is unavailable.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Requirements {
+    /// Kernel filesystems that must appear in /proc/filesystems.
+    pub filesystems: Vec<&'static str>,
+    /// Programs that must be on PATH.
+    pub tools: Vec<&'static str>,
+    /// Kernel features checked by a path that must exist (e.g. /dev/mapper/control).
+    pub paths: Vec<&'static str>,
+}
