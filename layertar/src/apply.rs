@@ -56,7 +56,8 @@ pub(crate) fn lstat(p: &Path) -> Result<Option<fs::Metadata>> {
 }
 
 /// How imported metadata is set: an xattr the layer's filesystem cannot hold fails the import
-/// (the layer would not be what the tar says); unprivileged, ownership is left as it comes.
+/// (the layer would not be what the tar says); unprivileged, files keep the importer's own
+/// uid/gid (EINVAL too: an id this user namespace does not map).
 pub(crate) const IMPORT: Policy = Policy {
     unsupported_xattr: Unsupported::Fail,
     not_root: NotRoot::EpermOrEinval,
