@@ -1,17 +1,17 @@
 //! Criterion benches of the Rust-side hot paths of the pool manager: size parsing, the metadata
 //! store (one layer-create transaction, name lookup, listing, id allocation) and tar import
-//! (spool + validate + digest, then apply into a directory).
+//! (validate + digest alone, spool + validate + digest, then apply into a directory).
 //!
 //! Everything runs unprivileged in temp dirs (`$TMPDIR`, else /tmp): no pool, mount or driver.
 //! Store commits use the store's own settings (WAL, synchronous=FULL), so the transaction bench
 //! includes a real fsync and depends on the disk behind the temp dir.
 
 use blkdrv_drivers::{Bytes, ObjectId};
-use blkdrv_pool::archive::{apply_tar, spool_tar, ApplyOptions};
 use blkdrv_pool::layer::LayerRecord;
 use blkdrv_pool::store::Store;
 use blkdrv_pool::{LayerKind, LayerState, PoolError};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use layertar::{apply_tar, spool_tar, validate, ApplyOptions};
 use std::hint::black_box;
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -199,6 +199,11 @@ fn tar_benches(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         // The tar stream length, what a user pipes into `layer create`.
         .throughput(Throughput::Bytes(tar.len() as u64));
+
+    // The parser alone: what spooling costs before it touches the disk.
+    g.bench_function("validate", |b| {
+        b.iter(|| validate(&tar[..], &ApplyOptions::default()).unwrap())
+    });
 
     let spool_dir = tempfile::tempdir().expect("temp dir");
     // The returned spool file is dropped (deleted) by criterion after the timed batch.

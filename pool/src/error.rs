@@ -83,16 +83,10 @@ pub enum PoolError {
     #[error("config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
 
-    /// A tar entry that would escape the layer, cannot be represented, or is malformed.
-    #[error("tar entry {entry:?}: {reason}")]
-    TarEntry { entry: String, reason: String },
-
-    /// The tar stream itself is unreadable (truncated, not a tar, bad compression).
-    #[error("reading tar stream: {source}")]
-    TarRead {
-        #[source]
-        source: std::io::Error,
-    },
+    /// Importing or exporting a layer tar: a hostile or malformed entry, an unreadable stream,
+    /// a tree a tar cannot carry (input errors), or the filesystem failing.
+    #[error(transparent)]
+    Tar(#[from] layertar::Error),
 
     #[error("{op} {path}: {source}")]
     Io {
@@ -170,10 +164,8 @@ impl PoolError {
                 | PoolError::LayerNotFound(_)
                 | PoolError::LayerExists(_)
                 | PoolError::Refused { .. }
-                | PoolError::TarEntry { .. }
-                | PoolError::TarRead { .. }
                 | PoolError::Config { .. }
-        )
+        ) || matches!(self, PoolError::Tar(e) if e.is_input_error())
     }
 
     /// An error about a path the user gave: a path that cannot exist (too long, not found,

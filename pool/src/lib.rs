@@ -3,7 +3,6 @@
 //! The only owner of pool config, layer metadata, ids, parent links, state, locking and space
 //! policy. It calls drivers (never the kernel directly) and is called by the CLI.
 
-pub mod archive;
 pub mod config;
 pub mod crash;
 pub mod error;
@@ -17,4 +16,5 @@ pub mod text;
 pub use config::{HostConfig, PoolConfig};
 pub use error::{PoolError, Result};
 pub use layer::{LayerKind, LayerName, LayerState, PoolName};
+pub use layertar::DiffStats;
 pub use pool::{Access, BackingSpec, CreateOutcome, InitSpec, LayerInfo, Pool, Root, Source};

@@ -8,7 +8,6 @@
 //! The next writer to open the pool finishes or undoes whatever a dead process left in flight
 //! ([`Pool::open`] calls `reconcile`): creates are rolled back, commits and removes rolled forward.
 
-use crate::archive;
 use crate::config::{AutoExtend, Backing, LoopFile, PoolConfig};
 use crate::crash;
 use crate::error::{PoolError, Result};
@@ -111,30 +110,30 @@ pub enum Access {
 /// computed) before any layer or lock exists: bad input changes nothing.
 pub struct Spooled {
     file: tempfile::NamedTempFile,
-    digested: archive::Digested,
+    digested: layertar::Digested,
     /// What the content was validated against, and is applied with.
-    opts: archive::ApplyOptions,
+    opts: layertar::ApplyOptions,
 }
 
 impl Spooled {
     /// Spools `source` into a temp file in `dir`. Device nodes are refused unless
     /// `allow_devices` (`layer create --allow-devices`).
     pub fn new(dir: &Path, source: Source<'_>, allow_devices: bool) -> Result<Spooled> {
-        let opts = archive::ApplyOptions { allow_devices };
+        let opts = layertar::ApplyOptions { allow_devices };
         let (file, digested) = match source {
-            Source::Tar(r) => archive::spool_tar_with(r, dir, &opts)?,
+            Source::Tar(r) => layertar::spool_tar_with(r, dir, &opts)?,
             Source::Dir(d) => {
                 check_import_dir(d)?;
                 let mut t = tempfile::NamedTempFile::new_in(dir)
                     .map_err(|e| PoolError::io("create temp file", dir, e))?;
-                archive::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
+                layertar::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
                 // By descriptor: without the lock, another writer's recovery may sweep tmp/.
                 let f = t
                     .as_file()
                     .try_clone()
                     .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
                     .map_err(|e| PoolError::io("reopen", t.path(), e))?;
-                archive::spool_tar_with(f, dir, &opts)?
+                layertar::spool_tar_with(f, dir, &opts)?
             }
         };
         Ok(Spooled {
@@ -1025,12 +1024,13 @@ impl Pool {
                 .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
                 .map_err(|e| PoolError::io("reopen spooled tar", spool.path(), e))
                 .and_then(|f| {
-                    archive::apply_tar(
+                    layertar::apply_tar(
                         std::io::BufReader::new(crate::signal::Checked(f)),
                         &target,
                         &opts,
                         progress,
                     )
+                    .map_err(PoolError::from)
                 })
                 .map_err(|e| match crate::signal::pending() {
                     Some(sig) => PoolError::Interrupted {
@@ -1468,7 +1468,11 @@ impl Pool {
     }
 
     /// `layer diff`: the layer's changes against its parent as an OCI layer tar.
-    pub fn diff(&mut self, name: &str, out: &mut dyn std::io::Write) -> Result<archive::DiffStats> {
+    pub fn diff(
+        &mut self,
+        name: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<layertar::DiffStats> {
         let rec = self.lookup(name)?;
         if !rec.state.is_settled() {
             return Err(PoolError::Refused {
@@ -1502,7 +1506,7 @@ impl Pool {
                 }
                 None => None,
             };
-            archive::write_diff(
+            layertar::write_diff(
                 &top,
                 parent_path.as_deref(),
                 crate::signal::CheckedWrite(&mut *out),
@@ -1511,7 +1515,7 @@ impl Pool {
                 Some(sig) => PoolError::Interrupted {
                     signal: sig.as_str(),
                 },
-                None => e,
+                None => e.into(),
             })
         })();
         let mut cleanup = Ok(());

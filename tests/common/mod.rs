@@ -186,18 +186,6 @@ pub fn tool<S: AsRef<OsStr> + std::fmt::Debug>(program: &str, args: &[S]) -> Str
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A GNU tar header owned by root with a fixed mtime, for tars built entry by entry.
-pub fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_600_000_000);
-    h.set_size(size);
-    h
-}
-
 /// Runs `args` with `--json` added; panics unless it succeeds with JSON.
 pub fn json(env: &Env, args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();

@@ -30,74 +30,7 @@ struct Case {
 
 // ---- tar building --------------------------------------------------------------------------
 
-use crate::common::tar_header as header;
-
-/// A tar written entry by entry; `raw` bypasses the tar crate's checks on names.
-struct T(tar::Builder<Vec<u8>>);
-
-impl T {
-    fn new() -> T {
-        T(tar::Builder::new(Vec::new()))
-    }
-    fn dir(mut self, path: &str, mode: u32) -> T {
-        let mut h = header(tar::EntryType::Directory, mode, 0);
-        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
-        self
-    }
-    fn file(mut self, path: &str, data: &[u8], mode: u32) -> T {
-        let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
-        self.0.append_data(&mut h, path, data).unwrap();
-        self
-    }
-    fn symlink(mut self, path: &str, target: &str) -> T {
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        self.0.append_link(&mut h, path, target).unwrap();
-        self
-    }
-    fn hardlink(mut self, path: &str, target: &str) -> T {
-        let mut h = header(tar::EntryType::Link, 0o644, 0);
-        self.0.append_link(&mut h, path, target).unwrap();
-        self
-    }
-    fn special(mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> T {
-        let mut h = header(kind, 0o666, 0);
-        h.set_device_major(major).unwrap();
-        h.set_device_minor(minor).unwrap();
-        self.0.append_data(&mut h, path, std::io::empty()).unwrap();
-        self
-    }
-    fn raw(mut self, kind: tar::EntryType, name: &[u8], link: &[u8], data: &[u8]) -> T {
-        let mut h = header(kind, 0o644, data.len() as u64);
-        let old = h.as_old_mut();
-        old.name = [0; 100];
-        old.name[..name.len()].copy_from_slice(name);
-        old.linkname = [0; 100];
-        old.linkname[..link.len()].copy_from_slice(link);
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
-        self
-    }
-    fn pax(mut self, records: &[(&str, &[u8])]) -> T {
-        self.0
-            .append_pax_extensions(records.iter().map(|(k, v)| (*k, *v)))
-            .unwrap();
-        self
-    }
-    fn done(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
-    }
-}
-
-/// A lone header whose size field claims `size` bytes, followed by `data` (no end marker).
-fn claims(name: &str, size: u64, data: &[u8]) -> Vec<u8> {
-    let mut h = header(tar::EntryType::Regular, 0o644, 0);
-    h.set_size(size);
-    h.set_path(name).unwrap();
-    h.set_cksum();
-    let mut v = h.as_bytes().to_vec();
-    v.extend_from_slice(data);
-    v
-}
+use layertar::testing::{claims, header, TarBuilder as T};
 
 /// A gzip of `parts` then `zeros` bytes of zeros. The zeros are copies of one compressed MiB
 /// as further gzip members (which every gzip reader concatenates), so a bomb is cheap to build.
@@ -292,17 +225,17 @@ fn corpus(canary: &Path) -> Vec<Case> {
         ),
         r(
             "block device 7:0 mode 0666",
-            T::new().special("loop0", E::Block, 7, 0).done(),
+            T::new().node("loop0", E::Block, 7, 0).done(),
             "block device 7:0 refused",
         ),
         r(
             "char device 1:1 (/dev/mem)",
-            T::new().special("mem", E::Char, 1, 1).done(),
+            T::new().node("mem", E::Char, 1, 1).done(),
             "char device 1:1 refused",
         ),
         i(
             "char device 0:0 = whiteout of a lower file",
-            T::new().special("a", E::Char, 0, 0).done(),
+            T::new().node("a", E::Char, 0, 0).done(),
             |p| {
                 ok(
                     missing(&p.join("a")) && p.join("d/f").exists(),
@@ -310,11 +243,9 @@ fn corpus(canary: &Path) -> Vec<Case> {
                 )
             },
         ),
-        i(
-            "fifo",
-            T::new().special("fifo", E::Fifo, 0, 0).done(),
-            |p| ok(lmeta(&p.join("fifo"))?.file_type().is_fifo(), "fifo"),
-        ),
+        i("fifo", T::new().node("fifo", E::Fifo, 0, 0).done(), |p| {
+            ok(lmeta(&p.join("fifo"))?.file_type().is_fifo(), "fifo")
+        }),
         i(
             "setuid root file",
             T::new().file("suid", b"#!/bin/sh\n", 0o4755).done(),
@@ -463,7 +394,7 @@ fn corpus(canary: &Path) -> Vec<Case> {
         ),
         r(
             "char 0:0 whiteout through a lower symlink",
-            T::new().special("lowlink/keep", E::Char, 0, 0).done(),
+            T::new().node("lowlink/keep", E::Char, 0, 0).done(),
             "writes through symlink",
         ),
         r(
@@ -489,12 +420,13 @@ fn corpus(canary: &Path) -> Vec<Case> {
         i(
             "file capability (binary security.capability) on a file owned by 1000",
             {
-                let mut t = T::new().pax(&[("SCHILY.xattr.security.capability", &CAP_NET_RAW)]);
                 let mut h = header(E::Regular, 0o755, 4);
                 h.set_uid(1000);
                 h.set_gid(1000);
-                t.0.append_data(&mut h, "ping", &b"ping"[..]).unwrap();
-                t.done()
+                T::new()
+                    .pax(&[("SCHILY.xattr.security.capability", &CAP_NET_RAW)])
+                    .entry(h, "ping", b"ping")
+                    .done()
             },
             |p| {
                 ok(

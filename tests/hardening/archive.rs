@@ -238,7 +238,7 @@ impl Rng {
     }
 }
 
-use crate::common::tar_header as header;
+use layertar::testing::header;
 
 /// Every kind of entry the importer handles: directories, files, a long name, a PAX header with
 /// an xattr, symlink, hardlink, fifo, whiteout, opaque directory.

@@ -7,13 +7,13 @@
 
 use crate::error::{DriverError, Result};
 use crate::units::Bytes;
+use layertar::meta::{self, Meta, NotRoot, Owner, Policy, Step, Times, Unsupported};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, AT_FDCWD};
 use nix::libc;
-use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{mknod, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::{self, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -280,125 +280,41 @@ fn copy_file_data(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Owner, then mode (chown clears setuid bits), then xattrs (chown clears security.capability),
-/// then times (everything before may touch them).
+/// How a copy sets metadata: like `cp -a`, an xattr namespace the destination filesystem lacks
+/// is left out, and an unprivileged copy keeps its own ownership.
+const COPY: Policy = Policy {
+    unsupported_xattr: Unsupported::Skip,
+    not_root: NotRoot::Eperm,
+};
+
+/// Gives `dst` the owner, mode (none for a symlink), xattrs and times of `src`, whose metadata
+/// is `meta`, in the order [`meta::apply`] keeps.
 fn apply_metadata(src: &Path, dst: &Path, meta: &Metadata) -> Result<()> {
-    let chown = nix::unistd::fchownat(
-        AT_FDCWD,
-        dst,
-        Some(meta.uid().into()),
-        Some(meta.gid().into()),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    );
-    match chown {
-        Ok(()) => {}
-        // Like cp -a, an unprivileged copy keeps its own ownership.
-        Err(Errno::EPERM) if !nix::unistd::geteuid().is_root() => {}
-        Err(e) => return Err(DriverError::sys("copy tree: chown", dst.display(), e)),
-    }
-    let is_symlink = meta.file_type().is_symlink();
-    if !is_symlink {
-        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| DriverError::io("copy tree: chmod", dst, e))?;
-    }
-    copy_xattrs(src, dst)?;
-    let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
-    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
-    utimensat(
-        AT_FDCWD,
-        dst,
-        &atime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| DriverError::sys("copy tree: set times", dst.display(), e))?;
-    Ok(())
-}
-
-/// Calls `f(buf)` (an l*xattr call) with a growing buffer until the value fits.
-fn xattr_buffer(mut f: impl FnMut(&mut [u8]) -> libc::ssize_t) -> io::Result<Vec<u8>> {
-    loop {
-        let size = f(&mut []);
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Room for the value to grow between the two calls.
-        let mut buf = vec![0u8; size as usize + 256];
-        let n = f(&mut buf);
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ERANGE) {
-            return Err(err);
-        }
-    }
-}
-
-/// The names of `path`'s xattrs (not following a symlink).
-pub fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
-    let raw = xattr_buffer(|buf| {
-        // SAFETY: `path` is NUL-terminated; `buf` is valid for `buf.len()` bytes (or empty,
-        // which asks for the size).
-        unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    let xattrs = meta::read_xattrs(src, |_| true).map_err(|e| match e.step {
+        Step::ListXattrs => DriverError::io("copy tree: list xattrs", src, e.source),
+        _ => DriverError::io("copy tree: get xattr", src, e.source),
     })?;
-    Ok(raw
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-        .filter_map(|n| CString::new(n).ok())
-        .collect())
-}
-
-/// The value of xattr `name` of `path` (not following a symlink).
-pub fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
-    xattr_buffer(|buf| {
-        // SAFETY: as in list_xattrs.
-        unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        }
-    })
-}
-
-fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
-    let s = cstring(src).map_err(|e| DriverError::io("copy tree: list xattrs", src, e))?;
-    let d = cstring(dst).map_err(|e| DriverError::io("copy tree: set xattr", dst, e))?;
-    let names = match list_xattrs(&s) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
-        Err(e) => return Err(DriverError::io("copy tree: list xattrs", src, e)),
+    let wanted = Meta {
+        owner: Some(Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }),
+        mode: (!meta.file_type().is_symlink()).then_some(meta.mode() & 0o7777),
+        xattrs: &xattrs,
+        times: Some(Times {
+            atime: TimeSpec::new(meta.atime(), meta.atime_nsec()),
+            mtime: TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+        }),
     };
-    for name in names {
-        let value = match get_xattr(&s, &name) {
-            Ok(v) => v,
-            // Removed since it was listed.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
-            Err(e) => return Err(DriverError::io("copy tree: get xattr", src, e)),
-        };
-        // SAFETY: both strings are NUL-terminated and `value` is valid for its length.
-        let rc = unsafe {
-            libc::lsetxattr(
-                d.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            // The destination filesystem does not support this namespace.
-            if err.raw_os_error() == Some(libc::ENOTSUP) {
-                continue;
-            }
-            return Err(DriverError::io("copy tree: set xattr", dst, err));
+    meta::apply(dst, &wanted, COPY).map_err(|e| {
+        let errno = || Errno::from_raw(e.source.raw_os_error().unwrap_or(libc::EIO));
+        match e.step {
+            Step::Chown => DriverError::sys("copy tree: chown", dst.display(), errno()),
+            Step::SetTimes => DriverError::sys("copy tree: set times", dst.display(), errno()),
+            Step::Chmod => DriverError::io("copy tree: chmod", dst, e.source),
+            _ => DriverError::io("copy tree: set xattr", dst, e.source),
         }
-    }
+    })?;
     Ok(())
 }
 
@@ -488,31 +404,17 @@ fn check_no_mounts_below(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::fcntl::{AtFlags, AT_FDCWD};
+    use nix::sys::stat::{utimensat, UtimensatFlags};
     use std::os::unix::fs::symlink;
     use std::process::Command;
 
     fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-        let p = cstring(path)?;
-        let n = CString::new(name).unwrap();
-        // SAFETY: NUL-terminated strings, value valid for its length.
-        let rc = unsafe {
-            libc::lsetxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        meta::set_xattr(&cstring(path)?, &CString::new(name).unwrap(), value)
     }
 
     fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-        get_xattr(&cstring(path).unwrap(), &CString::new(name).unwrap()).ok()
+        meta::get_xattr(&cstring(path).unwrap(), &CString::new(name).unwrap()).ok()
     }
 
     fn set_mtime(path: &Path, secs: i64, nsec: i64) {
