@@ -1,8 +1,10 @@
 //! Benchmark workloads shared by `blkdrv bench` and the criterion benches: every driver runs the
 //! same work in one run, each phase timed separately, and the report keeps every sample.
 //!
-//! Drivers join by implementing the driver trait (plus, optionally,
-//! `DriverFactory::bench_variants` and `Driver::raw_snapshot`); nothing here names a driver.
+//! Drivers join by implementing the driver trait (plus, optionally, the bench capabilities the
+//! pool asks for: more than one configuration to compare, and the raw kernel operation behind a
+//! layer create); nothing here names a driver, and the drivers crate is reached only through
+//! the pool.
 
 pub mod chart;
 mod env;

@@ -5,8 +5,7 @@
 use crate::gen::{self, Rng, TreeSpec, TreeStats};
 use crate::report::{Report, ResultRow, RunConfig, Skipped, Unit, SCHEMA};
 use crate::{env, BenchError};
-use blkdrv_drivers::{registry, Bytes, DriverFactory, DriverOptions};
-use blkdrv_pool::{BackingSpec, InitSpec, LayerName, Pool, PoolName, Root, Source};
+use blkdrv_pool::{BackingSpec, Bytes, InitSpec, LayerName, Pool, PoolName, Root, Source};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -165,23 +164,8 @@ pub struct Options {
     pub dir: PathBuf,
 }
 
-/// A driver configuration under test.
-#[derive(Clone)]
-pub struct Variant {
-    pub label: String,
-    pub factory: &'static dyn DriverFactory,
-    pub options: DriverOptions,
-}
-
-impl std::fmt::Debug for Variant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Variant")
-            .field("label", &self.label)
-            .field("driver", &self.factory.name())
-            .field("options", &self.options)
-            .finish()
-    }
-}
+/// A driver configuration under test (the pool's list of what each driver wants compared).
+pub type Variant = blkdrv_pool::bench::BenchVariant;
 
 /// Progress, for a bar or a log.
 #[derive(Debug, Clone)]
@@ -201,21 +185,12 @@ pub enum Event {
 /// run is an error too (asking for it and getting silence would be a lie). Unnamed drivers the
 /// host lacks are recorded as skipped.
 pub fn variants(wanted: Option<&[String]>) -> Result<(Vec<Variant>, Vec<Skipped>), BenchError> {
-    let mut all = Vec::new();
-    for f in registry::all() {
-        for (label, options) in f.bench_variants() {
-            all.push(Variant {
-                label,
-                factory: *f,
-                options,
-            });
-        }
-    }
+    let all = blkdrv_pool::bench::variants();
     let mut skipped = Vec::new();
     let Some(wanted) = wanted else {
         let mut out = Vec::new();
         for v in all {
-            match v.factory.check_host() {
+            match v.check_host() {
                 Ok(()) => out.push(v),
                 Err(e) => skipped.push(Skipped {
                     driver: v.label,
@@ -230,7 +205,7 @@ pub fn variants(wanted: Option<&[String]>) -> Result<(Vec<Variant>, Vec<Skipped>
     for w in wanted {
         let matched: Vec<&Variant> = all
             .iter()
-            .filter(|v| v.label == *w || v.factory.name() == w)
+            .filter(|v| v.label == *w || v.driver() == w)
             .collect();
         if matched.is_empty() {
             let labels: Vec<&str> = all.iter().map(|v| v.label.as_str()).collect();
@@ -240,12 +215,10 @@ pub fn variants(wanted: Option<&[String]>) -> Result<(Vec<Variant>, Vec<Skipped>
             )));
         }
         for v in matched {
-            v.factory
-                .check_host()
-                .map_err(|e| BenchError::Unavailable {
-                    driver: v.label.clone(),
-                    reason: e.to_string(),
-                })?;
+            v.check_host().map_err(|e| BenchError::Unavailable {
+                driver: v.label.clone(),
+                reason: e.to_string(),
+            })?;
             if !out.iter().any(|o| o.label == v.label) {
                 out.push(v.clone());
             }
@@ -452,7 +425,7 @@ impl<'a> Bench<'a> {
             &root,
             InitSpec {
                 name: name.clone(),
-                driver: v.factory.name().to_string(),
+                driver: v.driver().to_string(),
                 backing: BackingSpec::Loopback { size: sizes.pool },
                 options: v.options.clone(),
                 // The bench fills pools on purpose (density, remove); policy is not under test.
@@ -1023,10 +996,7 @@ impl<'a> Bench<'a> {
                 .map_err(|f| format!("destroy: {e}; forced teardown: {f}"))?;
         }
         // Never recurse into a directory something is still mounted below.
-        let mounted = blkdrv_drivers::sys::mount::mountinfo()
-            .map_err(e2s)?
-            .iter()
-            .any(|m| m.target.starts_with(&self.base));
+        let mounted = blkdrv_pool::bench::mounted_below(&self.base).map_err(e2s)?;
         if !mounted {
             std::fs::remove_dir_all(&self.base)
                 .map_err(|e| format!("remove {}: {e}", self.base.display()))?;

@@ -1,4 +1,4 @@
-//! The vocabulary drivers and the pool share: options, identity, layer chains, mount modes,
+//! The vocabulary drivers and the pool share: options, layer chains, mount modes,
 //! capabilities, usage and space.
 
 use crate::{Bytes, ObjectId};
@@ -9,10 +9,6 @@ use std::path::PathBuf;
 /// Driver-specific options (`--fs xfs`, later `--block-size` ...), kept as strings so the pool can
 /// store them without knowing what they mean. Each driver validates its own.
 pub type DriverOptions = BTreeMap<String, String>;
-
-/// What identifies a formatted pool on its devices (filesystem UUID, thin-pool UUID, zpool GUID).
-/// Recorded at format time and checked on every open, so a swapped device is refused.
-pub type Identity = BTreeMap<String, String>;
 
 /// Everything a driver gets to know about the pool it serves.
 #[derive(Debug, Clone)]
