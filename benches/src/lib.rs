@@ -5,15 +5,24 @@
 //! pool asks for: more than one configuration to compare, and the raw kernel operation behind a
 //! layer create); nothing here names a driver, and the drivers crate is reached only through
 //! the pool.
+//!
+//! Files: [`run`] resolves what to run and drives it, [`workload`] is the table of workloads
+//! and their functions, `bench` the per-variant pool they share, [`scale`] the sizes, [`gen`]
+//! the generated content, [`report`] and [`chart`] the output.
 
+mod bench;
 pub mod chart;
 mod env;
 pub mod gen;
 pub mod report;
 pub mod run;
+pub mod scale;
+pub mod workload;
 
 pub use report::{Environment, Report, ResultRow, RunConfig, Stats, Unit};
-pub use run::{Event, Options, Scale, WORKLOADS};
+pub use run::{Event, Options};
+pub use scale::{Scale, Sizes};
+pub use workload::{Workload, WORKLOADS};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -126,7 +135,7 @@ pub fn panels(report: &Report) -> Vec<(String, String, String)> {
     let rank = |w: &str| {
         WORKLOADS
             .iter()
-            .position(|(n, _)| *n == w)
+            .position(|n| n.name == w)
             .unwrap_or(usize::MAX)
     };
     let first = |f: &dyn Fn(&ResultRow) -> bool| report.results.iter().position(f);
