@@ -22,7 +22,7 @@ pub struct PoolContext {
     /// Validated driver options.
     pub options: DriverOptions,
     /// The driver generation the pool recorded after its last completed operation (see
-    /// [`crate::Driver::generation`]); `None` for a pool being formatted.
+    /// [`crate::Backing::generation`]); `None` for a pool being formatted.
     pub generation: Option<u64>,
 }
 
@@ -144,7 +144,7 @@ pub struct Space {
     /// pool grows loopback files when it runs low; `None`: the driver cannot grow.
     pub unallocated: Option<Bytes>,
     /// Space freed by removed layers that the filesystem has not made reusable yet (btrfs
-    /// subvolumes waiting for the cleaner thread); [`crate::Driver::reclaim`] waits for it. `None`:
+    /// subvolumes waiting for the cleaner thread); [`crate::Backing::reclaim`] waits for it. `None`:
     /// the driver frees space at once.
     #[serde(default)]
     pub pending: Option<Bytes>,

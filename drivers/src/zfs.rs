@@ -44,7 +44,7 @@ const KNOWN: &[&str] = &[KEY_ZPOOL, KEY_DATASET, KEY_COMPRESSION, KEY_ADOPT];
 
 /// The snapshot that freezes a committed layer; children are clones of it.
 const COMMITTED: &str = "committed";
-/// Scratch clone for [`Driver::raw_snapshot`]; not a decimal id, so never listed as a layer.
+/// Scratch clone for [`BenchHooks::raw_snapshot`]; not a decimal id, so never listed as a layer.
 const SCRATCH: &str = "bench-raw";
 /// Room a parent dataset name must leave for "/<largest id>@committed".
 const MAX_PARENT: usize = z::MAX_NAME - "/16777215@committed".len();

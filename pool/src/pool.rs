@@ -537,7 +537,7 @@ impl Pool {
         self.driver.name()
     }
 
-    /// Records the driver's generation after a completed operation (see `Driver::generation`).
+    /// Records the driver's generation after a completed operation (see `Backing::generation`).
     fn record_generation(&mut self) -> Result<()> {
         if let Some(g) = self
             .driver
