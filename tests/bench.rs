@@ -46,7 +46,7 @@ fn smoke_bench_measures_every_workload_on_every_host_driver() {
     assert!(!report["environment"]["kernel"].as_str().unwrap().is_empty());
     let results = report["results"].as_array().unwrap();
     for driver in ["vfs", "overlay-ext4", "overlay-xfs", "btrfs"] {
-        for (w, _) in blkdrv_benches::WORKLOADS {
+        for w in blkdrv_benches::WORKLOADS.iter().map(|w| &w.name) {
             let rows: Vec<&serde_json::Value> = results
                 .iter()
                 .filter(|r| r["driver"] == driver && r["workload"] == *w)

@@ -6,9 +6,9 @@
 //! Store commits use the store's own settings (WAL, synchronous=FULL), so the transaction bench
 //! includes a real fsync and depends on the disk behind the temp dir.
 
-use blkdrv_drivers::{Bytes, ObjectId};
 use blkdrv_pool::layer::LayerRecord;
 use blkdrv_pool::store::Store;
+use blkdrv_pool::{Bytes, ObjectId};
 use blkdrv_pool::{LayerKind, LayerState, PoolError};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use layertar::{apply_tar, spool_tar, validate, ApplyOptions};

@@ -1,17 +1,28 @@
 //! Benchmark workloads shared by `blkdrv bench` and the criterion benches: every driver runs the
 //! same work in one run, each phase timed separately, and the report keeps every sample.
 //!
-//! Drivers join by implementing the driver trait (plus, optionally,
-//! `DriverFactory::bench_variants` and `Driver::raw_snapshot`); nothing here names a driver.
+//! Drivers join by implementing the driver trait (plus, optionally, the bench capabilities the
+//! pool asks for: more than one configuration to compare, and the raw kernel operation behind a
+//! layer create); nothing here names a driver, and the drivers crate is reached only through
+//! the pool.
+//!
+//! Files: [`run`] resolves what to run and drives it, [`workload`] is the table of workloads
+//! and their functions, `bench` the per-variant pool they share, [`scale`] the sizes, [`gen`]
+//! the generated content, [`report`] and [`chart`] the output.
 
+mod bench;
 pub mod chart;
 mod env;
 pub mod gen;
 pub mod report;
 pub mod run;
+pub mod scale;
+pub mod workload;
 
 pub use report::{Environment, Report, ResultRow, RunConfig, Stats, Unit};
-pub use run::{Event, Options, Scale, WORKLOADS};
+pub use run::{Event, Options};
+pub use scale::{Scale, Sizes};
+pub use workload::{Workload, WORKLOADS};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -124,7 +135,7 @@ pub fn panels(report: &Report) -> Vec<(String, String, String)> {
     let rank = |w: &str| {
         WORKLOADS
             .iter()
-            .position(|(n, _)| *n == w)
+            .position(|n| n.name == w)
             .unwrap_or(usize::MAX)
     };
     let first = |f: &dyn Fn(&ResultRow) -> bool| report.results.iter().position(f);

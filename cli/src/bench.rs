@@ -280,7 +280,7 @@ mod tests {
             .expect("bench subcommand")
             .render_long_help()
             .to_string();
-        for (w, _) in blkdrv_benches::WORKLOADS {
+        for w in blkdrv_benches::WORKLOADS.iter().map(|w| &w.name) {
             assert!(help.contains(w), "{w} missing from bench --help");
         }
     }

@@ -10,6 +10,7 @@
 use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking, FsType};
 use crate::sys::mount;
+use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
     MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
@@ -73,7 +74,7 @@ impl DriverFactory for Factory {
 
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
         let backing = FsBacking::open_as(ctx, identity, FsType::Btrfs, NAME)?;
-        let uuid = identity.get("fs_uuid").cloned().unwrap_or_default();
+        let uuid = backing.uuid.clone();
         let quota = ctx.options.get(KEY_QUOTA).map(String::as_str) != Some("off");
         let d = Btrfs {
             backing,
@@ -219,7 +220,7 @@ fn cname(id: ObjectId) -> CString {
     CString::new(id.to_string()).expect("decimal ids have no NUL")
 }
 
-impl Driver for Btrfs {
+impl Layers for Btrfs {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -358,6 +359,28 @@ impl Driver for Btrfs {
         }
     }
 
+    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
+        if !self.quota {
+            return Err(DriverError::Unsupported {
+                driver: NAME,
+                what: "size limits on a pool made with quotas off".into(),
+            });
+        }
+        let subvol = self.subvol_id(id)?;
+        let fd = self.open_dir(&self.backing.mnt)?;
+        // Like moby's btrfs driver: the limit covers everything the layer references.
+        quota::qgroup_limit(
+            fd.as_fd(),
+            subvol,
+            quota::QgroupLimitFlags::MAX_RFER,
+            limit.0,
+            0,
+        )
+        .map_err(|e| DriverError::sys("set qgroup limit of layer", id, e))
+    }
+}
+
+impl Backing for Btrfs {
     fn space(&self) -> Result<Space> {
         let mut s = self.backing.space()?;
         let fd = self.open_dir(&self.backing.mnt)?;
@@ -420,20 +443,6 @@ impl Driver for Btrfs {
         self.backing.deactivate()
     }
 
-    // What `btrfs subvolume snapshot` does: one ioctl, no sync, no bookkeeping.
-    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<Duration>> {
-        let dir = self.open_dir(&self.layers_dir())?;
-        let src = self.open_dir(&self.path(parent.id))?;
-        let name = CString::new(".bench-raw").expect("no NUL");
-        let t = Instant::now();
-        subvolume::snapshot_create(dir.as_fd(), src.as_fd(), &name, false, &[])
-            .map_err(|e| DriverError::sys("snapshot (raw) layer", parent.id, e))?;
-        let took = t.elapsed();
-        subvolume::subvolume_delete(dir.as_fd(), &name)
-            .map_err(|e| DriverError::sys("delete raw snapshot of layer", parent.id, e))?;
-        Ok(Some(took))
-    }
-
     // The transaction kthread wakes the cleaner once per commit interval (30 s), so a removed
     // layer's space came back 20-40 s late. BTRFS_IOC_SYNC commits and wakes the cleaner; poll
     // until no deleted subvolume is left, then commit once more: extents the cleaner freed are
@@ -463,24 +472,26 @@ impl Driver for Btrfs {
         )
         .map_err(|e| DriverError::sys("grow filesystem", self.backing.mnt.display(), e))
     }
+}
 
-    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
-        if !self.quota {
-            return Err(DriverError::Unsupported {
-                driver: NAME,
-                what: "size limits on a pool made with quotas off".into(),
-            });
-        }
-        let subvol = self.subvol_id(id)?;
-        let fd = self.open_dir(&self.backing.mnt)?;
-        // Like moby's btrfs driver: the limit covers everything the layer references.
-        quota::qgroup_limit(
-            fd.as_fd(),
-            subvol,
-            quota::QgroupLimitFlags::MAX_RFER,
-            limit.0,
-            0,
-        )
-        .map_err(|e| DriverError::sys("set qgroup limit of layer", id, e))
+impl Driver for Btrfs {
+    fn bench(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
+    }
+}
+
+impl BenchHooks for Btrfs {
+    // What `btrfs subvolume snapshot` does: one ioctl, no sync, no bookkeeping.
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Duration> {
+        let dir = self.open_dir(&self.layers_dir())?;
+        let src = self.open_dir(&self.path(parent.id))?;
+        let name = CString::new(".bench-raw").expect("no NUL");
+        let t = Instant::now();
+        subvolume::snapshot_create(dir.as_fd(), src.as_fd(), &name, false, &[])
+            .map_err(|e| DriverError::sys("snapshot (raw) layer", parent.id, e))?;
+        let took = t.elapsed();
+        subvolume::subvolume_delete(dir.as_fd(), &name)
+            .map_err(|e| DriverError::sys("delete raw snapshot of layer", parent.id, e))?;
+        Ok(took)
     }
 }

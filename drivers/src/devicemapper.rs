@@ -14,9 +14,11 @@
 
 use crate::error::{DriverError, Result};
 use crate::fsbacked::FsType;
+use crate::identity;
 use crate::options;
 use crate::sys::lvm::{self, PoolLv};
 use crate::sys::{exec, mount, signature};
+use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
     MetaSpace, MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
@@ -27,6 +29,7 @@ use devicemapper::{
     LinearDevTargetParams, LinearTargetParams, TargetLine, ThinDev, ThinDevId, ThinPoolDev,
     ThinPoolStatus, ThinPoolStatusSummary, DM,
 };
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,8 +37,8 @@ use std::time::{Duration, Instant};
 const NAME: &str = "devicemapper";
 /// The base device every layer descends from; object ids start at 1, so 0 is free.
 const BASE_ID: u32 = 0;
-/// Scratch thin id for benchmark raw snapshots; the pool allocates ids upwards from 1.
-const RAW_BENCH_ID: u32 = ObjectId::MAX;
+/// Thin id of the bench's raw snapshot: the one id the store never allocates to a layer.
+const RAW_BENCH_ID: u32 = ObjectId::SCRATCH.get();
 const KIB64: u64 = 64 << 10;
 
 const KEY_FS: &str = "fs";
@@ -574,12 +577,14 @@ impl DriverFactory for Factory {
             }
         }
         let uuid = made?;
-        let mut identity = Identity::new();
-        identity.insert("dm_prefix".into(), names.prefix.clone());
-        identity.insert("base_fs_uuid".into(), uuid);
-        identity.insert("base_size".into(), base_size.0.to_string());
-        identity.insert("fs".into(), s.fs.name().into());
-        Ok(identity)
+        let rec = Recorded {
+            dm_prefix: names.prefix.clone(),
+            base_fs_uuid: uuid,
+            base_size,
+            fs: s.fs,
+            lvm: None,
+        };
+        Identity::record(NAME, &rec)
     }
 
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
@@ -589,30 +594,20 @@ impl DriverFactory for Factory {
             .first()
             .cloned()
             .unwrap_or_else(|| ctx.state_dir.clone());
-        let get = |k: &str| {
-            identity
-                .get(k)
-                .cloned()
-                .ok_or_else(|| DriverError::IdentityMismatch {
-                    device: label.clone(),
-                    field: k.into(),
-                    recorded: "(missing)".into(),
-                    found: "a pool record without it".into(),
-                })
-        };
-        let prefix = get("dm_prefix")?;
-        let base_size = Bytes(get("base_size")?.parse().unwrap_or(0));
-        let recorded_uuid = get("base_fs_uuid")?;
+        let rec = Recorded::read(identity, &label)?;
+        let prefix = rec.dm_prefix;
+        let base_size = rec.base_size;
+        let recorded_uuid = rec.base_fs_uuid;
         let dm = dm()?;
-        let (names, pool, home, label) = match identity.get("lvm_pool") {
-            Some(p) => {
-                let lv: PoolLv = p.parse().map_err(|e: String| DriverError::Device {
-                    device: label.clone(),
-                    reason: format!("recorded LVM pool: {e}"),
-                })?;
+        let (names, pool, home, label) = match rec.lvm {
+            Some(LvmRecorded {
+                lvm_pool: lv,
+                lvm_uuid: recorded,
+                lvm_created,
+                lvm_vg_created,
+            }) => {
                 let lv_path = PathBuf::from(format!("/dev/{lv}"));
                 let info = lvm::pool_info(&lv)?;
-                let recorded = get("lvm_uuid")?;
                 if info.uuid != recorded {
                     return Err(DriverError::IdentityMismatch {
                         device: lv_path,
@@ -627,8 +622,8 @@ impl DriverFactory for Factory {
                 }
                 let pool = attach_pool(&dm, &names.pool())?;
                 let home = Home::Lvm {
-                    created: get("lvm_created").is_ok_and(|v| v == "yes"),
-                    vg_created: get("lvm_vg_created").is_ok_and(|v| v == "yes"),
+                    created: lvm_created,
+                    vg_created: lvm_vg_created,
                     pool: lv,
                 };
                 (names, pool, home, lv_path)
@@ -677,6 +672,45 @@ impl DriverFactory for Factory {
             });
         }
         Ok(Box::new(d))
+    }
+}
+
+/// The identity recorded at `pool init` and checked on every open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Recorded {
+    /// Prefix of the pool's dm device names.
+    dm_prefix: String,
+    /// UUID of the base device's filesystem, which every layer inherits.
+    base_fs_uuid: String,
+    #[serde(with = "identity::bytes")]
+    base_size: Bytes,
+    fs: FsType,
+    /// Where the thin pool lives when LVM holds it; `None`: blkdrv's own dm pool.
+    #[serde(flatten)]
+    lvm: Option<LvmRecorded>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LvmRecorded {
+    #[serde(with = "identity::text")]
+    lvm_pool: PoolLv,
+    /// The thin-pool LV's UUID: a recreated LV of the same name is another pool.
+    lvm_uuid: String,
+    /// blkdrv made the LV (`--lvm`), so destroy removes it; and its VG.
+    #[serde(default, with = "identity::yes_no")]
+    lvm_created: bool,
+    #[serde(default, with = "identity::yes_no")]
+    lvm_vg_created: bool,
+}
+
+impl Recorded {
+    fn read(identity: &Identity, device: &Path) -> Result<Recorded> {
+        let rec: Recorded = identity.read(device)?;
+        if rec.lvm.is_none() && identity.get("lvm_pool").is_some() {
+            // serde reads a flattened Option that fails as None: say what is wrong instead.
+            identity.read::<LvmRecorded>(device)?;
+        }
+        Ok(rec)
     }
 }
 
@@ -825,20 +859,19 @@ fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Identity> {
             return Err(e);
         }
     };
-    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let mut identity = Identity::new();
-    identity.insert("dm_prefix".into(), names.prefix.clone());
-    identity.insert("base_fs_uuid".into(), uuid);
-    identity.insert("base_size".into(), base_size.0.to_string());
-    identity.insert("fs".into(), s.fs.name().into());
-    identity.insert("lvm_pool".into(), lv.to_string());
-    identity.insert("lvm_uuid".into(), info.uuid);
-    identity.insert("lvm_created".into(), yes(created.is_some()));
-    identity.insert(
-        "lvm_vg_created".into(),
-        yes(created.as_ref().is_some_and(|c| c.vg_created)),
-    );
-    Ok(identity)
+    let rec = Recorded {
+        dm_prefix: names.prefix.clone(),
+        base_fs_uuid: uuid,
+        base_size,
+        fs: s.fs,
+        lvm: Some(LvmRecorded {
+            lvm_pool: lv,
+            lvm_uuid: info.uuid,
+            lvm_created: created.is_some(),
+            lvm_vg_created: created.as_ref().is_some_and(|c| c.vg_created),
+        }),
+    };
+    Identity::record(NAME, &rec)
 }
 
 /// Builds a [`ThinPoolDev`] handle for a thin pool someone else set up (LVM), from the kernel's
@@ -1152,7 +1185,7 @@ impl DmThin {
     }
 }
 
-impl Driver for DmThin {
+impl Layers for DmThin {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -1361,7 +1394,9 @@ impl Driver for DmThin {
             })
             .collect()
     }
+}
 
+impl Backing for DmThin {
     fn space(&self) -> Result<Space> {
         let w = self.status()?;
         let block = self.block.0;
@@ -1536,9 +1571,21 @@ impl Driver for DmThin {
         .map_err(|e| dm_err("grow data of", &*self.names.pool(), e))
     }
 
+    fn generation(&self) -> Result<Option<u64>> {
+        self.txid().map(Some)
+    }
+}
+
+impl Driver for DmThin {
+    fn bench(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
+    }
+}
+
+impl BenchHooks for DmThin {
     // `dmsetup message <pool> 0 "create_snap N origin"` + activation, without the origin
     // suspend, transaction id or store: what blkdrv adds on top shows as the ratio.
-    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<Duration>> {
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Duration> {
         let g = self.lock();
         let pool_name = self.names.pool();
         let pool = DevId::Name(&pool_name);
@@ -1563,17 +1610,50 @@ impl Driver for DmThin {
                 .map_err(|e| dm_err("delete raw snapshot from", &*pool_name, e));
         torn?;
         deleted?;
-        Ok(Some(took))
-    }
-
-    fn generation(&self) -> Result<Option<u64>> {
-        self.txid().map(Some)
+        Ok(took)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records as `pool init` has always written them (text maps) read as typed records, and
+    /// a partial LVM record is refused rather than read as a pool of blkdrv's own.
+    #[test]
+    fn stored_records_read_as_typed_ones() {
+        let dev = Path::new("/dev/loop0");
+        let plain: Identity = serde_json::from_str(
+            r#"{"dm_prefix":"blkdrv-0a1b2c3d","base_fs_uuid":"u-1","base_size":"10737418240",
+                "fs":"xfs"}"#,
+        )
+        .unwrap();
+        let rec = Recorded::read(&plain, dev).unwrap();
+        assert_eq!(rec.base_size, Bytes::gib(10));
+        assert_eq!((rec.fs, rec.lvm), (FsType::Xfs, None));
+        let again = Identity::record(NAME, &Recorded::read(&plain, dev).unwrap()).unwrap();
+        assert_eq!(again, plain);
+
+        let lvm: Identity = serde_json::from_str(
+            r#"{"dm_prefix":"p","base_fs_uuid":"u","base_size":"1048576","fs":"ext4",
+                "lvm_pool":"vg0/pool","lvm_uuid":"L-1","lvm_created":"yes",
+                "lvm_vg_created":"no"}"#,
+        )
+        .unwrap();
+        let rec = Recorded::read(&lvm, dev).unwrap();
+        let l = rec.lvm.clone().unwrap();
+        assert_eq!(l.lvm_pool.to_string(), "vg0/pool");
+        assert!(l.lvm_created && !l.lvm_vg_created);
+        assert_eq!(Identity::record(NAME, &rec).unwrap(), lvm);
+
+        let partial: Identity = serde_json::from_str(
+            r#"{"dm_prefix":"p","base_fs_uuid":"u","base_size":"1","fs":"xfs",
+                "lvm_pool":"vg0/pool"}"#,
+        )
+        .unwrap();
+        let e = Recorded::read(&partial, dev).unwrap_err().to_string();
+        assert!(e.contains("lvm_uuid"), "{e}");
+    }
 
     #[test]
     fn options_are_checked() {

@@ -1,12 +1,13 @@
-//! The traits every driver implements: a stateless factory per driver kind and the layer
-//! operations of one open pool.
+//! The traits every driver implements: a stateless factory per driver kind; for one open
+//! pool, its layer operations ([`Layers`]) and its backing's lifecycle ([`Backing`]), which
+//! [`Driver`] joins; and the optional bench capabilities ([`BenchSetup`], [`BenchHooks`]).
 
 use crate::error::{DriverError, Result};
 use crate::types::{
-    Capabilities, DriverOptions, Identity, LayerChain, MountFlags, MountMode, PoolContext,
-    Requirements, Space, Usage,
+    Capabilities, DriverOptions, LayerChain, MountFlags, MountMode, PoolContext, Requirements,
+    Space, Usage,
 };
-use crate::{sys, Bytes, ObjectId};
+use crate::{sys, Bytes, Identity, ObjectId};
 use std::path::Path;
 
 /// Creates and opens pools of one driver kind. Stateless; one static instance per driver.
@@ -49,10 +50,10 @@ pub trait DriverFactory: Send + Sync {
         sys::host::check(self.name(), &self.requirements())
     }
 
-    /// The configurations `blkdrv bench` compares for this driver, as (label, options). One run
-    /// with defaults unless the backing changes the story (overlay: ext4 copy-up vs xfs reflink).
-    fn bench_variants(&self) -> Vec<(String, DriverOptions)> {
-        vec![(self.name().to_string(), DriverOptions::new())]
+    /// What `blkdrv bench` may ask of this driver kind beyond the layer operations; `None`:
+    /// one run with default options.
+    fn bench(&self) -> Option<&dyn BenchSetup> {
+        None
     }
 }
 
@@ -61,7 +62,7 @@ pub trait DriverFactory: Send + Sync {
 /// Every mutating call must be idempotent with respect to a crash: the pool may call `create`
 /// again after a crash left a half-made object (the driver replaces it), `commit` on an already
 /// committed object, and `remove` on an object that is already gone (returns `Ok`).
-pub trait Driver: Send + Sync {
+pub trait Layers: Send + Sync {
     fn name(&self) -> &'static str;
 
     fn capabilities(&self) -> Capabilities;
@@ -82,7 +83,7 @@ pub trait Driver: Send + Sync {
         flags: MountFlags,
     ) -> Result<()>;
 
-    /// Unmounts a mount made by [`Driver::mount`].
+    /// Unmounts a mount made by [`Layers::mount`].
     fn unmount(&self, target: &Path) -> Result<()>;
 
     /// Deletes the layer object. Missing objects are not an error.
@@ -100,6 +101,18 @@ pub trait Driver: Send + Sync {
         layers.iter().map(|l| self.usage(l)).collect()
     }
 
+    /// Limits how much data a layer can hold. Drivers without per-layer limits refuse.
+    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
+        let _ = limit;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: format!("per-layer size limits (layer {id})"),
+        })
+    }
+}
+
+/// The lifecycle of one open pool's backing: its space, growth and teardown.
+pub trait Backing: Send + Sync {
     /// Space of the pool as a whole.
     fn space(&self) -> Result<Space>;
 
@@ -114,7 +127,7 @@ pub trait Driver: Send + Sync {
 
     /// Waits, at most `timeout`, for space in [`Space::pending`] to become available (btrfs: kick
     /// and wait for the cleaner thread). Returning `Ok` does not promise that all of it came back:
-    /// the caller reads [`Driver::space`] again.
+    /// the caller reads [`Backing::space`] again.
     fn reclaim(&self, timeout: std::time::Duration) -> Result<()> {
         let _ = timeout;
         Ok(())
@@ -139,22 +152,30 @@ pub trait Driver: Send + Sync {
     fn generation(&self) -> Result<Option<u64>> {
         Ok(None)
     }
+}
 
-    /// Times the bare kernel operation behind [`Driver::create`] of a layer on `parent` (a
+/// One open pool: its layers and its backing. What the pool holds.
+pub trait Driver: Layers + Backing {
+    /// Bench-only hooks, asked for by `blkdrv bench` as containerd asks a snapshotter whether
+    /// it is a `Cleaner`; `None`: the driver has none (the bench skips what needs them).
+    fn bench(&self) -> Option<&dyn BenchHooks> {
+        None
+    }
+}
+
+/// Bench-only hooks of an open pool.
+pub trait BenchHooks: Send + Sync {
+    /// Times the bare kernel operation behind [`Layers::create`] of a layer on `parent` (a
     /// btrfs snapshot ioctl, a dm `create_snap` + activate, a plain directory copy) and undoes
-    /// it, so benchmarks can show blkdrv's own overhead as a ratio. `None`: there is no single
-    /// kernel operation to compare with (overlay's create is a mkdir).
-    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<std::time::Duration>> {
-        let _ = parent;
-        Ok(None)
-    }
+    /// it, so benchmarks can show blkdrv's own overhead as a ratio. Drivers with no single
+    /// kernel operation to compare with (overlay's create is a mkdir) have no hooks. A scratch
+    /// object named by id uses [`ObjectId::SCRATCH`], which no layer ever gets.
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<std::time::Duration>;
+}
 
-    /// Limits how much data a layer can hold. Drivers without per-layer limits refuse.
-    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
-        let _ = limit;
-        Err(DriverError::Unsupported {
-            driver: self.name(),
-            what: format!("per-layer size limits (layer {id})"),
-        })
-    }
+/// Bench-only facts of a driver kind.
+pub trait BenchSetup: Sync {
+    /// The configurations `blkdrv bench` compares for this driver, as (label, options), when
+    /// the backing changes the story (overlay: ext4 copy-up vs xfs reflink).
+    fn variants(&self) -> Vec<(String, DriverOptions)>;
 }

@@ -98,6 +98,13 @@ pub enum DriverError {
 
     #[error("driver {driver} is unavailable on this host: {reason}")]
     Unavailable { driver: String, reason: String },
+
+    /// A driver's identity record that does not encode as text: a bug in the driver.
+    #[error("encode the {driver} driver's pool record: {reason}")]
+    Record {
+        driver: &'static str,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;

@@ -5,9 +5,11 @@
 use crate::error::{DriverError, Result};
 use crate::sys::{exec, mount, signature};
 use crate::{Bytes, DriverOptions, Identity, PoolContext, Space};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FsType {
     Xfs,
     Ext4,
@@ -130,7 +132,13 @@ pub fn trim_loop_backed(path: &Path) -> Result<Option<Bytes>> {
 
 /// Option keys this backing understands.
 pub const KEY_FS: &str = "fs";
-const UUID_KEY: &str = "fs_uuid";
+
+/// The identity a file-level pool records: its filesystem, found again by UUID on open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Recorded {
+    fs_uuid: String,
+    fs: FsType,
+}
 
 /// Validates `fs` (default xfs) and rejects keys the driver does not know.
 pub fn validate_options(driver: &'static str, options: &DriverOptions) -> Result<DriverOptions> {
@@ -174,10 +182,7 @@ pub fn format_as(ctx: &PoolContext, fs: FsType) -> Result<Identity> {
         device: dev.to_path_buf(),
         reason: format!("no {} filesystem UUID after mkfs", fs.name()),
     })?;
-    let mut id = Identity::new();
-    id.insert(UUID_KEY.into(), uuid);
-    id.insert(KEY_FS.into(), fs.name().into());
-    Ok(id)
+    Identity::record("fs", &Recorded { fs_uuid: uuid, fs })
 }
 
 /// Makes a filesystem on `dev`, overwriting whatever is there (callers check signatures first).
@@ -228,6 +233,8 @@ pub struct FsBacking {
     pub mnt: PathBuf,
     pub fs: FsType,
     pub device: PathBuf,
+    /// The filesystem UUID recorded at format and found on the device.
+    pub uuid: String,
 }
 
 impl FsBacking {
@@ -246,12 +253,12 @@ impl FsBacking {
     ) -> Result<FsBacking> {
         let dev = single_device(ctx)?.to_path_buf();
         let found = signature::fs_uuid(&dev)?.map(|(_, u)| u);
-        let recorded = identity.get(UUID_KEY).cloned().unwrap_or_default();
+        let recorded = identity.read::<Recorded>(&dev)?.fs_uuid;
         if found.as_deref() != Some(recorded.as_str()) {
             return Err(DriverError::IdentityMismatch {
                 device: dev,
-                field: UUID_KEY.into(),
-                recorded,
+                field: "fs_uuid".into(),
+                recorded: recorded.clone(),
                 found: found.unwrap_or_else(|| "no filesystem".into()),
             });
         }
@@ -266,6 +273,7 @@ impl FsBacking {
             mnt,
             fs,
             device: dev,
+            uuid: recorded,
         })
     }
 

@@ -30,6 +30,17 @@ pub struct ObjectId(u32);
 impl ObjectId {
     pub const MAX: u32 = (1 << 24) - 1;
 
+    /// The one valid id the store never allocates ([`ObjectId::is_allocatable`]): the scratch
+    /// object of a bench hook ([`crate::BenchHooks::raw_snapshot`]) is named after it, so a
+    /// benchmark can never touch, or be mistaken for, a layer. Drivers that name scratch
+    /// objects by id (dm: the thin id) use this one.
+    pub const SCRATCH: ObjectId = ObjectId(Self::MAX);
+
+    /// Whether the store may hand `self` out to a layer: every valid id but [`Self::SCRATCH`].
+    pub fn is_allocatable(self) -> bool {
+        self != Self::SCRATCH
+    }
+
     pub fn new(v: u32) -> Result<ObjectId, InvalidObjectId> {
         if v == 0 || v > Self::MAX {
             Err(InvalidObjectId(v as u64))
@@ -38,7 +49,7 @@ impl ObjectId {
         }
     }
 
-    pub fn get(self) -> u32 {
+    pub const fn get(self) -> u32 {
         self.0
     }
 
@@ -84,5 +95,8 @@ mod tests {
         assert_eq!(ObjectId::parse("42").map(ObjectId::get), Some(42));
         assert_eq!(ObjectId::parse("x"), None);
         assert!(serde_json::from_str::<ObjectId>("0").is_err());
+        assert!(ObjectId::new(1).unwrap().is_allocatable());
+        assert!(ObjectId::new(ObjectId::MAX - 1).unwrap().is_allocatable());
+        assert!(!ObjectId::SCRATCH.is_allocatable());
     }
 }

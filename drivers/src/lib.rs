@@ -17,6 +17,7 @@ mod driver;
 pub mod error;
 mod fsbacked;
 pub mod id;
+mod identity;
 pub mod options;
 mod overlay;
 pub mod registry;
@@ -26,8 +27,9 @@ pub mod units;
 mod vfs;
 mod zfs;
 
-pub use driver::{Driver, DriverFactory};
+pub use driver::{Backing, BenchHooks, BenchSetup, Driver, DriverFactory, Layers};
 pub use error::{DriverError, Result};
 pub use id::{InvalidObjectId, ObjectId};
+pub use identity::Identity;
 pub use types::*;
 pub use units::{Bytes, ParseSizeError, Sectors};

@@ -5,6 +5,7 @@
 use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking};
 use crate::sys::{mount, tree};
+use crate::{Backing, BenchSetup, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
     MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
@@ -46,8 +47,20 @@ impl DriverFactory for Factory {
         fsbacked::format(ctx)
     }
 
+    fn bench(&self) -> Option<&dyn BenchSetup> {
+        Some(self)
+    }
+
+    fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(Overlay {
+            backing: FsBacking::open(ctx, identity, NAME)?,
+        }))
+    }
+}
+
+impl BenchSetup for Factory {
     // Copy-up is a whole-file copy on ext4 and a reflink on xfs: both are worth a number.
-    fn bench_variants(&self) -> Vec<(String, DriverOptions)> {
+    fn variants(&self) -> Vec<(String, DriverOptions)> {
         ["ext4", "xfs"]
             .iter()
             .map(|fs| {
@@ -55,12 +68,6 @@ impl DriverFactory for Factory {
                 (format!("{NAME}-{fs}"), opts)
             })
             .collect()
-    }
-
-    fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
-        Ok(Box::new(Overlay {
-            backing: FsBacking::open(ctx, identity, NAME)?,
-        }))
     }
 }
 
@@ -133,7 +140,7 @@ fn copy_root_attrs(from: &Path, to: &Path) -> Result<()> {
         .map_err(|e| DriverError::io("chmod", to, e))
 }
 
-impl Driver for Overlay {
+impl Layers for Overlay {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -245,7 +252,9 @@ impl Driver for Overlay {
             referenced: None,
         })
     }
+}
 
+impl Backing for Overlay {
     fn space(&self) -> Result<Space> {
         self.backing.space()
     }
@@ -258,6 +267,8 @@ impl Driver for Overlay {
         self.backing.grow()
     }
 }
+
+impl Driver for Overlay {}
 
 #[cfg(test)]
 mod tests {

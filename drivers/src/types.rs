@@ -1,4 +1,4 @@
-//! The vocabulary drivers and the pool share: options, identity, layer chains, mount modes,
+//! The vocabulary drivers and the pool share: options, layer chains, mount modes,
 //! capabilities, usage and space.
 
 use crate::{Bytes, ObjectId};
@@ -9,10 +9,6 @@ use std::path::PathBuf;
 /// Driver-specific options (`--fs xfs`, later `--block-size` ...), kept as strings so the pool can
 /// store them without knowing what they mean. Each driver validates its own.
 pub type DriverOptions = BTreeMap<String, String>;
-
-/// What identifies a formatted pool on its devices (filesystem UUID, thin-pool UUID, zpool GUID).
-/// Recorded at format time and checked on every open, so a swapped device is refused.
-pub type Identity = BTreeMap<String, String>;
 
 /// Everything a driver gets to know about the pool it serves.
 #[derive(Debug, Clone)]
@@ -26,7 +22,7 @@ pub struct PoolContext {
     /// Validated driver options.
     pub options: DriverOptions,
     /// The driver generation the pool recorded after its last completed operation (see
-    /// [`crate::Driver::generation`]); `None` for a pool being formatted.
+    /// [`crate::Backing::generation`]); `None` for a pool being formatted.
     pub generation: Option<u64>,
 }
 
@@ -148,7 +144,7 @@ pub struct Space {
     /// pool grows loopback files when it runs low; `None`: the driver cannot grow.
     pub unallocated: Option<Bytes>,
     /// Space freed by removed layers that the filesystem has not made reusable yet (btrfs
-    /// subvolumes waiting for the cleaner thread); [`crate::Driver::reclaim`] waits for it. `None`:
+    /// subvolumes waiting for the cleaner thread); [`crate::Backing::reclaim`] waits for it. `None`:
     /// the driver frees space at once.
     #[serde(default)]
     pub pending: Option<Bytes>,

@@ -5,6 +5,7 @@
 use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking};
 use crate::sys::{mount, tree};
+use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
     MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
@@ -58,7 +59,7 @@ impl Vfs {
     }
 }
 
-impl Driver for Vfs {
+impl Layers for Vfs {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -118,7 +119,9 @@ impl Driver for Vfs {
             referenced: None,
         })
     }
+}
 
+impl Backing for Vfs {
     fn space(&self) -> Result<Space> {
         self.backing.space()
     }
@@ -130,9 +133,17 @@ impl Driver for Vfs {
     fn grow(&self) -> Result<()> {
         self.backing.grow()
     }
+}
 
+impl Driver for Vfs {
+    fn bench(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
+    }
+}
+
+impl BenchHooks for Vfs {
     // The raw operation is the same tree copy without the create-then-rename dance.
-    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<Duration>> {
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Duration> {
         let dst = self.backing.mnt.join(NAME).join(".bench-raw");
         fsbacked::remove_object(&dst)?;
         std::fs::create_dir(&dst).map_err(|e| DriverError::io("create", &dst, e))?;
@@ -142,6 +153,6 @@ impl Driver for Vfs {
         let cleaned = fsbacked::remove_object(&dst);
         copied?;
         cleaned?;
-        Ok(Some(took))
+        Ok(took)
     }
 }

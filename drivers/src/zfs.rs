@@ -21,13 +21,16 @@
 //! [`crate::sys::zfs`] (see there why the tools and not a library).
 
 use crate::error::{DriverError, Result};
+use crate::identity::text;
 use crate::options;
 use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot, ZpoolName};
 use crate::sys::{loopdev, mount};
+use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
     MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
 };
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,7 +44,7 @@ const KNOWN: &[&str] = &[KEY_ZPOOL, KEY_DATASET, KEY_COMPRESSION, KEY_ADOPT];
 
 /// The snapshot that freezes a committed layer; children are clones of it.
 const COMMITTED: &str = "committed";
-/// Scratch clone for [`Driver::raw_snapshot`]; not a decimal id, so never listed as a layer.
+/// Scratch clone for [`BenchHooks::raw_snapshot`]; not a decimal id, so never listed as a layer.
 const SCRATCH: &str = "bench-raw";
 /// Room a parent dataset name must leave for "/<largest id>@committed".
 const MAX_PARENT: usize = z::MAX_NAME - "/16777215@committed".len();
@@ -50,13 +53,6 @@ const MAX_PARENT: usize = z::MAX_NAME - "/16777215@committed".len();
 const MIN_SIZE: Bytes = Bytes(256 << 20);
 /// How long a remove waits for a `zfs` process a killed blkdrv left working on the layer.
 const TOOL_WAIT: Duration = Duration::from_secs(30);
-
-// Identity keys.
-const ID_ZPOOL: &str = "zpool";
-const ID_ZPOOL_GUID: &str = "zpool_guid";
-const ID_DATASET: &str = "dataset";
-const ID_DATASET_GUID: &str = "dataset_guid";
-const ID_CREATED: &str = "created";
 
 fn bad(key: &str, value: &str, reason: impl Into<String>) -> DriverError {
     options::bad(NAME, key, value, reason)
@@ -168,85 +164,30 @@ impl Settings {
 }
 
 /// What blkdrv made, and so what it takes down on deactivate and destroy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Created {
     /// The zpool (loopback files or --device): exported on deactivate, destroyed on destroy.
     Zpool,
     /// The parent dataset in an existing zpool: destroyed on destroy.
     Dataset,
     /// Nothing: an adopted dataset; destroy removes blkdrv's layers only.
+    #[serde(rename = "none")]
     Nothing,
 }
 
-impl Created {
-    fn as_str(self) -> &'static str {
-        match self {
-            Created::Zpool => "zpool",
-            Created::Dataset => "dataset",
-            Created::Nothing => "none",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Created> {
-        match s {
-            "zpool" => Some(Created::Zpool),
-            "dataset" => Some(Created::Dataset),
-            "none" => Some(Created::Nothing),
-            _ => None,
-        }
-    }
-}
-
 /// The identity recorded at `pool init` and checked on every open.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Recorded {
+    #[serde(with = "text")]
     zpool: ZpoolName,
+    #[serde(with = "text")]
     zpool_guid: u64,
+    #[serde(with = "text")]
     dataset: Dataset,
+    #[serde(with = "text")]
     dataset_guid: u64,
     created: Created,
-}
-
-impl Recorded {
-    fn to_identity(&self) -> Identity {
-        let mut i = Identity::new();
-        i.insert(ID_ZPOOL.into(), self.zpool.to_string());
-        i.insert(ID_ZPOOL_GUID.into(), self.zpool_guid.to_string());
-        i.insert(ID_DATASET.into(), self.dataset.to_string());
-        i.insert(ID_DATASET_GUID.into(), self.dataset_guid.to_string());
-        i.insert(ID_CREATED.into(), self.created.as_str().into());
-        i
-    }
-
-    fn from_identity(identity: &Identity, label: &Path) -> Result<Recorded> {
-        let mismatch = |field: &str, found: &str| DriverError::IdentityMismatch {
-            device: label.to_path_buf(),
-            field: field.into(),
-            recorded: identity
-                .get(field)
-                .cloned()
-                .unwrap_or_else(|| "(missing)".into()),
-            found: found.into(),
-        };
-        let get = |k: &str| {
-            identity
-                .get(k)
-                .map(String::as_str)
-                .ok_or_else(|| mismatch(k, "a pool record without it"))
-        };
-        let unreadable = |k: &str| mismatch(k, "an unreadable value in the pool record");
-        Ok(Recorded {
-            zpool: ZpoolName::new(get(ID_ZPOOL)?).map_err(|_| unreadable(ID_ZPOOL))?,
-            zpool_guid: get(ID_ZPOOL_GUID)?
-                .parse()
-                .map_err(|_| unreadable(ID_ZPOOL_GUID))?,
-            dataset: Dataset::new(get(ID_DATASET)?).map_err(|_| unreadable(ID_DATASET))?,
-            dataset_guid: get(ID_DATASET_GUID)?
-                .parse()
-                .map_err(|_| unreadable(ID_DATASET_GUID))?,
-            created: Created::parse(get(ID_CREATED)?).ok_or_else(|| unreadable(ID_CREATED))?,
-        })
-    }
 }
 
 /// A pool device as ZFS gets it.
@@ -548,16 +489,17 @@ impl DriverFactory for Factory {
                 })
             }
         };
-        Ok(rec.to_identity())
+        Identity::record(NAME, &rec)
     }
 
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
         let s = Settings::parse(&ctx.options)?;
-        let label =
-            ctx.devices.first().cloned().unwrap_or_else(|| {
-                PathBuf::from(identity.get(ID_ZPOOL).cloned().unwrap_or_default())
-            });
-        let rec = Recorded::from_identity(identity, &label)?;
+        let label = ctx
+            .devices
+            .first()
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(identity.get("zpool").unwrap_or_default()));
+        let rec: Recorded = identity.read(&label)?;
         let vdevs = match rec.created {
             Created::Zpool => vdevs(ctx)?,
             _ => Vec::new(),
@@ -946,7 +888,7 @@ impl Zfs {
     }
 }
 
-impl Driver for Zfs {
+impl Layers for Zfs {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -1128,6 +1070,39 @@ impl Driver for Zfs {
             .collect()
     }
 
+    // refquota bounds what the layer references, its parent's data included: the size of the
+    // filesystem as its user sees it, as btrfs's qgroup limit (max_rfer) and a dm-thin
+    // device's fixed size do.
+    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
+        let ds = self.dataset(id);
+        match z::set(&ds, "refquota", &limit.0.to_string()) {
+            Ok(()) => Ok(()),
+            Err(e) => match z::failure(&e) {
+                Failure::Missing => Err(DriverError::NotFound {
+                    id,
+                    op: "set size limit",
+                }),
+                Failure::BelowUsage => {
+                    let referenced = z::get(ds.as_str(), &["referenced"])
+                        .and_then(|p| p.bytes("referenced"))
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|_| "more".into());
+                    Err(DriverError::Refused {
+                        id,
+                        op: "set size limit",
+                        reason: format!(
+                            "{limit} is less than the layer already references ({referenced}, its \
+                             parent's data included): the limit covers the whole filesystem"
+                        ),
+                    })
+                }
+                _ => Err(e),
+            },
+        }
+    }
+}
+
+impl Backing for Zfs {
     fn space(&self) -> Result<Space> {
         let pool = z::zpool_get(
             &self.rec.zpool,
@@ -1198,10 +1173,18 @@ impl Driver for Zfs {
         }
         Ok(())
     }
+}
 
+impl Driver for Zfs {
+    fn bench(&self) -> Option<&dyn BenchHooks> {
+        Some(self)
+    }
+}
+
+impl BenchHooks for Zfs {
     // What `zfs clone parent@committed x` costs by itself (the tool's start included, as in
     // blkdrv's create): the ratio shows blkdrv's own checks and bookkeeping.
-    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Option<Duration>> {
+    fn raw_snapshot(&self, parent: &LayerChain) -> Result<Duration> {
         let scratch = self.scratch();
         // A leftover from an interrupted run.
         match z::destroy(&scratch, true) {
@@ -1214,38 +1197,7 @@ impl Driver for Zfs {
         z::clone(&origin, &scratch, &props)?;
         let took = t.elapsed();
         z::destroy(&scratch, false)?;
-        Ok(Some(took))
-    }
-
-    // refquota bounds what the layer references, its parent's data included: the size of the
-    // filesystem as its user sees it, as btrfs's qgroup limit (max_rfer) and a dm-thin
-    // device's fixed size do.
-    fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
-        let ds = self.dataset(id);
-        match z::set(&ds, "refquota", &limit.0.to_string()) {
-            Ok(()) => Ok(()),
-            Err(e) => match z::failure(&e) {
-                Failure::Missing => Err(DriverError::NotFound {
-                    id,
-                    op: "set size limit",
-                }),
-                Failure::BelowUsage => {
-                    let referenced = z::get(ds.as_str(), &["referenced"])
-                        .and_then(|p| p.bytes("referenced"))
-                        .map(|b| b.to_string())
-                        .unwrap_or_else(|_| "more".into());
-                    Err(DriverError::Refused {
-                        id,
-                        op: "set size limit",
-                        reason: format!(
-                            "{limit} is less than the layer already references ({referenced}, its \
-                             parent's data included): the limit covers the whole filesystem"
-                        ),
-                    })
-                }
-                _ => Err(e),
-            },
-        }
+        Ok(took)
     }
 }
 
@@ -1335,20 +1287,46 @@ mod tests {
             dataset_guid: 42,
             created: Created::Zpool,
         };
-        let id = rec.to_identity();
+        let id = Identity::record(NAME, &rec).unwrap();
         let label = Path::new("/dev/loop0");
-        assert_eq!(Recorded::from_identity(&id, label).unwrap(), rec);
-        let mut broken = id.clone();
-        broken.remove(ID_DATASET_GUID);
-        let e = Recorded::from_identity(&broken, label)
+        assert_eq!(id.read::<Recorded>(label).unwrap(), rec);
+        // The stored form pools have always had: text values under these keys.
+        let stored = serde_json::to_value(&id).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({
+                "zpool": "blkdrv-t-0a1b2c3d",
+                "zpool_guid": "1234567890123456789",
+                "dataset": "blkdrv-t-0a1b2c3d",
+                "dataset_guid": "42",
+                "created": "zpool",
+            })
+        );
+        let edited = |key: &str, value: Option<&str>| {
+            let mut m = stored.as_object().unwrap().clone();
+            match value {
+                Some(v) => m.insert(key.into(), v.into()),
+                None => m.remove(key),
+            };
+            serde_json::from_value::<Identity>(m.into()).unwrap()
+        };
+        let e = edited("dataset_guid", None)
+            .read::<Recorded>(label)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("dataset_guid") && e.contains("(missing)"), "{e}");
-        broken = id.clone();
-        broken.insert(ID_CREATED.into(), "maybe".into());
-        assert!(Recorded::from_identity(&broken, label).is_err());
-        for c in [Created::Zpool, Created::Dataset, Created::Nothing] {
-            assert_eq!(Created::parse(c.as_str()), Some(c));
+        assert!(e.contains("dataset_guid") && e.contains("missing"), "{e}");
+        assert!(edited("created", Some("maybe"))
+            .read::<Recorded>(label)
+            .is_err());
+        for (c, text) in [
+            (Created::Zpool, "zpool"),
+            (Created::Dataset, "dataset"),
+            (Created::Nothing, "none"),
+        ] {
+            let r = edited("created", Some(text))
+                .read::<Recorded>(label)
+                .unwrap();
+            assert_eq!(r.created, c);
         }
     }
 

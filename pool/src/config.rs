@@ -163,6 +163,16 @@ mod tests {
         );
     }
 
+    /// A pool config as stored before identities were typed: the driver's record is an opaque
+    /// text map to the pool, read and written back unchanged.
+    #[test]
+    fn stored_pool_configs_keep_their_identity() {
+        let stored = r#"{"name":"p","driver":"zfs","backing":{"type":"existing"},"options":{},"identity":{"created":"none","dataset":"tank/x","dataset_guid":"42","zpool":"tank","zpool_guid":"7"},"min_free_pct":10,"created":1,"autoextend":null}"#;
+        let c: PoolConfig = serde_json::from_str(stored).unwrap();
+        assert_eq!(c.identity.get("dataset_guid"), Some("42"));
+        assert_eq!(serde_json::to_string(&c).unwrap(), stored);
+    }
+
     #[test]
     fn missing_config_is_empty() {
         let c = HostConfig::load(Path::new("/nonexistent/blkdrv.toml")).unwrap();

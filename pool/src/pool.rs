@@ -16,6 +16,7 @@ use crate::lock::PoolLock;
 use crate::store::{content_key, MountRecord, Store};
 use blkdrv_drivers::sys::mount::{MountNs, NsTables, NsView};
 use blkdrv_drivers::sys::{loopdev, mount, signature};
+use blkdrv_drivers::Identity;
 use blkdrv_drivers::{
     registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountFlags,
     MountMode, ObjectId, PoolContext, Space, Usage,
@@ -258,7 +259,7 @@ pub struct PoolStatus {
     pub dir: PathBuf,
     pub backing: Backing,
     pub options: DriverOptions,
-    pub identity: BTreeMap<String, String>,
+    pub identity: Identity,
     pub capabilities: Capabilities,
     pub space: Space,
     pub min_free_pct: u8,
@@ -535,7 +536,7 @@ impl Pool {
         self.driver.name()
     }
 
-    /// Records the driver's generation after a completed operation (see `Driver::generation`).
+    /// Records the driver's generation after a completed operation (see `Backing::generation`).
     fn record_generation(&mut self) -> Result<()> {
         if let Some(g) = self
             .driver
@@ -1167,8 +1168,13 @@ impl Pool {
             .committed_parent(Some(parent), "raw snapshot", parent)?
             .expect("parent given");
         let chain = self.chain(&rec)?;
-        self.driver
+        // Drivers without bench hooks have no single kernel operation to compare with.
+        let Some(hooks) = self.driver.bench() else {
+            return Ok(None);
+        };
+        hooks
             .raw_snapshot(&chain)
+            .map(Some)
             .map_err(|e| PoolError::driver("raw snapshot", parent, e))
     }
 

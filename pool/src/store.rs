@@ -349,6 +349,12 @@ impl Tx<'_> {
             .map_err(|_| PoolError::Invalid(format!("corrupt next_id {next:?} in store")))?;
         let id =
             ObjectId::new(n).map_err(|e| PoolError::Invalid(format!("id space exhausted: {e}")))?;
+        // The last id is the bench's scratch object (ObjectId::SCRATCH), never a layer's.
+        if !id.is_allocatable() {
+            return Err(PoolError::Invalid(format!(
+                "id space exhausted: object id {id} is reserved for scratch objects"
+            )));
+        }
         self.t
             .execute(
                 "UPDATE meta SET value=?1 WHERE key='next_id'",
@@ -618,6 +624,18 @@ mod tests {
         assert!(r.is_err());
         assert!(s.layers().unwrap().is_empty());
         assert_eq!(s.meta("next_id").unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn the_scratch_id_is_never_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&dir.path().join("s.db")).unwrap();
+        let last = ObjectId::SCRATCH.get() - 1;
+        s.set_meta("next_id", &last.to_string()).unwrap();
+        let id = s.tx("t", |t| t.allocate_id()).unwrap();
+        assert_eq!(id.get(), last);
+        let err = s.tx("t", |t| t.allocate_id()).unwrap_err().to_string();
+        assert!(err.contains("reserved for scratch"), "{err}");
     }
 
     #[test]

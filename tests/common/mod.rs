@@ -277,7 +277,7 @@ pub fn bench_smoke(
     }
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
     let rows = report["results"].as_array().ok_or("no results")?;
-    for (w, _) in blkdrv_benches::WORKLOADS {
+    for w in blkdrv_benches::WORKLOADS.iter().map(|w| &w.name) {
         if !rows.iter().any(|r| r["workload"] == *w) {
             return Err(format!("no {w} rows: {}", o.stderr).into());
         }

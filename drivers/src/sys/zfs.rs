@@ -101,6 +101,13 @@ impl ZpoolName {
     }
 }
 
+impl std::str::FromStr for ZpoolName {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<ZpoolName, InvalidName> {
+        ZpoolName::new(s)
+    }
+}
+
 impl fmt::Display for ZpoolName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -158,6 +165,13 @@ impl Dataset {
             ));
         }
         Ok(Snapshot(whole))
+    }
+}
+
+impl std::str::FromStr for Dataset {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Dataset, InvalidName> {
+        Dataset::new(s)
     }
 }
 
