@@ -478,9 +478,9 @@ pub fn remove_tree(root: &Path) -> Result<()> {
 /// directory, for mounts made meanwhile.
 fn check_no_mounts_below(root: &Path) -> Result<()> {
     let canonical = fs::canonicalize(root).map_err(|e| DriverError::io("remove tree", root, e))?;
-    for m in super::signature::mount_table()? {
-        if m.mount_point.starts_with(&canonical) {
-            return Err(mount_point_error(&m.mount_point));
+    for m in super::mount::mountinfo()? {
+        if m.target.starts_with(&canonical) {
+            return Err(mount_point_error(&m.target));
         }
     }
     Ok(())
