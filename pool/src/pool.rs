@@ -16,7 +16,7 @@ use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState, PoolName};
 use crate::lock::PoolLock;
 use crate::store::{content_key, MountRecord, Store};
 use blkdrv_drivers::sys::mount::{MountNs, NsTables, NsView};
-use blkdrv_drivers::sys::{blockdev, loopdev, mount};
+use blkdrv_drivers::sys::{blockdev, host, loopdev, mount};
 use blkdrv_drivers::{
     registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountFlags,
     MountMode, ObjectId, PoolContext, Space, Usage,
@@ -171,7 +171,6 @@ impl Spooled {
 /// A directory to import must be a real tree: not missing, not a file, not a kernel pseudo
 /// filesystem (procfs, sysfs ...), whose files change size while read.
 fn check_import_dir(d: &Path) -> Result<()> {
-    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC};
     let md = std::fs::metadata(d).map_err(|e| PoolError::user_path("read directory", d, e))?;
     if !md.is_dir() {
         return Err(PoolError::Invalid(format!(
@@ -179,15 +178,7 @@ fn check_import_dir(d: &Path) -> Result<()> {
             d.display()
         )));
     }
-    let st = statfs(d).map_err(|e| PoolError::io("statfs", d, e.into()))?;
-    let ty = st.filesystem_type();
-    // debugfs, tracefs, securityfs: like /sys, nothing in them is an image.
-    const OTHERS: [i64; 3] = [0x6462_6720, 0x7472_6163, 0x7363_6673];
-    if ty == PROC_SUPER_MAGIC
-        || ty == SYSFS_MAGIC
-        || ty == CGROUP2_SUPER_MAGIC
-        || OTHERS.contains(&(ty.0 as i64))
-    {
+    if host::on_pseudo_filesystem(d).map_err(|e| PoolError::io("statfs", d, e))? {
         return Err(PoolError::Invalid(format!(
             "{} is on a kernel pseudo filesystem (procfs, sysfs ...), not a tree to import",
             d.display()
