@@ -1,4 +1,5 @@
-//! mount(2)/umount2(2) through nix, /proc/<pid>/mountinfo parsing, and mount namespaces.
+//! mount(2)/umount2(2) through nix, the one /proc/<pid>/mountinfo parser, mount namespaces, and
+//! which mounts (and processes on them) use a directory or a block device.
 //!
 //! A mount lives in one mount namespace. Services and container engines run in namespaces of
 //! their own, so whether a recorded mount is still there must be asked in the namespace that
