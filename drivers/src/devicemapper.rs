@@ -17,7 +17,7 @@ use crate::fsbacked::FsType;
 use crate::identity;
 use crate::options;
 use crate::sys::lvm::{self, PoolLv};
-use crate::sys::{exec, mount, signature};
+use crate::sys::{blockdev, exec, mount, signature};
 use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
@@ -114,27 +114,6 @@ fn dm_err(op: &'static str, target: impl std::fmt::Display, e: DmError) -> Drive
     }
 }
 
-/// Size of a block device in bytes, from sysfs (no open, so it works on busy devices).
-fn device_size(dev: &Path) -> Result<Bytes> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(dev).map_err(|e| DriverError::io("stat", dev, e))?;
-    let rdev = md.rdev();
-    let sys = format!(
-        "/sys/dev/block/{}:{}/size",
-        nix::sys::stat::major(rdev),
-        nix::sys::stat::minor(rdev)
-    );
-    let sectors: u64 = std::fs::read_to_string(&sys)
-        .map_err(|e| DriverError::io("read", &sys, e))?
-        .trim()
-        .parse()
-        .map_err(|_| DriverError::Device {
-            device: dev.to_path_buf(),
-            reason: format!("unreadable size in {sys}"),
-        })?;
-    Ok(Bytes(sectors * 512))
-}
-
 fn device_of(dev: &Path) -> Result<Device> {
     let devno = dmc::devnode_to_devno(dev)
         .map_err(|e| dm_err("look up device number of", dev.display(), e))?
@@ -160,11 +139,11 @@ struct Areas {
 fn areas(ctx: &PoolContext, options: &Settings) -> Result<Areas> {
     match ctx.devices.as_slice() {
         [data, meta] => Ok(Areas {
-            data: (data.clone(), Bytes(0), device_size(data)?),
-            meta: (meta.clone(), Bytes(0), device_size(meta)?),
+            data: (data.clone(), Bytes(0), blockdev::size(data)?),
+            meta: (meta.clone(), Bytes(0), blockdev::size(meta)?),
         }),
         [one] => {
-            let total = device_size(one)?;
+            let total = blockdev::size(one)?;
             let meta = options
                 .metadata_size
                 .unwrap_or_else(|| metadata_size_for(total, options.block_size));
@@ -783,7 +762,7 @@ fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Identity> {
             }
             let mut total = 0;
             for d in &ctx.devices {
-                total += device_size(d)?.0;
+                total += blockdev::size(d)?.0;
             }
             let data = Bytes(total / 100 * u64::from(LVM_DATA_PCT));
             let meta = s
@@ -1171,17 +1150,7 @@ impl DmThin {
     }
 
     fn discard_all(&self, node: &Path) -> Result<()> {
-        nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
-        use std::os::fd::AsRawFd;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(node)
-            .map_err(|e| DriverError::io("open", node, e))?;
-        let range = [0u64, self.base_size.0];
-        // SAFETY: BLKDISCARD reads two u64 (start, length) from the pointer.
-        unsafe { blkdiscard(f.as_raw_fd(), &range) }
-            .map(drop)
-            .map_err(|e| DriverError::sys("discard", node.display(), e))
+        blockdev::discard(node, self.base_size)
     }
 }
 
@@ -1276,10 +1245,8 @@ impl Layers for DmThin {
         else {
             return Ok(());
         };
-        let name =
-            std::fs::read_to_string(format!("/sys/block/{dm_n}/dm/name")).unwrap_or_default();
+        let name = blockdev::dm_name(&dm_n).unwrap_or_default();
         let Some(id) = name
-            .trim()
             .strip_prefix(&format!("{}-", self.names.prefix))
             .and_then(|s| s.parse::<u32>().ok())
         else {
@@ -1549,7 +1516,7 @@ impl Backing for DmThin {
             device: PathBuf::from("-"),
             reason: "no data device".into(),
         })?;
-        let size = device_size(&data_dev)?;
+        let size = blockdev::size(&data_dev)?;
         let offset = if self.devices.len() == 1 {
             // Split device: data follows the metadata area.
             g.pool.meta_dev().size().bytes()

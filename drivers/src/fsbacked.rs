@@ -3,7 +3,7 @@
 //! the same kind of backing is what makes benchmarks compare like with like.
 
 use crate::error::{DriverError, Result};
-use crate::sys::{exec, mount, signature};
+use crate::sys::{blockdev, exec, mount, signature};
 use crate::{Bytes, DriverOptions, Identity, PoolContext, Space};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -95,12 +95,7 @@ nix::ioctl_readwrite!(fitrim, b'X', 121, FstrimRange);
 /// Returns the bytes the filesystem trimmed, `None` when it was not on a loop device.
 pub fn trim_loop_backed(path: &Path) -> Result<Option<Bytes>> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(path)
-        .map_err(|e| DriverError::io("stat", path, e))?
-        .dev();
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    if !Path::new(&format!("/sys/dev/block/{major}:{minor}/loop")).exists() {
+    if !blockdev::on_loop_device(path)? {
         return Ok(None);
     }
     let dir = std::fs::File::open(path).map_err(|e| DriverError::io("open", path, e))?;

@@ -24,7 +24,7 @@ use crate::error::{DriverError, Result};
 use crate::identity::text;
 use crate::options;
 use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot, ZpoolName};
-use crate::sys::{loopdev, mount};
+use crate::sys::{blockdev, loopdev, mount};
 use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
@@ -245,10 +245,7 @@ fn refuse_whole_disk_without_udev(dev: &Path) -> Result<()> {
     let whole = ["sd", "hd", "vd", "xvd", "nvme"]
         .iter()
         .any(|p| name.starts_with(p))
-        && !Path::new("/sys/class/block")
-            .join(&name)
-            .join("partition")
-            .exists();
+        && !blockdev::is_partition(&name);
     if whole {
         return Err(DriverError::Device {
             device: dev.to_path_buf(),

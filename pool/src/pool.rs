@@ -15,7 +15,7 @@ use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState, PoolName};
 use crate::lock::PoolLock;
 use crate::store::{content_key, MountRecord, Store};
 use blkdrv_drivers::sys::mount::{MountNs, NsTables, NsView};
-use blkdrv_drivers::sys::{loopdev, mount, signature};
+use blkdrv_drivers::sys::{blockdev, host, loopdev, mount};
 use blkdrv_drivers::Identity;
 use blkdrv_drivers::{
     registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountFlags,
@@ -171,7 +171,6 @@ impl Spooled {
 /// A directory to import must be a real tree: not missing, not a file, not a kernel pseudo
 /// filesystem (procfs, sysfs ...), whose files change size while read.
 fn check_import_dir(d: &Path) -> Result<()> {
-    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC};
     let md = std::fs::metadata(d).map_err(|e| PoolError::user_path("read directory", d, e))?;
     if !md.is_dir() {
         return Err(PoolError::Invalid(format!(
@@ -179,15 +178,7 @@ fn check_import_dir(d: &Path) -> Result<()> {
             d.display()
         )));
     }
-    let st = statfs(d).map_err(|e| PoolError::io("statfs", d, e.into()))?;
-    let ty = st.filesystem_type();
-    // debugfs, tracefs, securityfs: like /sys, nothing in them is an image.
-    const OTHERS: [i64; 3] = [0x6462_6720, 0x7472_6163, 0x7363_6673];
-    if ty == PROC_SUPER_MAGIC
-        || ty == SYSFS_MAGIC
-        || ty == CGROUP2_SUPER_MAGIC
-        || OTHERS.contains(&(ty.0 as i64))
-    {
+    if host::on_pseudo_filesystem(d).map_err(|e| PoolError::io("statfs", d, e))? {
         return Err(PoolError::Invalid(format!(
             "{} is on a kernel pseudo filesystem (procfs, sysfs ...), not a tree to import",
             d.display()
@@ -396,7 +387,7 @@ impl Pool {
                     return Err(PoolError::Invalid("no --device given".into()));
                 }
                 for p in paths {
-                    signature::check_device_free(p, spec.force)
+                    blockdev::check_device_free(p, spec.force)
                         .map_err(|e| PoolError::Invalid(e.to_string()))?;
                 }
                 Backing::Devices {
@@ -1865,12 +1856,12 @@ pub fn teardown_dir(dir: &Path) -> Result<()> {
     let loops = dir_loops(&canon).map_err(sys)?;
     let mut devs: Vec<PathBuf> = loops.iter().map(|l| l.device.clone()).collect();
     for l in &loops {
-        devs.extend(loopdev::stacked_on(&l.device));
+        devs.extend(blockdev::stacked_on(&l.device));
     }
-    let users = loopdev::mounts_using(&canon, &devs).map_err(sys)?;
+    let users = mount::mounts_using(&canon, &devs).map_err(sys)?;
     let targets: Vec<PathBuf> = users.iter().map(|m| m.target.clone()).collect();
     let ids: Vec<u64> = users.iter().map(|m| m.id).collect();
-    loopdev::detach_mounts(&targets).map_err(sys)?;
+    mount::detach_mounts(&targets).map_err(sys)?;
     mount::detach_all_under(dir).map_err(sys)?;
     for l in &loops {
         loopdev::detach(&l.device).map_err(sys)?;
@@ -1935,8 +1926,8 @@ fn still_attached(
                     .any(|n| n.device == l.device && n.file.is_some() && n.file == l.file)
             })
             .map(|l| {
-                let mut h = loopdev::holders(&l.device);
-                for u in loopdev::mount_users(mounts) {
+                let mut h = blockdev::holders(&l.device);
+                for u in mount::mount_users(mounts) {
                     if !h.contains(&u) {
                         h.push(u);
                     }
@@ -1946,7 +1937,7 @@ fn still_attached(
                     format!(
                         "{} is still attached ({}); it detaches when that closes it",
                         l.device.display(),
-                        loopdev::describe(&h)
+                        blockdev::describe(&h)
                     ),
                 )
             })
@@ -1973,13 +1964,13 @@ fn foreign_holders(dir: &Path, config: &PoolConfig) -> Result<Vec<String>> {
     for lf in files {
         all.extend(loopdev::find_by_backing_file(&dir.join(&lf.file)).map_err(sys)?);
     }
-    let mounts = loopdev::mounts_using(&canon, &all).map_err(sys)?;
+    let mounts = mount::mounts_using(&canon, &all).map_err(sys)?;
     let ids: Vec<u64> = mounts.iter().map(|m| m.id).collect();
     // This process may hold files there through the open pool itself.
     let me = std::process::id();
-    let users: Vec<loopdev::Holder> = loopdev::mount_users(&ids)
+    let users: Vec<blockdev::Holder> = mount::mount_users(&ids)
         .into_iter()
-        .filter(|h| !matches!(h, loopdev::Holder::Process { pid, .. } if *pid == me))
+        .filter(|h| !matches!(h, blockdev::Holder::Process { pid, .. } if *pid == me))
         .collect();
     if !users.is_empty() {
         let at: Vec<String> = mounts
@@ -1989,24 +1980,24 @@ fn foreign_holders(dir: &Path, config: &PoolConfig) -> Result<Vec<String>> {
         out.push(format!(
             "its mounts ({}) are in use: {}",
             at.join(", "),
-            loopdev::describe(&users)
+            blockdev::describe(&users)
         ));
     }
     for dev in all {
-        let foreign: Vec<loopdev::Holder> = loopdev::holders(&dev)
+        let foreign: Vec<blockdev::Holder> = blockdev::holders(&dev)
             .into_iter()
             .filter(|h| match h {
-                loopdev::Holder::Process { .. } => true,
-                loopdev::Holder::Mount(m) => !m.starts_with(&canon),
+                blockdev::Holder::Process { .. } => true,
+                blockdev::Holder::Mount(m) => !m.starts_with(&canon),
                 // The pool's own dm tables; the driver removes them.
-                loopdev::Holder::Device(_) => false,
+                blockdev::Holder::Device(_) => false,
             })
             .collect();
         if !foreign.is_empty() {
             out.push(format!(
                 "{} is {}",
                 dev.display(),
-                loopdev::describe(&foreign)
+                blockdev::describe(&foreign)
             ));
         }
     }

@@ -58,3 +58,32 @@ pub fn check(driver: &str, req: &Requirements) -> Result<()> {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Whether `path` is on a kernel pseudo filesystem (procfs, sysfs, cgroup2, debugfs, tracefs,
+/// securityfs), whose files are generated on read and change size while read: nothing in
+/// them is a tree to archive. The statfs error is returned as is, for the caller to name.
+pub fn on_pseudo_filesystem(path: &std::path::Path) -> std::io::Result<bool> {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC};
+    // debugfs, tracefs, securityfs: like /sys, nothing in them is an image. nix names none.
+    const OTHERS: [i64; 3] = [0x6462_6720, 0x7472_6163, 0x7363_6673];
+    let ty = statfs(path)?.filesystem_type();
+    Ok(ty == PROC_SUPER_MAGIC
+        || ty == SYSFS_MAGIC
+        || ty == CGROUP2_SUPER_MAGIC
+        || OTHERS.contains(&(ty.0 as i64)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn proc_and_sys_are_pseudo_filesystems() {
+        assert!(on_pseudo_filesystem(Path::new("/proc/self")).unwrap());
+        assert!(on_pseudo_filesystem(Path::new("/sys/kernel")).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!on_pseudo_filesystem(dir.path()).unwrap());
+        assert!(on_pseudo_filesystem(&dir.path().join("missing")).is_err());
+    }
+}

@@ -4,9 +4,9 @@
 //! A device belongs to a file when it is attached to that file's inode (device and inode
 //! number), never because the kernel's name for its backing file matches a path: after the file
 //! is deleted and a new one created under the same name, a device kept attached by some holder
-//! still shows that name. Also here: who holds a device (processes, stacked devices, mounts),
-//! and which mounts use a pool, for `pool destroy`.
+//! still shows that name. Who holds a device is [`blockdev::holders`].
 
+use super::blockdev::{self, DevNo};
 use crate::error::{DriverError, Result};
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,7 @@ pub fn attach(file: &Path) -> Result<AttachedLoop> {
                 });
             }
         } else if st.deleted && st.backing == file {
-            let who = describe(&holders(&st.device));
+            let who = blockdev::describe(&blockdev::holders(&st.device));
             tracing::warn!(
                 "{} is still attached to a deleted earlier {} ({who}); not reusing it",
                 st.device.display(),
@@ -82,7 +82,7 @@ pub fn attach(file: &Path) -> Result<AttachedLoop> {
 
 /// Detaches a loop device (no-op when it has no backing file any more). While another process
 /// holds the device open the kernel only marks it autoclear: it stays attached until that
-/// process closes it (see [`holders`]).
+/// process closes it (see [`blockdev::holders`]).
 pub fn detach(dev: &Path) -> Result<()> {
     let ld = match loopdev::LoopDevice::open(dev) {
         Ok(ld) => ld,
@@ -126,8 +126,8 @@ pub fn list() -> Result<Vec<(PathBuf, PathBuf)>> {
 /// A file's identity: the device number of its filesystem and its inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
-    pub major: u32,
-    pub minor: u32,
+    /// The filesystem's device.
+    pub dev: DevNo,
     pub inode: u64,
 }
 
@@ -136,10 +136,8 @@ impl FileId {
         use std::os::unix::fs::MetadataExt;
         let md =
             std::fs::metadata(path).map_err(|e| DriverError::io("stat backing file", path, e))?;
-        let dev = md.dev();
         Ok(FileId {
-            major: nix::sys::stat::major(dev) as u32,
-            minor: nix::sys::stat::minor(dev) as u32,
+            dev: DevNo::from_raw(md.dev()),
             inode: md.ino(),
         })
     }
@@ -148,8 +146,10 @@ impl FileId {
     /// 8..20, minor split around it), not glibc's dev_t layout.
     fn from_kernel(lo_device: u64, lo_inode: u64) -> FileId {
         FileId {
-            major: ((lo_device >> 8) & 0xfff) as u32,
-            minor: ((lo_device & 0xff) | ((lo_device >> 12) & 0xfff_ff00)) as u32,
+            dev: DevNo {
+                major: ((lo_device >> 8) & 0xfff) as u32,
+                minor: ((lo_device & 0xff) | ((lo_device >> 12) & 0xfff_ff00)) as u32,
+            },
             inode: lo_inode,
         }
     }
@@ -160,8 +160,8 @@ impl FileId {
 pub struct LoopStatus {
     /// /dev/loopN.
     pub device: PathBuf,
-    /// The device's own "major:minor" (as in /proc/self/mountinfo).
-    pub major_minor: String,
+    /// The device's own number; None if sysfs did not say (detached while being listed).
+    pub major_minor: Option<DevNo>,
     /// The backing file's last path, without the kernel's " (deleted)" suffix.
     pub backing: PathBuf,
     /// The backing file was unlinked while attached.
@@ -194,8 +194,8 @@ pub fn status_all() -> Result<Vec<LoopStatus>> {
     Ok(out)
 }
 
-/// (/dev/loopN, backing_file as sysfs has it, "major:minor") of attached devices.
-fn sysfs_loops() -> Result<Vec<(PathBuf, String, String)>> {
+/// (/dev/loopN, backing_file as sysfs has it, device number) of attached devices.
+fn sysfs_loops() -> Result<Vec<(PathBuf, String, Option<DevNo>)>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir("/sys/block") {
         Ok(e) => e,
@@ -207,11 +207,13 @@ fn sysfs_loops() -> Result<Vec<(PathBuf, String, String)>> {
             continue;
         }
         if let Ok(b) = std::fs::read_to_string(ent.path().join("loop/backing_file")) {
-            let mm = std::fs::read_to_string(ent.path().join("dev")).unwrap_or_default();
+            let devno = std::fs::read_to_string(ent.path().join("dev"))
+                .ok()
+                .and_then(|d| d.parse().ok());
             out.push((
                 PathBuf::from("/dev").join(&name),
                 b.trim_end_matches('\n').to_string(),
-                mm.trim().to_string(),
+                devno,
             ));
         }
     }
@@ -251,168 +253,6 @@ fn query(dev: &impl std::os::fd::AsRawFd) -> std::io::Result<Option<FileId>> {
     }
 }
 
-/// Something that keeps a loop device attached.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Holder {
-    /// A process with the device open.
-    Process { pid: u32, name: String },
-    /// A block device stacked on it (/sys/block/loopN/holders: dm, md).
-    Device(String),
-    /// A filesystem mounted from it.
-    Mount(PathBuf),
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Holder::Process { pid, name } => write!(f, "pid {pid} ({name})"),
-            Holder::Device(d) => write!(f, "device {d}"),
-            Holder::Mount(m) => write!(f, "mount at {}", m.display()),
-        }
-    }
-}
-
-/// "held by pid 1234 (sleep), mount at /x", or that nothing visible holds it (a lazily
-/// unmounted filesystem still in use, or a holder in another PID namespace).
-pub fn describe(holders: &[Holder]) -> String {
-    if holders.is_empty() {
-        return "no holder visible: a lazily unmounted filesystem may still be in use".into();
-    }
-    let v: Vec<String> = holders.iter().map(|h| h.to_string()).collect();
-    format!("held by {}", v.join(", "))
-}
-
-/// Who keeps `dev` attached: processes with it open (/proc/*/fd), stacked devices
-/// (/sys/block/loopN/holders) and mounts of it (/proc/self/mountinfo). Best effort: entries
-/// that vanish or cannot be read while scanning are skipped.
-pub fn holders(dev: &Path) -> Vec<Holder> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut out = Vec::new();
-    let Ok(md) = std::fs::metadata(dev) else {
-        return out;
-    };
-    let rdev = md.rdev();
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        // stat follows the fd link to the device node without opening it.
-        let holds = fds.flatten().any(|fd| {
-            std::fs::metadata(fd.path())
-                .is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == rdev)
-        });
-        if holds {
-            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            out.push(Holder::Process {
-                pid,
-                name: name.trim().to_string(),
-            });
-        }
-    }
-    if let Some(name) = dev.file_name() {
-        let dir = Path::new("/sys/block").join(name).join("holders");
-        for h in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let n = h.file_name().to_string_lossy().into_owned();
-            let dm = std::fs::read_to_string(Path::new("/sys/block").join(&n).join("dm/name"));
-            out.push(Holder::Device(match dm {
-                Ok(dm) => format!("{n} ({})", dm.trim()),
-                Err(_) => n,
-            }));
-        }
-    }
-    if let Ok(ms) = super::mount::mountinfo() {
-        out.extend(
-            ms.into_iter()
-                .filter(|m| mounted_from(m, &[dev.to_path_buf()]))
-                .map(|m| Holder::Mount(m.target)),
-        );
-    }
-    out
-}
-
-/// The block devices stacked on `dev`, recursively (a dm thin-pool on the loop device, the thin
-/// volumes on that), from /sys/block/*/holders: their mounts use the pool too.
-pub fn stacked_on(dev: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo: Vec<std::ffi::OsString> =
-        dev.file_name().map(|n| vec![n.into()]).unwrap_or_default();
-    // A holder graph is acyclic; the bound only guards against a sysfs surprise.
-    while let Some(name) = todo.pop().filter(|_| out.len() < 4096) {
-        let dir = Path::new("/sys/block").join(&name).join("holders");
-        for h in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = Path::new("/dev").join(h.file_name());
-            if !out.contains(&p) {
-                out.push(p);
-                todo.push(h.file_name());
-            }
-        }
-    }
-    out
-}
-
-/// Whether `m` is a filesystem on one of `devices` (block device paths). By the source, not
-/// only by major:minor: btrfs reports an anonymous device number for its mounts.
-fn mounted_from(m: &super::mount::MountInfo, devices: &[PathBuf]) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let source = Path::new(&m.source);
-    // Only absolute sources are paths ("overlay", "tmpfs" are not, and would resolve in cwd).
-    let source = source
-        .is_absolute()
-        .then(|| source.canonicalize().ok())
-        .flatten();
-    devices.iter().any(|d| {
-        source.as_deref() == Some(d.as_path())
-            || std::fs::metadata(d).is_ok_and(|md| {
-                let r = md.rdev();
-                m.major_minor
-                    == format!("{}:{}", nix::sys::stat::major(r), nix::sys::stat::minor(r))
-            })
-    })
-}
-
-/// A mount found by [`mounts_using`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsedMount {
-    /// The mount ID (mountinfo's first field): still names the mount after a lazy detach.
-    pub id: u64,
-    pub target: PathBuf,
-}
-
-/// Mounts that use what lives under `dir` or the block devices `devices`: mounts below `dir`,
-/// filesystems on those devices mounted anywhere, and overlays whose lowerdir, upperdir or
-/// workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
-/// stand on.
-pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<UsedMount>> {
-    let mut out = Vec::new();
-    for m in super::mount::mountinfo()? {
-        if m.target.starts_with(dir) || m.overlay_uses(dir) || mounted_from(&m, devices) {
-            out.push(UsedMount {
-                id: m.id,
-                target: m.target,
-            });
-        }
-    }
-    out.reverse();
-    out.dedup();
-    Ok(out)
-}
-
-/// Lazily detaches each mount in `targets` (for `--force` teardown, where a mount left behind is
-/// worse than one that finishes unmounting when its last user goes).
-pub fn detach_mounts(targets: &[PathBuf]) -> Result<()> {
-    use nix::mount::MntFlags;
-    for t in targets {
-        match nix::mount::umount2(t.as_path(), MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(DriverError::sys("detach mount", t.display(), e)),
-        }
-    }
-    Ok(())
-}
-
 /// Tells the loop driver that the backing file changed size (after growing a sparse file).
 pub fn refresh_capacity(dev: &Path) -> Result<()> {
     let ld =
@@ -432,56 +272,6 @@ pub fn create_sparse_file(path: &Path, size: crate::Bytes) -> Result<()> {
         .map_err(|e| DriverError::io("size sparse file", path, e))
 }
 
-/// Processes whose working directory, root or an open file lies on one of the mounts `ids`
-/// (what keeps a lazily detached filesystem, and so its loop device, alive). Best effort, like
-/// [`holders`]; memory mappings are not looked at.
-pub fn mount_users(ids: &[u64]) -> Vec<Holder> {
-    let mut out = Vec::new();
-    if ids.is_empty() {
-        return out;
-    }
-    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let on = |path: &Path| mount_id(path).is_some_and(|id| ids.contains(&id));
-        let uses = on(&p.path().join("cwd"))
-            || on(&p.path().join("root"))
-            || std::fs::read_dir(p.path().join("fd"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|fd| on(&fd.path()));
-        if uses {
-            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            out.push(Holder::Process {
-                pid,
-                name: name.trim().to_string(),
-            });
-        }
-    }
-    out
-}
-
-/// The mount ID of what `path` resolves to (statx STATX_MNT_ID; follows /proc magic links).
-fn mount_id(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: all-zero is a valid statx (plain integers).
-    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `stx` a statx buffer the kernel fills.
-    let r = unsafe {
-        nix::libc::statx(
-            nix::libc::AT_FDCWD,
-            c.as_ptr(),
-            0,
-            nix::libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    };
-    (r == 0 && stx.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,10 +280,10 @@ mod tests {
     fn kernel_dev_encoding_decodes_to_major_minor() {
         // huge_encode_dev(MKDEV(8, 1)) and MKDEV(259, 0x12345) (minor above 8 bits).
         let a = FileId::from_kernel(0x0801, 7);
-        assert_eq!((a.major, a.minor, a.inode), (8, 1, 7));
+        assert_eq!((a.dev.major, a.dev.minor, a.inode), (8, 1, 7));
         let d = 0x45 | (259 << 8) | ((0x12345u64 & !0xff) << 12);
         let b = FileId::from_kernel(d, 9);
-        assert_eq!((b.major, b.minor), (259, 0x12345));
+        assert_eq!((b.dev.major, b.dev.minor), (259, 0x12345));
     }
 
     #[test]

@@ -1,23 +1,27 @@
-//! mount(2)/umount2(2) through nix, /proc/<pid>/mountinfo parsing, and mount namespaces.
+//! mount(2)/umount2(2) through nix, the one /proc/<pid>/mountinfo parser, mount namespaces, and
+//! which mounts (and processes on them) use a directory or a block device.
 //!
 //! A mount lives in one mount namespace. Services and container engines run in namespaces of
 //! their own, so whether a recorded mount is still there must be asked in the namespace that
 //! made it, never only in the caller's (see [`MountNs`] and [`NsTables`]).
 
+use super::blockdev::{self, DevNo, Holder};
 use crate::error::{DriverError, Result};
 use nix::mount::{MntFlags, MsFlags};
 use std::path::{Path, PathBuf};
 
-/// One line of /proc/self/mountinfo (the fields blkdrv uses).
+/// One line of /proc/self/mountinfo (the fields blkdrv uses). The one parser of it in blkdrv.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
     /// The mount ID (first field): still names the mount after a lazy detach.
     pub id: u64,
-    pub major_minor: String,
+    /// st_dev of the mounted filesystem (anonymous, 0:N, for btrfs, overlay, tmpfs...).
+    pub major_minor: DevNo,
     pub root: String,
     pub target: PathBuf,
     pub options: String,
     pub fstype: String,
+    /// The mount source as given to mount(2) ("/dev/vda", "tmpfs", "overlay").
     pub source: String,
     /// The filesystem's own options (overlay's lowerdir=, upperdir=, ...).
     pub super_options: String,
@@ -43,8 +47,9 @@ impl MountInfo {
     }
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo octal.
-fn unescape(s: &str) -> String {
+/// mountinfo escapes space, tab, newline and backslash as \ooo octal. Bytes, not text: a mount
+/// point need not be UTF-8, and a lossy copy would never compare equal to the real path.
+fn unescape_bytes(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -55,17 +60,30 @@ fn unescape(s: &str) -> String {
                 let v = oct
                     .iter()
                     .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push(v as u8);
-                i += 4;
-                continue;
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
             }
         }
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
+fn unescape(s: &str) -> String {
+    String::from_utf8_lossy(&unescape_bytes(s)).into_owned()
+}
+
+fn unescape_path(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(unescape_bytes(s)))
+}
+
+/// Fields: id parent maj:min root mount-point options [optional...] - fstype source superopts.
+/// Malformed lines are skipped.
 pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     text.lines()
         .filter_map(|line| {
@@ -77,9 +95,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
             }
             Some(MountInfo {
                 id: pre[0].parse().unwrap_or(0),
-                major_minor: pre[2].to_string(),
+                major_minor: pre[2].parse().ok()?,
                 root: unescape(pre[3]),
-                target: PathBuf::from(unescape(pre[4])),
+                target: unescape_path(pre[4]),
                 options: pre[5].to_string(),
                 fstype: post[0].to_string(),
                 source: unescape(post[1]),
@@ -326,6 +344,76 @@ pub fn users_of_dir(dir: &Path, fs_mnt: &Path) -> Result<Users> {
     ))
 }
 
+/// A mount found by [`mounts_using`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedMount {
+    /// The mount ID (mountinfo's first field): still names the mount after a lazy detach.
+    pub id: u64,
+    pub target: PathBuf,
+}
+
+/// Mounts that use what lives under `dir` or the block devices `devices`: mounts below `dir`,
+/// filesystems on those devices mounted anywhere, and overlays whose lowerdir, upperdir or
+/// workdir is below `dir`. In reverse mount order, so stacked mounts come before what they
+/// stand on.
+pub fn mounts_using(dir: &Path, devices: &[PathBuf]) -> Result<Vec<UsedMount>> {
+    let mut out = Vec::new();
+    for m in mountinfo()? {
+        if m.target.starts_with(dir) || m.overlay_uses(dir) || blockdev::mounted_from(&m, devices) {
+            out.push(UsedMount {
+                id: m.id,
+                target: m.target,
+            });
+        }
+    }
+    out.reverse();
+    out.dedup();
+    Ok(out)
+}
+
+/// Processes whose working directory, root or an open file lies on one of the mounts `ids`
+/// (what keeps a lazily detached filesystem, and so its loop device, alive). Best effort, like
+/// [`blockdev::holders`]; memory mappings are not looked at.
+pub fn mount_users(ids: &[u64]) -> Vec<Holder> {
+    let mut out = Vec::new();
+    if ids.is_empty() {
+        return out;
+    }
+    for (pid, dir) in blockdev::proc_dirs() {
+        let on = |path: &Path| mount_id(path).is_some_and(|id| ids.contains(&id));
+        let uses = on(&dir.join("cwd"))
+            || on(&dir.join("root"))
+            || std::fs::read_dir(dir.join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| on(&fd.path()));
+        if uses {
+            out.push(blockdev::process(pid, &dir));
+        }
+    }
+    out
+}
+
+/// The mount ID of what `path` resolves to (statx STATX_MNT_ID; follows /proc magic links).
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: all-zero is a valid statx (plain integers).
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `stx` a statx buffer the kernel fills.
+    let r = unsafe {
+        nix::libc::statx(
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            nix::libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    (r == 0 && stx.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
 /// Unmounts `target` inside the mount namespace of process `pid`: a forked child enters the
 /// namespace (setns needs a single-threaded caller) and runs umount(8) there.
 pub fn unmount_in(pid: u32, target: &Path) -> Result<()> {
@@ -453,13 +541,20 @@ const UNMOUNT_BUSY_RETRIES: u32 = 50;
 /// leaving a mount behind is worse than a lazy detach.
 pub fn detach_all_under(prefix: &Path) -> Result<usize> {
     let mounts = mounts_under(prefix)?;
-    for m in &mounts {
-        match nix::mount::umount2(m.as_path(), MntFlags::MNT_DETACH) {
+    detach_mounts(&mounts)?;
+    Ok(mounts.len())
+}
+
+/// Lazily detaches each mount in `targets` (for `--force` teardown, where a mount left behind is
+/// worse than one that finishes unmounting when its last user goes).
+pub fn detach_mounts(targets: &[PathBuf]) -> Result<()> {
+    for t in targets {
+        match nix::mount::umount2(t.as_path(), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(DriverError::sys("detach mount", m.display(), e)),
+            Err(e) => return Err(DriverError::sys("detach mount", t.display(), e)),
         }
     }
-    Ok(mounts.len())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -473,7 +568,13 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].target, PathBuf::from("/mnt/with space"));
-        assert_eq!(m[0].major_minor, "98:0");
+        assert_eq!(
+            m[0].major_minor,
+            DevNo {
+                major: 98,
+                minor: 0
+            }
+        );
         assert_eq!(m[0].fstype, "ext3");
         assert_eq!(m[1].fstype, "overlay");
         assert_eq!(m[1].source, "overlay");
@@ -500,5 +601,48 @@ mod tests {
         assert_eq!(unescape("a\\011b"), "a\tb");
         assert_eq!(unescape("a\\b"), "a\\b");
         assert_eq!(unescape("end\\"), "end\\");
+        assert_eq!(unescape("a\\134b\\011"), "a\\b\t");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+        // Above \377 is no byte: kept as written.
+        assert_eq!(unescape("x\\777"), "x\\777");
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(
+            unescape_path("/mnt/\\377").as_os_str().as_bytes(),
+            b"/mnt/\xff"
+        );
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let text = "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    40 22 7:1 / /mnt/my\\040disk rw - xfs /dev/loop1 rw\n\
+                    43 22 0:39 /sub /data rw,relatime shared:5 master:2 - btrfs /dev/loop2 rw,ssd\n\
+                    garbage line\n\
+                    44 22 x:y / /bad rw - ext4 /dev/vdb rw\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3, "{m:?}");
+        let got: Vec<(&str, String, &str)> = m
+            .iter()
+            .map(|m| {
+                (
+                    m.target.to_str().unwrap(),
+                    m.major_minor.to_string(),
+                    m.source.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/", "253:0".to_string(), "/dev/vda"),
+                ("/mnt/my disk", "7:1".to_string(), "/dev/loop1"),
+                ("/data", "0:39".to_string(), "/dev/loop2"),
+            ]
+        );
+        assert_eq!(m[2].id, 43);
+        assert_eq!(m[2].root, "/sub");
+        assert_eq!(m[2].options, "rw,relatime");
+        assert_eq!(m[2].fstype, "btrfs");
+        assert_eq!(m[2].super_options, "rw,ssd");
     }
 }

@@ -1,16 +1,15 @@
 //! What is already on a block device, read natively from its first few hundred KiB.
 //!
 //! `pool init` must never format over somebody's data, so before a driver runs mkfs or builds a
-//! thin pool it asks [`check_device_free`]. The magics are the well-known on-disk ones; the checks
+//! thin pool it asks [`super::blockdev::check_device_free`], which asks [`describe_found`]. The magics are the well-known on-disk ones; the checks
 //! are deliberately simple (magic plus, where cheap, one sanity field), like `wipefs` rather than a
 //! full `blkid` validation: a false "something is there" costs a `--force`, a miss costs data.
 
 use crate::error::{DriverError, Result};
 use serde::Serialize;
-use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
 
 /// How much of a device [`probe`] reads: the first two ZFS labels' first 32 uberblock slots
 /// (label 1 starts at 256 KiB, its uberblocks at +128 KiB), which also covers everything else.
@@ -267,190 +266,13 @@ pub fn fs_uuid(path: &Path) -> Result<Option<(Signature, String)>> {
     Ok(fs_uuid_bytes(&read_head(path)?))
 }
 
-/// Undoes the octal escapes (`\040` for space...) of /proc/self/mountinfo paths.
-fn unescape_mount_path(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(v) = u8::try_from(v) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-/// One line of /proc/self/mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountEntry {
-    pub mount_point: PathBuf,
-    /// "maj:min" of the mounted filesystem's st_dev (anonymous, 0:N, for btrfs and others).
-    pub devno: String,
-    /// The mount source as given to mount(2) ("/dev/vda", "tmpfs", "overlay").
-    pub source: String,
-}
-
-/// Fields: id parent maj:min root mount-point options [optional...] - fstype source superopts.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            let sep = f.iter().skip(6).position(|x| *x == "-")? + 6;
-            Some(MountEntry {
-                mount_point: unescape_mount_path(f.get(4)?),
-                devno: f.get(2)?.to_string(),
-                source: unescape_mount_path(f.get(sep + 2)?)
-                    .to_string_lossy()
-                    .into_owned(),
-            })
-        })
-        .collect()
-}
-
-/// Every mount in this process's mount namespace.
-pub(crate) fn mount_table() -> Result<Vec<MountEntry>> {
-    let mountinfo = "/proc/self/mountinfo";
-    let text = std::fs::read_to_string(mountinfo)
-        .map_err(|e| DriverError::io("read mount table", mountinfo, e))?;
-    Ok(parse_mountinfo(&text))
-}
-
-fn devno_text(rdev: u64) -> String {
-    format!(
-        "{}:{}",
-        nix::sys::stat::major(rdev),
-        nix::sys::stat::minor(rdev)
-    )
-}
-
-/// "maj:min" of the block device and of each of its partitions, from sysfs.
-fn device_numbers(rdev: u64) -> Vec<String> {
-    device_numbers_in(Path::new("/sys/dev/block"), &devno_text(rdev))
-}
-
-/// The devices of every mounted btrfs filesystem that has one of `numbers` as a member: btrfs
-/// shows one anonymous st_dev and a single source for all its devices, so a second member would
-/// otherwise look unused.
-fn btrfs_siblings_in(sys_fs_btrfs: &Path, numbers: &HashSet<String>) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(filesystems) = std::fs::read_dir(sys_fs_btrfs) else {
-        return out;
-    };
-    for fs_dir in filesystems.flatten() {
-        let Ok(members) = std::fs::read_dir(fs_dir.path().join("devices")) else {
-            continue;
-        };
-        let devs: Vec<String> = members
-            .flatten()
-            .filter_map(|m| std::fs::read_to_string(m.path().join("dev")).ok())
-            .map(|d| d.trim().to_string())
-            .collect();
-        if devs.iter().any(|d| numbers.contains(d)) {
-            out.extend(devs);
-        }
-    }
-    out
-}
-
-/// `own` and the "maj:min" of the partitions listed under `sys_root/own` (sysfs layout).
-fn device_numbers_in(sys_root: &Path, own: &str) -> Vec<String> {
-    let mut out = vec![own.to_string()];
-    let sys_dir = sys_root.join(own);
-    // Partitions are subdirectories named after the disk (sda/sda1, nvme0n1/nvme0n1p1).
-    let Some(name) = std::fs::canonicalize(&sys_dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-    else {
-        return out;
-    };
-    if let Ok(entries) = std::fs::read_dir(&sys_dir) {
-        for entry in entries.flatten() {
-            if !entry.file_name().to_string_lossy().starts_with(&name) {
-                continue;
-            }
-            if let Ok(dev) = std::fs::read_to_string(entry.path().join("dev")) {
-                out.push(dev.trim().to_string());
-            }
-        }
-    }
-    out
-}
-
-fn stat_block_device(device: &Path) -> Result<u64> {
-    let meta = std::fs::metadata(device).map_err(|e| DriverError::io("stat device", device, e))?;
-    if !meta.file_type().is_block_device() {
-        return Err(DriverError::Device {
-            device: device.to_path_buf(),
-            reason: "is not a block device".to_string(),
-        });
-    }
-    Ok(meta.rdev())
-}
-
-/// Mount points of the block device `device` or of any of its partitions.
-pub fn mounted_at(device: &Path) -> Result<Vec<PathBuf>> {
-    let rdev = stat_block_device(device)?;
-    let mut numbers: HashSet<String> = device_numbers(rdev).into_iter().collect();
-    let siblings = btrfs_siblings_in(Path::new("/sys/fs/btrfs"), &numbers);
-    numbers.extend(siblings);
-    // Filesystems with an anonymous st_dev (btrfs) are found by their source device instead;
-    // only /dev paths are stat'ed, so a dead network mount cannot hang us.
-    let source_devno = |source: &str| {
-        source
-            .starts_with("/dev/")
-            .then(|| std::fs::metadata(source).ok())
-            .flatten()
-            .filter(|m| m.file_type().is_block_device())
-            .map(|m| devno_text(m.rdev()))
-    };
-    Ok(mount_table()?
-        .into_iter()
-        .filter(|m| {
-            numbers.contains(&m.devno)
-                || source_devno(&m.source).is_some_and(|d| numbers.contains(&d))
-        })
-        .map(|m| m.mount_point)
-        .fold(Vec::new(), |mut acc, mp| {
-            // Stacked mounts list the same point twice.
-            if !acc.contains(&mp) {
-                acc.push(mp);
-            }
-            acc
-        }))
-}
-
-/// Ok if `device` is a block device that is not mounted and carries no known signature.
-/// Mounted devices are refused even with `force`; `force` only skips the signature check.
-pub fn check_device_free(device: &Path, force: bool) -> Result<()> {
-    let refuse = |reason: String| DriverError::Device {
-        device: device.to_path_buf(),
-        reason,
-    };
-    let mounts = mounted_at(device)?;
-    if !mounts.is_empty() {
-        let list: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
-        return Err(refuse(format!("is mounted at {}", list.join(", "))));
-    }
-    if force {
-        return Ok(());
-    }
-    let head = read_head(device)?;
+/// What [`probe`] finds on `path`, as a phrase for a refusal ("an xfs filesystem (UUID ...)
+/// and a swap area"); None when nothing is there.
+pub fn describe_found(path: &Path) -> Result<Option<String>> {
+    let head = read_head(path)?;
     let found = probe_bytes(&head);
     if found.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let uuid = fs_uuid_bytes(&head);
     let parts: Vec<String> = found
@@ -460,10 +282,7 @@ pub fn check_device_free(device: &Path, force: bool) -> Result<()> {
             _ => sig.describe(),
         })
         .collect();
-    Err(refuse(format!(
-        "has {}; pass --force to overwrite",
-        parts.join(" and ")
-    )))
+    Ok(Some(parts.join(" and ")))
 }
 
 #[cfg(test)]
@@ -627,75 +446,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn mountinfo_parsing() {
-        let text = "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
-                    40 22 7:1 / /mnt/my\\040disk rw - xfs /dev/loop1 rw\n\
-                    43 22 0:39 / /data rw,relatime shared:5 master:2 - btrfs /dev/loop2 rw\n";
-        let entry = |mp: &str, devno: &str, source: &str| MountEntry {
-            mount_point: PathBuf::from(mp),
-            devno: devno.to_string(),
-            source: source.to_string(),
-        };
-        assert_eq!(
-            parse_mountinfo(text),
-            vec![
-                entry("/", "253:0", "/dev/vda"),
-                entry("/mnt/my disk", "7:1", "/dev/loop1"),
-                entry("/data", "0:39", "/dev/loop2"),
-            ]
-        );
-        assert_eq!(unescape_mount_path("a\\134b\\011"), PathBuf::from("a\\b\t"));
-        assert_eq!(
-            unescape_mount_path("trailing\\04"),
-            PathBuf::from("trailing\\04")
-        );
-    }
-
-    #[test]
-    fn partitions_from_sysfs_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("devices/virtual/block/loop3");
-        for (sub, dev) in [
-            ("loop3p1", "259:4\n"),
-            ("loop3p2", "259:5\n"),
-            ("queue", ""),
-        ] {
-            std::fs::create_dir_all(disk.join(sub)).unwrap();
-            if !dev.is_empty() {
-                std::fs::write(disk.join(sub).join("dev"), dev).unwrap();
-            }
-        }
-        std::fs::write(disk.join("dev"), "7:3\n").unwrap();
-        let root = dir.path().join("dev-block");
-        std::fs::create_dir(&root).unwrap();
-        std::os::unix::fs::symlink(&disk, root.join("7:3")).unwrap();
-        let mut got = device_numbers_in(&root, "7:3");
-        got.sort();
-        assert_eq!(got, vec!["259:4", "259:5", "7:3"]);
-        assert_eq!(device_numbers_in(&root, "8:0"), vec!["8:0"]);
-    }
-
-    #[test]
-    fn btrfs_members_from_sysfs_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        for (fsid, member, dev) in [
-            ("aaaa", "loop1", "7:1"),
-            ("aaaa", "loop2", "7:2"),
-            ("bbbb", "loop3", "7:3"),
-        ] {
-            let m = dir.path().join(fsid).join("devices").join(member);
-            std::fs::create_dir_all(&m).unwrap();
-            std::fs::write(m.join("dev"), format!("{dev}\n")).unwrap();
-        }
-        let numbers: HashSet<String> = ["7:2".to_string()].into();
-        let mut got = btrfs_siblings_in(dir.path(), &numbers);
-        got.sort();
-        assert_eq!(got, vec!["7:1", "7:2"]);
-        let none: HashSet<String> = ["8:0".to_string()].into();
-        assert!(btrfs_siblings_in(dir.path(), &none).is_empty());
-    }
-
     /// Makes a sparse image of `size_mib`, formats it with `mkfs`, and compares with blkid.
     fn check_real_image(mkfs: &str, args: &[&str], size_mib: u64, want: Signature) {
         let dir = tempfile::tempdir().unwrap();
@@ -757,52 +507,5 @@ mod tests {
         std::fs::write(&img, b"hsqs and not much more").unwrap();
         assert_eq!(probe(&img).unwrap(), vec![Signature::Squashfs]);
         assert!(probe(&dir.path().join("missing")).is_err());
-    }
-
-    #[test]
-    fn regular_file_is_not_a_device() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("img");
-        File::create(&img).unwrap().set_len(1 << 20).unwrap();
-        for force in [false, true] {
-            match check_device_free(&img, force) {
-                Err(DriverError::Device { device, reason }) => {
-                    assert_eq!(device, img);
-                    assert!(reason.contains("not a block device"), "{reason}");
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    /// The device holding / (when / is a plain block device, as on a VM) is reported mounted,
-    /// and refused even with force.
-    #[test]
-    fn root_device_is_mounted() {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        // Fields: id parent maj:min root mount-point options [optional...] - fstype source ...
-        let source = text.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            if f.get(4) != Some(&"/") {
-                return None;
-            }
-            let sep = f.iter().position(|x| *x == "-")?;
-            f.get(sep + 2).map(|s| s.to_string())
-        });
-        let Some(source) = source else { return };
-        let dev = Path::new(&source);
-        let is_blk = std::fs::metadata(dev).is_ok_and(|m| m.file_type().is_block_device());
-        if !is_blk {
-            eprintln!("skipping: / is on {source}, not a block device");
-            return;
-        }
-        let mounts = mounted_at(dev).unwrap();
-        assert!(mounts.contains(&PathBuf::from("/")), "{mounts:?}");
-        match check_device_free(dev, true) {
-            Err(DriverError::Device { reason, .. }) => {
-                assert!(reason.contains("is mounted at"), "{reason}")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
     }
 }

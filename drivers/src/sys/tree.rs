@@ -6,7 +6,7 @@
 //! be measured, copied or deleted through it.
 
 use crate::error::{DriverError, Result};
-use crate::units::Bytes;
+use crate::units::{Bytes, Sectors};
 use layertar::meta::{self, Meta, NotRoot, Owner, Policy, Step, Times, Unsupported};
 use nix::errno::Errno;
 use nix::libc;
@@ -78,10 +78,11 @@ pub fn disk_usage(root: &Path) -> Result<(Bytes, u64)> {
     const OP: &str = "disk usage";
     let meta = lstat(OP, root)?;
     let root_dev = meta.dev();
-    let mut bytes = meta.blocks() * 512;
+    // st_blocks counts 512-byte units whatever the filesystem's block size.
+    let mut bytes = Sectors(meta.blocks()).bytes();
     let mut inodes = 1u64;
     if !meta.is_dir() {
-        return Ok((Bytes(bytes), inodes));
+        return Ok((bytes, inodes));
     }
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut stack = vec![root.to_path_buf()];
@@ -108,11 +109,11 @@ pub fn disk_usage(root: &Path) -> Result<(Bytes, u64)> {
             } else if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
-            bytes += meta.blocks() * 512;
+            bytes += Sectors(meta.blocks()).bytes();
             inodes += 1;
         }
     }
-    Ok((Bytes(bytes), inodes))
+    Ok((bytes, inodes))
 }
 
 // FICLONE = _IOW(0x94, 9, int): make the destination share the source's extents.
@@ -393,9 +394,9 @@ pub fn remove_tree(root: &Path) -> Result<()> {
 /// directory, for mounts made meanwhile.
 fn check_no_mounts_below(root: &Path) -> Result<()> {
     let canonical = fs::canonicalize(root).map_err(|e| DriverError::io("remove tree", root, e))?;
-    for m in super::signature::mount_table()? {
-        if m.mount_point.starts_with(&canonical) {
-            return Err(mount_point_error(&m.mount_point));
+    for m in super::mount::mountinfo()? {
+        if m.target.starts_with(&canonical) {
+            return Err(mount_point_error(&m.target));
         }
     }
     Ok(())
@@ -637,14 +638,12 @@ mod tests {
         symlink("f", root.join("s")).unwrap();
         let (after, inodes_after) = disk_usage(&root).unwrap();
         assert_eq!(inodes_after, 4);
-        let sym_blocks = fs::symlink_metadata(root.join("s")).unwrap().blocks() * 512;
-        assert_eq!(after.0, before.0 + sym_blocks);
-        assert!(after.0 >= 64 * 1024);
-        let expected: u64 = ["", "sub", "f", "s"]
-            .iter()
-            .map(|p| fs::symlink_metadata(root.join(p)).unwrap().blocks() * 512)
-            .sum();
-        assert_eq!(after.0, expected);
+        let blocks =
+            |p: &str| Sectors(fs::symlink_metadata(root.join(p)).unwrap().blocks()).bytes();
+        assert_eq!(after, before + blocks("s"));
+        assert!(after >= Bytes::kib(64));
+        let expected: Bytes = ["", "sub", "f", "s"].iter().map(|p| blocks(p)).sum();
+        assert_eq!(after, expected);
         assert_eq!(disk_usage(&root.join("f")).unwrap().1, 1);
         assert!(disk_usage(&root.join("missing")).is_err());
     }
