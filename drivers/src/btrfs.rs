@@ -9,6 +9,7 @@
 
 use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking, FsType};
+use crate::plan::{OptionKind, OptionSpec};
 use crate::sys::mount;
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
@@ -24,6 +25,13 @@ use std::time::{Duration, Instant};
 
 const NAME: &str = "btrfs";
 const KEY_QUOTA: &str = "quota";
+const OPTIONS: &[OptionSpec] = &[OptionSpec::flag(
+    KEY_QUOTA,
+    "no-quota",
+    "",
+    "Do not enable quotas (no per-layer sizes or limits, slightly faster writes); -o quota=off.",
+)
+.kind(OptionKind::Switch { value: "off" })];
 /// mkfs.btrfs refuses single-device filesystems much under this.
 const MIN_SIZE: Bytes = Bytes(256 << 20);
 
@@ -52,8 +60,12 @@ impl DriverFactory for Factory {
         }
     }
 
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
-        crate::options::check_known(NAME, options, &[KEY_QUOTA])?;
+        crate::options::check_known(NAME, options, &crate::plan::stored_keys(OPTIONS))?;
         let quota = match options.get(KEY_QUOTA) {
             Some(v) => crate::options::on_off(NAME, KEY_QUOTA, v)?,
             None => true,

@@ -3,6 +3,7 @@
 //! the same kind of backing is what makes benchmarks compare like with like.
 
 use crate::error::{DriverError, Result};
+use crate::plan::OptionSpec;
 use crate::sys::{exec, mount, signature};
 use crate::{Bytes, DriverOptions, Identity, PoolContext, Space};
 use std::path::{Path, PathBuf};
@@ -132,9 +133,19 @@ pub fn trim_loop_backed(path: &Path) -> Result<Option<Bytes>> {
 pub const KEY_FS: &str = "fs";
 const UUID_KEY: &str = "fs_uuid";
 
+/// The options of the file-level drivers.
+pub const OPTIONS: &[OptionSpec] = &[OptionSpec::flag(
+    KEY_FS,
+    "fs",
+    "FS",
+    "Filesystem of the backing (vfs, overlay) or of the thin devices (devicemapper): xfs \
+     (default) or ext4.",
+)
+.host_default()];
+
 /// Validates `fs` (default xfs) and rejects keys the driver does not know.
 pub fn validate_options(driver: &'static str, options: &DriverOptions) -> Result<DriverOptions> {
-    crate::options::check_known(driver, options, &[KEY_FS])?;
+    crate::options::check_known(driver, options, &crate::plan::stored_keys(OPTIONS))?;
     let mut out = DriverOptions::new();
     let fs = options.get(KEY_FS).map(String::as_str).unwrap_or("xfs");
     out.insert(KEY_FS.into(), FsType::parse(driver, fs)?.name().into());

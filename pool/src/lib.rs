@@ -7,6 +7,7 @@ pub mod archive;
 pub mod config;
 pub mod crash;
 pub mod error;
+pub mod init;
 pub mod layer;
 pub mod lock;
 pub mod pool;
@@ -14,7 +15,13 @@ pub mod signal;
 pub mod store;
 pub mod text;
 
+/// The drivers' vocabulary the pool hands out, so front ends need not depend on the drivers.
+pub use blkdrv_drivers::{
+    Bytes, Capabilities, Granularity, MountMode, OptionKind, OptionRole, OptionSpec,
+    ParseSizeError, Space, Usage,
+};
 pub use config::{HostConfig, PoolConfig};
 pub use error::{PoolError, Result};
+pub use init::{DriverFlag, DriverInfo, InitRequest};
 pub use layer::{LayerKind, LayerName, LayerState, PoolName};
 pub use pool::{Access, BackingSpec, CreateOutcome, InitSpec, LayerInfo, Pool, Root, Source};
