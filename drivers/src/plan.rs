@@ -185,7 +185,7 @@ pub fn standard(
         if request.devices.is_empty() {
             let spec = table.iter().find(|o| o.key == key);
             return Err(DriverError::BadRequest {
-                driver: driver,
+                driver,
                 reason: format!("{} goes with --device", flag_name(spec, key)),
             });
         }

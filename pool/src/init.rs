@@ -109,10 +109,9 @@ impl Pool {
         let mut options: DriverOptions = req.options.iter().cloned().collect();
         // A host default applies only to drivers whose table takes it, so a default for one
         // driver never breaks another. It wins over -o as it always has; a flag wins over both.
-        for (key, value) in [("fs", &defaults.fs)] {
-            let takes = f.options().iter().any(|o| o.key == key && o.host_default);
-            if let (Some(v), true) = (value, takes) {
-                options.insert(key.into(), v.clone());
+        for (key, value) in defaults.driver_options() {
+            if f.options().iter().any(|o| o.key == key && o.host_default) {
+                options.insert(key.into(), value.into());
             }
         }
         let mut option_devices = BTreeMap::new();
