@@ -2,8 +2,9 @@
 //! layers.
 
 use crate::args::{LayerCmd, PoolSel};
+use crate::report::Outcome;
 use crate::{io_err, output, print_notices, Ctx};
-use blkdrv_pool::pool::{MountRequest, RemoveOutcome, Spooled};
+use blkdrv_pool::pool::{MountRequest, Spooled};
 use blkdrv_pool::text::escape_controls;
 use blkdrv_pool::{Access, LayerName, Pool, PoolError, PoolName, Source};
 use std::io::Write;
@@ -24,9 +25,8 @@ fn open_read(ctx: &Ctx, sel: &PoolSel) -> Result<Pool, PoolError> {
 pub(crate) fn layer_cmd(
     ctx: &Ctx,
     c: &LayerCmd,
-    out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<(), PoolError> {
+) -> Result<Outcome, PoolError> {
     match c {
         LayerCmd::Create {
             name,
@@ -68,27 +68,10 @@ pub(crate) fn layer_cmd(
             });
             print_notices(&mut pool, err);
             bar.finish_and_clear();
-            let res = res?;
-            if ctx.json {
-                output::json(out, &res)
-            } else if res.reused {
-                writeln!(
-                    out,
-                    "reused layer {} for {name}: same content ({}) on the same parent",
-                    res.layer.id,
-                    res.layer.digest.as_deref().unwrap_or("?")
-                )
-                .map_err(io_err)
-            } else {
-                writeln!(
-                    out,
-                    "created layer {name} (id {}, {}, {})",
-                    res.layer.id,
-                    output::size(res.layer.size_bytes),
-                    res.layer.digest.as_deref().unwrap_or("?")
-                )
-                .map_err(io_err)
-            }
+            Ok(Outcome::LayerCreated {
+                name: name.to_string(),
+                result: res?,
+            })
         }
         LayerCmd::Snapshot {
             parent,
@@ -100,31 +83,16 @@ pub(crate) fn layer_cmd(
             let mut pool = open_write(ctx, sel, err)?;
             let info = pool.snapshot(parent, &name, *size);
             print_notices(&mut pool, err);
-            let info = info?;
-            if ctx.json {
-                output::json(out, &info)
-            } else {
-                writeln!(
-                    out,
-                    "created active layer {name} (id {}) on {parent}",
-                    info.id
-                )
-                .map_err(io_err)
-            }
+            Ok(Outcome::Snapshotted {
+                name: name.to_string(),
+                parent: parent.clone(),
+                layer: info?,
+            })
         }
-        LayerCmd::Commit { name, sel } => {
-            let info = open_write(ctx, sel, err)?.commit(name)?;
-            if ctx.json {
-                output::json(out, &info)
-            } else {
-                writeln!(
-                    out,
-                    "committed layer {name} ({})",
-                    output::size(info.size_bytes)
-                )
-                .map_err(io_err)
-            }
-        }
+        LayerCmd::Commit { name, sel } => Ok(Outcome::Committed {
+            name: name.clone(),
+            layer: open_write(ctx, sel, err)?.commit(name)?,
+        }),
         LayerCmd::Mount {
             name,
             target,
@@ -137,64 +105,31 @@ pub(crate) fn layer_cmd(
                 dev: *dev,
             };
             let mode = open_write(ctx, sel, err)?.mount_with(name, target, req)?;
-            if ctx.json {
-                output::json(
-                    out,
-                    &serde_json::json!({"layer": name, "target": target, "mode": mode}),
-                )
-            } else {
-                writeln!(out, "mounted {name} at {} ({mode})", target.display()).map_err(io_err)
-            }
+            Ok(Outcome::Mounted {
+                layer: name.clone(),
+                target: target.clone(),
+                mode,
+            })
         }
-        LayerCmd::Umount { name, target, sel } => {
-            let done = open_write(ctx, sel, err)?.umount(name, target.as_deref())?;
-            if ctx.json {
-                output::json(out, &serde_json::json!({"layer": name, "unmounted": done}))
-            } else {
-                for t in done {
-                    writeln!(out, "unmounted {name} from {}", t.display()).map_err(io_err)?;
-                }
-                Ok(())
-            }
-        }
+        LayerCmd::Umount { name, target, sel } => Ok(Outcome::Unmounted {
+            layer: name.clone(),
+            targets: open_write(ctx, sel, err)?.umount(name, target.as_deref())?,
+        }),
         LayerCmd::Rm { name, force, sel } => {
             let mut pool = open_write(ctx, sel, err)?;
             let outcome = pool.remove(name, *force);
             print_notices(&mut pool, err);
-            let outcome = outcome?;
-            if ctx.json {
-                output::json(out, &serde_json::json!({"layer": name, "result": outcome}))
-            } else {
-                match outcome {
-                    RemoveOutcome::Removed => writeln!(out, "removed layer {name}"),
-                    RemoveOutcome::Untagged => {
-                        writeln!(out, "untagged {name} (the layer has other names)")
-                    }
-                    RemoveOutcome::Deferred => writeln!(
-                        out,
-                        "removal of {name} deferred: its device is busy; the next blkdrv command retries it"
-                    ),
-                }
-                .map_err(io_err)
-            }
+            Ok(Outcome::Removed {
+                layer: name.clone(),
+                result: outcome?,
+            })
         }
-        LayerCmd::Ls { tree, sel } => {
-            let layers = open_read(ctx, sel)?.list()?;
-            if ctx.json {
-                output::json(out, &layers)
-            } else if *tree {
-                output::layer_tree(out, &layers)
-            } else {
-                output::layer_table(out, &layers)
-            }
-        }
+        LayerCmd::Ls { tree, sel } => Ok(Outcome::Layers {
+            tree: *tree,
+            layers: open_read(ctx, sel)?.list()?,
+        }),
         LayerCmd::Inspect { name, sel } => {
-            let info = open_read(ctx, sel)?.inspect(name)?;
-            if ctx.json {
-                output::json(out, &info)
-            } else {
-                output::layer_details(out, &info)
-            }
+            Ok(Outcome::Inspected(open_read(ctx, sel)?.inspect(name)?))
         }
         LayerCmd::Diff {
             name,
@@ -225,24 +160,11 @@ pub(crate) fn layer_cmd(
                     .map_err(|e| PoolError::io("write output", path, e.error))?;
                 s
             };
-            if ctx.json {
-                output::json(
-                    out,
-                    &serde_json::json!({"layer": name, "added": stats.added, "modified": stats.modified, "deleted": stats.deleted}),
-                )
-            } else if path.as_os_str() != "-" {
-                writeln!(
-                    out,
-                    "wrote {}: {} added, {} modified, {} deleted",
-                    path.display(),
-                    stats.added,
-                    stats.modified,
-                    stats.deleted
-                )
-                .map_err(io_err)
-            } else {
-                Ok(())
-            }
+            Ok(Outcome::Diffed {
+                layer: name.clone(),
+                path: path.clone(),
+                stats,
+            })
         }
     }
 }

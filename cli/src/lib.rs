@@ -9,6 +9,7 @@ mod bench;
 mod layer_cmd;
 mod output;
 mod pool_cmd;
+mod report;
 
 use args::{Cli, Cmd, DriverFlagValues};
 use blkdrv_pool::config::{self, HostConfig};
@@ -127,11 +128,17 @@ fn dispatch(
         driver_flags,
     };
     match &cli.cmd {
-        Cmd::Pool(c) => pool_cmd::pool_cmd(&ctx, c, out, err),
-        Cmd::Layer(c) => layer_cmd::layer_cmd(&ctx, c, out, err),
+        Cmd::Pool(c) => emit(pool_cmd::pool_cmd(&ctx, c, err)?, ctx.json, out),
+        Cmd::Layer(c) => emit(layer_cmd::layer_cmd(&ctx, c, err)?, ctx.json, out),
         Cmd::Info => output::info(&ctx.root, &cli.config, ctx.json, out),
         Cmd::Bench(_) => unreachable!("handled before the state dir is read"),
     }
+}
+
+/// Shows what a command did, then gives its verdict.
+fn emit(outcome: report::Outcome, json: bool, out: &mut dyn Write) -> Result<(), PoolError> {
+    outcome.emit(out, json)?;
+    outcome.verdict()
 }
 
 fn io_err(e: std::io::Error) -> PoolError {

@@ -1,18 +1,14 @@
 //! `blkdrv pool ...`: create, inspect, check, activate, deactivate and destroy pools.
 
 use crate::args::PoolCmd;
-use crate::{io_err, output, print_notices, Ctx};
+use crate::report::Outcome;
+use crate::{output, print_notices, Ctx};
 use blkdrv_pool::pool;
 use blkdrv_pool::text::escape_controls;
 use blkdrv_pool::{Access, InitRequest, Pool, PoolError, PoolName};
 use std::io::Write;
 
-pub(crate) fn pool_cmd(
-    ctx: &Ctx,
-    c: &PoolCmd,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> Result<(), PoolError> {
+pub(crate) fn pool_cmd(ctx: &Ctx, c: &PoolCmd, err: &mut dyn Write) -> Result<Outcome, PoolError> {
     match c {
         PoolCmd::Init {
             name,
@@ -40,29 +36,11 @@ pub(crate) fn pool_cmd(
             let bar = output::spinner(&format!("creating pool {}", req.name));
             let pool = Pool::init_request(&ctx.root, &ctx.host.pool, req);
             bar.finish_and_clear();
-            let pool = pool?;
-            let status = pool.status()?;
-            if ctx.json {
-                output::json(out, &status)
-            } else {
-                writeln!(
-                    out,
-                    "Pool {} created: driver {}, {}",
-                    status.name,
-                    status.driver,
-                    output::backing_summary(&status)
-                )
-                .map_err(io_err)
-            }
+            Ok(Outcome::PoolCreated(pool?.status()?))
         }
         PoolCmd::Status { name } => {
             let pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Read)?;
-            let status = pool.status()?;
-            if ctx.json {
-                output::json(out, &status)
-            } else {
-                output::pool_status(out, &status)
-            }
+            Ok(Outcome::PoolStatus(pool.status()?))
         }
         PoolCmd::Ls => {
             let mut rows = Vec::new();
@@ -73,26 +51,15 @@ pub(crate) fn pool_cmd(
                 };
                 rows.push(row);
             }
-            if ctx.json {
-                output::json(out, &rows)
-            } else {
-                output::pool_table(out, &rows)
-            }
+            Ok(Outcome::Pools(rows))
         }
         PoolCmd::Check { name, repair } => {
             let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
-            let report = pool.check(*repair)?;
-            if ctx.json {
-                output::json(out, &report)?;
-            } else {
-                output::check_report(out, &report)?;
-            }
-            if !report.is_clean() && !*repair {
-                return Err(PoolError::Invalid(format!(
-                    "pool {name} has drift; run `blkdrv pool check --repair {name}`"
-                )));
-            }
-            Ok(())
+            Ok(Outcome::Checked {
+                name: name.clone(),
+                repair: *repair,
+                report: pool.check(*repair)?,
+            })
         }
         PoolCmd::Activate { name } => {
             let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
@@ -100,20 +67,14 @@ pub(crate) fn pool_cmd(
                 let _ = writeln!(err, "blkdrv: recovered: {}", escape_controls(r));
             }
             print_notices(&mut pool, err);
-            let n = pool.list()?.len();
-            if ctx.json {
-                output::json(out, &serde_json::json!({"activated": name, "layers": n}))
-            } else {
-                writeln!(out, "Pool {name} active ({n} layers)").map_err(io_err)
-            }
+            Ok(Outcome::Activated {
+                pool: name.clone(),
+                layers: pool.list()?.len(),
+            })
         }
         PoolCmd::Deactivate { name } => {
             Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?.deactivate()?;
-            if ctx.json {
-                output::json(out, &serde_json::json!({"deactivated": name}))
-            } else {
-                writeln!(out, "Pool {name} deactivated").map_err(io_err)
-            }
+            Ok(Outcome::Deactivated { pool: name.clone() })
         }
         PoolCmd::Destroy { name, force } => {
             let pname = PoolName::new(name)?;
@@ -129,11 +90,7 @@ pub(crate) fn pool_cmd(
                 }
                 Err(e) => return Err(e),
             }
-            if ctx.json {
-                output::json(out, &serde_json::json!({"destroyed": name}))
-            } else {
-                writeln!(out, "Pool {name} destroyed").map_err(io_err)
-            }
+            Ok(Outcome::Destroyed { pool: name.clone() })
         }
     }
 }
