@@ -574,7 +574,8 @@ impl DriverFactory for Factory {
                     .into(),
             });
         }
-        if s.lvm && request.devices.is_empty() {
+        // A VG on the pool's own loopback files takes an explicit --size (tests do that).
+        if s.lvm && request.devices.is_empty() && request.size.is_none() {
             return Err(bad(
                 KEY_LVM,
                 "on",
