@@ -1639,6 +1639,80 @@ mod tests {
         assert!(Settings::parse(&o).is_err());
     }
 
+    fn plan_of(options: &[(&str, &str)], request: &BackingRequest) -> Result<BackingPlan> {
+        let o: DriverOptions = options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Factory.plan(&Factory.validate_options(&o)?, request)
+    }
+
+    #[test]
+    fn init_requests_are_planned() {
+        let loopback = BackingRequest {
+            size: Some(Bytes::gib(1)),
+            ..BackingRequest::default()
+        };
+        match plan_of(&[], &loopback).unwrap() {
+            BackingPlan::Loopback {
+                files, min_size, ..
+            } => {
+                assert_eq!(min_size, Bytes::mib(320));
+                assert_eq!(
+                    files[0],
+                    LoopbackFile {
+                        stem: "data",
+                        size: Bytes::gib(1)
+                    }
+                );
+                assert_eq!(files[1].stem, "metadata");
+                assert_eq!(
+                    files[1].size,
+                    metadata_size_for(Bytes::gib(1), Bytes(KIB64))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let existing = BackingRequest::default();
+        assert_eq!(
+            plan_of(&[(KEY_THINPOOL, "vg/tp")], &existing).unwrap(),
+            BackingPlan::Existing
+        );
+        let e = plan_of(&[(KEY_THINPOOL, "vg/tp")], &loopback)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--thinpool vg/tp") && e.contains("--size"),
+            "{e}"
+        );
+        let devices = BackingRequest {
+            devices: vec!["/dev/d".into()],
+            option_devices: [(KEY_METADATA_DEVICE.to_string(), vec!["/dev/m".into()])].into(),
+            ..BackingRequest::default()
+        };
+        assert_eq!(
+            plan_of(&[], &devices).unwrap(),
+            BackingPlan::Devices(vec!["/dev/d".into(), "/dev/m".into()])
+        );
+        let e = plan_of(&[(KEY_LVM, "on")], &devices)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--metadata-device") && e.contains("--lvm"),
+            "{e}"
+        );
+        let e = plan_of(&[(KEY_LVM, "on")], &existing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--lvm needs --device"), "{e}");
+        let no_data = BackingRequest {
+            option_devices: devices.option_devices.clone(),
+            ..BackingRequest::default()
+        };
+        let e = plan_of(&[], &no_data).unwrap_err().to_string();
+        assert!(e.contains("--metadata-device goes with --device"), "{e}");
+    }
+
     #[test]
     fn metadata_is_sized_from_data() {
         assert_eq!(

@@ -6,7 +6,9 @@ use crate::config::{self, AutoExtend, PoolDefaults};
 use crate::error::{PoolError, Result};
 use crate::layer::PoolName;
 use crate::pool::{factory, BackingSpec, InitSpec, Pool, Root};
-use blkdrv_drivers::{registry, BackingPlan, BackingRequest, Bytes, DriverOptions, OptionSpec};
+use blkdrv_drivers::{
+    registry, BackingPlan, BackingRequest, Bytes, DriverFactory, DriverOptions, OptionSpec,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -106,41 +108,7 @@ impl Pool {
             .or_else(|| defaults.driver.clone())
             .unwrap_or_else(|| config::DEFAULT_DRIVER.to_string());
         let f = factory(&driver)?;
-        let mut options: DriverOptions = req.options.iter().cloned().collect();
-        // A host default applies only to drivers whose table takes it, so a default for one
-        // driver never breaks another. It wins over -o as it always has; a flag wins over both.
-        for (key, value) in defaults.driver_options() {
-            if f.options().iter().any(|o| o.key == key && o.host_default) {
-                options.insert(key.into(), value.into());
-            }
-        }
-        let mut option_devices = BTreeMap::new();
-        for (flag, values) in req.flags.iter().filter(|(_, v)| !v.is_empty()) {
-            let own = f.options().iter().find(|o| o.flag == Some(flag.as_str()));
-            match own {
-                Some(spec) => spec
-                    .apply(values, &mut options, &mut option_devices)
-                    .map_err(PoolError::Invalid)?,
-                // Another driver's flag: its key, which this driver refuses by name.
-                None => match registry::all()
-                    .iter()
-                    .flat_map(|d| d.options())
-                    .find(|o| o.flag == Some(flag.as_str()))
-                {
-                    Some(spec) => {
-                        let mut devices = BTreeMap::new();
-                        spec.apply(values, &mut options, &mut devices)
-                            .map_err(PoolError::Invalid)?;
-                        for (key, paths) in devices {
-                            let joined: Vec<String> =
-                                paths.iter().map(|p| p.display().to_string()).collect();
-                            options.insert(key, joined.join(" "));
-                        }
-                    }
-                    None => return Err(invalid(format!("unknown flag --{flag}"))),
-                },
-            }
-        }
+        let (options, option_devices) = driver_options(f, defaults, &req)?;
         f.check_host().map_err(|e| PoolError::backing(&name, e))?;
         let options = f.validate_options(&options).map_err(invalid)?;
         let default_size = match &defaults.size {
@@ -187,9 +155,113 @@ impl Pool {
     }
 }
 
+/// The options `req` gives driver `f`: `-o` pairs, the host's defaults where the driver's table
+/// takes them, then its flags through the table; device flags apart, by key.
+fn driver_options(
+    f: &dyn DriverFactory,
+    defaults: &PoolDefaults,
+    req: &InitRequest,
+) -> Result<(DriverOptions, BTreeMap<String, Vec<PathBuf>>)> {
+    let mut options: DriverOptions = req.options.iter().cloned().collect();
+    // A host default applies only to drivers whose table takes it, so a default for one
+    // driver never breaks another. It wins over -o as it always has; a flag wins over both.
+    for (key, value) in defaults.driver_options() {
+        if f.options().iter().any(|o| o.key == key && o.host_default) {
+            options.insert(key.into(), value.into());
+        }
+    }
+    let mut option_devices = BTreeMap::new();
+    for (flag, values) in req.flags.iter().filter(|(_, v)| !v.is_empty()) {
+        let own = f.options().iter().find(|o| o.flag == Some(flag.as_str()));
+        match own {
+            Some(spec) => spec
+                .apply(values, &mut options, &mut option_devices)
+                .map_err(PoolError::Invalid)?,
+            // Another driver's flag: its key, which this driver refuses by name.
+            None => match registry::all()
+                .iter()
+                .flat_map(|d| d.options())
+                .find(|o| o.flag == Some(flag.as_str()))
+            {
+                Some(spec) => {
+                    let mut devices = BTreeMap::new();
+                    spec.apply(values, &mut options, &mut devices)
+                        .map_err(PoolError::Invalid)?;
+                    for (key, paths) in devices {
+                        let joined: Vec<String> =
+                            paths.iter().map(|p| p.display().to_string()).collect();
+                        options.insert(key, joined.join(" "));
+                    }
+                }
+                None => return Err(invalid(format!("unknown flag --{flag}"))),
+            },
+        }
+    }
+    Ok((options, option_devices))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(flags: &[(&str, &[&str])], options: &[(&str, &str)]) -> InitRequest {
+        InitRequest {
+            name: PoolName::new("t").unwrap(),
+            driver: None,
+            size: None,
+            devices: Vec::new(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            flags: flags
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            max_size: None,
+            no_autoextend: false,
+            min_free: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn flags_defaults_and_options_make_the_driver_options() {
+        let dm = registry::get("devicemapper").unwrap();
+        let host = PoolDefaults {
+            fs: Some("ext4".into()),
+            ..PoolDefaults::default()
+        };
+        let req = request(
+            &[
+                ("lvm", &[""]),
+                ("vg", &["v"]),
+                ("mkfs-arg", &["-i", "size=512"]),
+                ("metadata-device", &["/dev/m"]),
+                ("zpool", &[]),
+            ],
+            &[("block_size", "128K"), ("fs", "xfs")],
+        );
+        let (o, d) = driver_options(dm, &host, &req).unwrap();
+        assert_eq!(o["lvm"], "on");
+        assert_eq!(o["vg"], "v");
+        assert_eq!(o["mkfs_args"], "-i size=512");
+        assert_eq!(o["block_size"], "128K");
+        assert_eq!(o["fs"], "ext4", "the host default wins over -o, as before");
+        assert_eq!(d["metadata_device"], vec![PathBuf::from("/dev/m")]);
+        assert!(!o.contains_key("zpool"), "a flag not given");
+
+        // btrfs takes no fs: the host default does not reach it; another driver's flag becomes
+        // its key, which the driver refuses by name.
+        let btrfs = registry::get("btrfs").unwrap();
+        let (o, _) = driver_options(btrfs, &host, &request(&[("zpool", &["z"])], &[])).unwrap();
+        assert_eq!(o.get("fs"), None);
+        let e = btrfs.validate_options(&o).unwrap_err().to_string();
+        assert!(e.contains("zpool") && e.contains("unknown option"), "{e}");
+
+        let e = driver_options(dm, &host, &request(&[("mkfs-arg", &["a b"])], &[])).unwrap_err();
+        assert!(e.to_string().contains("one word per --mkfs-arg"), "{e}");
+    }
 
     #[test]
     fn shared_flags_are_listed_once_with_their_drivers() {
