@@ -43,6 +43,23 @@ const ORPHAN_ITEM_KEY: u32 = 48;
 
 pub struct Factory;
 
+/// The driver's options, parsed: the one reader of its option map.
+struct Settings {
+    /// Quota groups on (the default): per-layer sizes and limits.
+    quota: bool,
+}
+
+impl Settings {
+    fn parse(options: &DriverOptions) -> Result<Settings> {
+        crate::options::check_known(NAME, options, &crate::plan::stored_keys(OPTIONS))?;
+        let quota = match options.get(KEY_QUOTA) {
+            Some(v) => crate::options::on_off(NAME, KEY_QUOTA, v)?,
+            None => true,
+        };
+        Ok(Settings { quota })
+    }
+}
+
 impl DriverFactory for Factory {
     fn name(&self) -> &'static str {
         NAME
@@ -65,13 +82,9 @@ impl DriverFactory for Factory {
     }
 
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
-        crate::options::check_known(NAME, options, &crate::plan::stored_keys(OPTIONS))?;
-        let quota = match options.get(KEY_QUOTA) {
-            Some(v) => crate::options::on_off(NAME, KEY_QUOTA, v)?,
-            None => true,
-        };
+        let s = Settings::parse(options)?;
         let mut out = DriverOptions::new();
-        out.insert(KEY_QUOTA.into(), if quota { "on" } else { "off" }.into());
+        out.insert(KEY_QUOTA.into(), if s.quota { "on" } else { "off" }.into());
         Ok(out)
     }
 
@@ -86,7 +99,7 @@ impl DriverFactory for Factory {
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
         let backing = FsBacking::open_as(ctx, identity, FsType::Btrfs, NAME)?;
         let uuid = identity.get("fs_uuid").cloned().unwrap_or_default();
-        let quota = ctx.options.get(KEY_QUOTA).map(String::as_str) != Some("off");
+        let quota = Settings::parse(&ctx.options)?.quota;
         let d = Btrfs {
             backing,
             uuid,
