@@ -57,23 +57,79 @@ const KEY_MKFS_ARGS: &str = "mkfs_args";
 const KEY_METADATA_DEVICE: &str = "metadata_device";
 /// The options, in the order unknown-option errors list them.
 const OPTIONS: &[OptionSpec] = &[
-    OptionSpec::flag(KEY_FS, "fs", "FS", "Filesystem of the backing (vfs, overlay) or of the thin devices (devicemapper): xfs (default) or ext4.").host_default(),
-    OptionSpec::key(KEY_BLOCK_SIZE, "thin-pool block size: 64KiB (default) to 1GiB, a multiple of 64KiB"),
-    OptionSpec::key(KEY_BASE_SIZE, "size of the base thin device every layer descends from"),
-    OptionSpec::key(KEY_METADATA_SIZE, "thin-pool metadata size, 2MiB to 16GiB (default from the data size)"),
-    OptionSpec::key(KEY_DISCARD, "pass discards down to the data device: on (default) or off"),
-    OptionSpec::key(KEY_OVERCOMMIT, "allow a base size larger than the data area: on or off (default)"),
-    OptionSpec::flag(KEY_LVM, "lvm", "", "Make an LVM volume group on the --device(s) and a thin-pool LV in it (40% of the VG; the rest is room for LVM's autoextend profile), like container-storage-setup on Red Hat/Fedora hosts.")
-        .kind(OptionKind::Switch { value: "on" }),
-    OptionSpec::flag(KEY_VG, "vg", "NAME", "With --lvm: name of the volume group (default blkdrv-<pool>)."),
-    OptionSpec::flag(KEY_THINPOOL, "thinpool", "VG/LV", "Use this existing, empty LVM thin-pool LV instead of devices.")
-        .role(OptionRole::Existing),
-    OptionSpec::key(KEY_AX_THRESHOLD, "LVM autoextend threshold, percent of the thin pool (default 80)"),
-    OptionSpec::key(KEY_AX_PERCENT, "LVM autoextend step, percent of the thin pool (default 20)"),
-    OptionSpec::flag(KEY_MKFS_ARGS, "mkfs-arg", "ARG", "An extra argument for mkfs of the base filesystem (repeatable, one word each), e.g. --mkfs-arg=-i --mkfs-arg=size=512 for xfs.")
-        .kind(OptionKind::Words),
-    OptionSpec::flag(KEY_METADATA_DEVICE, "metadata-device", "DEV", "A separate device for thin-pool metadata (with one --device for data).")
-        .kind(OptionKind::Device),
+    OptionSpec::flag(
+        KEY_FS,
+        "fs",
+        "FS",
+        "Filesystem of the backing (vfs, overlay) or of the thin devices (devicemapper): \
+         xfs (default) or ext4.",
+    )
+    .host_default(),
+    OptionSpec::key(
+        KEY_BLOCK_SIZE,
+        "thin-pool block size: 64KiB (default) to 1GiB, a multiple of 64KiB",
+    ),
+    OptionSpec::key(
+        KEY_BASE_SIZE,
+        "size of the base thin device every layer descends from",
+    ),
+    OptionSpec::key(
+        KEY_METADATA_SIZE,
+        "thin-pool metadata size, 2MiB to 16GiB (default from the data size)",
+    ),
+    OptionSpec::key(
+        KEY_DISCARD,
+        "pass discards down to the data device: on (default) or off",
+    ),
+    OptionSpec::key(
+        KEY_OVERCOMMIT,
+        "allow a base size larger than the data area: on or off (default)",
+    ),
+    OptionSpec::flag(
+        KEY_LVM,
+        "lvm",
+        "",
+        "Make an LVM volume group on the --device(s) and a thin-pool LV in it (40% of the \
+         VG; the rest is room for LVM's autoextend profile), like container-storage-setup \
+         on Red Hat/Fedora hosts.",
+    )
+    .kind(OptionKind::Switch { value: "on" }),
+    OptionSpec::flag(
+        KEY_VG,
+        "vg",
+        "NAME",
+        "With --lvm: name of the volume group (default blkdrv-<pool>).",
+    ),
+    OptionSpec::flag(
+        KEY_THINPOOL,
+        "thinpool",
+        "VG/LV",
+        "Use this existing, empty LVM thin-pool LV instead of devices.",
+    )
+    .role(OptionRole::Existing),
+    OptionSpec::key(
+        KEY_AX_THRESHOLD,
+        "LVM autoextend threshold, percent of the thin pool (default 80)",
+    ),
+    OptionSpec::key(
+        KEY_AX_PERCENT,
+        "LVM autoextend step, percent of the thin pool (default 20)",
+    ),
+    OptionSpec::flag(
+        KEY_MKFS_ARGS,
+        "mkfs-arg",
+        "ARG",
+        "An extra argument for mkfs of the base filesystem (repeatable, one word each), \
+         e.g. --mkfs-arg=-i --mkfs-arg=size=512 for xfs.",
+    )
+    .kind(OptionKind::Words),
+    OptionSpec::flag(
+        KEY_METADATA_DEVICE,
+        "metadata-device",
+        "DEV",
+        "A separate device for thin-pool metadata (with one --device for data).",
+    )
+    .kind(OptionKind::Device),
 ];
 /// The LV blkdrv creates in `--lvm` mode, as container-storage-setup named Docker's.
 const LVM_POOL_LV: &str = "thinpool";

@@ -40,12 +40,31 @@ const KEY_COMPRESSION: &str = "compression";
 const KEY_ADOPT: &str = "adopt";
 /// The options, in the order unknown-option errors list them.
 const OPTIONS: &[OptionSpec] = &[
-    OptionSpec::flag(KEY_ZPOOL, "zpool", "NAME", "Name of the zpool. With --device or --size blkdrv creates it; alone it uses this existing, imported zpool.")
-        .role(OptionRole::ExistingUnlessBacked),
-    OptionSpec::flag(KEY_DATASET, "dataset", "POOL/DATASET", "Use this existing, empty dataset (-o adopt=on: one with other children too).")
-        .role(OptionRole::Existing),
-    OptionSpec::flag(KEY_COMPRESSION, "compression", "ALGO", "Compression of the layers (default off): lz4, zstd, zstd-N, gzip-N, ..."),
-    OptionSpec::key(KEY_ADOPT, "with --dataset: take a dataset that has other children: on or off (default)"),
+    OptionSpec::flag(
+        KEY_ZPOOL,
+        "zpool",
+        "NAME",
+        "Name of the zpool. With --device or --size blkdrv creates it; alone it uses this \
+         existing, imported zpool.",
+    )
+    .role(OptionRole::ExistingUnlessBacked),
+    OptionSpec::flag(
+        KEY_DATASET,
+        "dataset",
+        "POOL/DATASET",
+        "Use this existing, empty dataset (-o adopt=on: one with other children too).",
+    )
+    .role(OptionRole::Existing),
+    OptionSpec::flag(
+        KEY_COMPRESSION,
+        "compression",
+        "ALGO",
+        "Compression of the layers (default off): lz4, zstd, zstd-N, gzip-N, ...",
+    ),
+    OptionSpec::key(
+        KEY_ADOPT,
+        "with --dataset: take a dataset that has other children: on or off (default)",
+    ),
 ];
 
 /// The snapshot that freezes a committed layer; children are clones of it.
