@@ -5,7 +5,7 @@
 use crate::config::{self, AutoExtend, PoolDefaults};
 use crate::error::{PoolError, Result};
 use crate::layer::PoolName;
-use crate::pool::{factory, BackingSpec, InitSpec, Pool, Root};
+use crate::pool::{factory, Planned, Pool, Root};
 use blkdrv_drivers::{
     registry, BackingPlan, BackingRequest, Bytes, DriverFactory, DriverOptions, OptionSpec,
 };
@@ -138,12 +138,8 @@ impl Pool {
             }
             _ => None,
         };
-        let spec = InitSpec {
+        let planned = Planned {
             name,
-            driver,
-            // Not read: the plan says what backs the pool.
-            backing: BackingSpec::Existing,
-            options: options.clone(),
             min_free_pct: req
                 .min_free
                 .or(defaults.min_free)
@@ -151,7 +147,7 @@ impl Pool {
             force: req.force,
             autoextend,
         };
-        Pool::provision(root, &spec, f, options, plan)
+        Pool::provision(root, &planned, f, options, plan)
     }
 }
 

@@ -98,6 +98,16 @@ pub struct InitSpec {
     pub autoextend: Option<AutoExtend>,
 }
 
+/// The parts of a `pool init` that [`Pool::provision`] needs besides the driver's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub name: PoolName,
+    pub min_free_pct: u8,
+    pub force: bool,
+    /// Growth policy, for a loopback plan.
+    pub autoextend: Option<AutoExtend>,
+}
+
 /// Whether this handle may change the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -358,14 +368,20 @@ impl Pool {
             BackingSpec::Devices(paths) => BackingPlan::Devices(paths.clone()),
             BackingSpec::Existing => BackingPlan::Existing,
         };
-        Pool::provision(root, &spec, f, options, plan)
+        let planned = Planned {
+            name: spec.name.clone(),
+            min_free_pct: spec.min_free_pct,
+            force: spec.force,
+            autoextend: spec.autoextend,
+        };
+        Pool::provision(root, &planned, f, options, plan)
     }
 
     /// The second half of `init`, once the driver has said what the request means: checks the
-    /// backing, makes it, formats it and records the pool. `spec.backing` is not read.
+    /// backing, makes it, formats it and records the pool.
     pub(crate) fn provision(
         root: &Root,
-        spec: &InitSpec,
+        spec: &Planned,
         f: &'static dyn DriverFactory,
         options: DriverOptions,
         plan: BackingPlan,
@@ -392,7 +408,7 @@ impl Pool {
                 if size < min_size {
                     return Err(PoolError::Invalid(format!(
                         "--size {size} is too small: driver {} needs at least {min_size} with these options",
-                        spec.driver
+                        f.name()
                     )));
                 }
                 Backing::Loopback {
@@ -433,7 +449,7 @@ impl Pool {
             }
             let mut config = PoolConfig {
                 name: spec.name.to_string(),
-                driver: spec.driver.clone(),
+                driver: f.name().to_string(),
                 backing: backing.clone(),
                 options: options.clone(),
                 identity: Default::default(),
