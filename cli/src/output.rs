@@ -1,9 +1,8 @@
 //! Human-readable and JSON output.
 
-use blkdrv_drivers::{registry, Bytes};
 use blkdrv_pool::config::Backing;
 use blkdrv_pool::pool::{CheckReport, LayerInfo, PoolStatus};
-use blkdrv_pool::{Access, Pool, PoolError, Root};
+use blkdrv_pool::{Access, Bytes, Pool, PoolError, Root};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -352,16 +351,13 @@ struct DriverRow {
 
 /// `blkdrv info`.
 pub fn info(root: &Root, config: &Path, as_json: bool, out: Out<'_>) -> Result<(), PoolError> {
-    let drivers: Vec<DriverRow> = registry::all()
-        .iter()
-        .map(|f| {
-            let check = f.check_host();
-            DriverRow {
-                name: f.name(),
-                description: f.description(),
-                available: check.is_ok(),
-                reason: check.err().map(|e| e.to_string()),
-            }
+    let drivers: Vec<DriverRow> = blkdrv_pool::init::drivers()
+        .into_iter()
+        .map(|d| DriverRow {
+            name: d.name,
+            description: d.description,
+            available: d.unavailable.is_none(),
+            reason: d.unavailable,
         })
         .collect();
     let mut pools = Vec::new();

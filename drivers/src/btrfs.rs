@@ -9,6 +9,7 @@
 
 use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking, FsType};
+use crate::plan::{OptionKind, OptionSpec};
 use crate::sys::mount;
 use crate::{Backing, BenchHooks, Layers};
 use crate::{
@@ -25,6 +26,13 @@ use std::time::{Duration, Instant};
 
 const NAME: &str = "btrfs";
 const KEY_QUOTA: &str = "quota";
+const OPTIONS: &[OptionSpec] = &[OptionSpec::flag(
+    KEY_QUOTA,
+    "no-quota",
+    "",
+    "Do not enable quotas (no per-layer sizes or limits, slightly faster writes); -o quota=off.",
+)
+.kind(OptionKind::Switch { value: "off" })];
 /// mkfs.btrfs refuses single-device filesystems much under this.
 const MIN_SIZE: Bytes = Bytes(256 << 20);
 
@@ -35,6 +43,23 @@ const ORPHAN_OBJECTID: u64 = -5i64 as u64;
 const ORPHAN_ITEM_KEY: u32 = 48;
 
 pub struct Factory;
+
+/// The driver's options, parsed: the one reader of its option map.
+struct Settings {
+    /// Quota groups on (the default): per-layer sizes and limits.
+    quota: bool,
+}
+
+impl Settings {
+    fn parse(options: &DriverOptions) -> Result<Settings> {
+        crate::options::check_known(NAME, options, &crate::plan::stored_keys(OPTIONS))?;
+        let quota = match options.get(KEY_QUOTA) {
+            Some(v) => crate::options::on_off(NAME, KEY_QUOTA, v)?,
+            None => true,
+        };
+        Ok(Settings { quota })
+    }
+}
 
 impl DriverFactory for Factory {
     fn name(&self) -> &'static str {
@@ -53,14 +78,14 @@ impl DriverFactory for Factory {
         }
     }
 
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
-        crate::options::check_known(NAME, options, &[KEY_QUOTA])?;
-        let quota = match options.get(KEY_QUOTA) {
-            Some(v) => crate::options::on_off(NAME, KEY_QUOTA, v)?,
-            None => true,
-        };
+        let s = Settings::parse(options)?;
         let mut out = DriverOptions::new();
-        out.insert(KEY_QUOTA.into(), if quota { "on" } else { "off" }.into());
+        out.insert(KEY_QUOTA.into(), if s.quota { "on" } else { "off" }.into());
         Ok(out)
     }
 
@@ -75,7 +100,7 @@ impl DriverFactory for Factory {
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
         let backing = FsBacking::open_as(ctx, identity, FsType::Btrfs, NAME)?;
         let uuid = backing.uuid.clone();
-        let quota = ctx.options.get(KEY_QUOTA).map(String::as_str) != Some("off");
+        let quota = Settings::parse(&ctx.options)?.quota;
         let d = Btrfs {
             backing,
             uuid,

@@ -16,6 +16,9 @@ use crate::error::{DriverError, Result};
 use crate::fsbacked::FsType;
 use crate::identity;
 use crate::options;
+use crate::plan::{
+    self, BackingPlan, BackingRequest, LoopbackFile, OptionKind, OptionRole, OptionSpec,
+};
 use crate::sys::lvm::{self, PoolLv};
 use crate::sys::{blockdev, exec, mount, signature};
 use crate::{Backing, BenchHooks, Layers};
@@ -53,19 +56,83 @@ const KEY_THINPOOL: &str = "thinpool";
 const KEY_AX_THRESHOLD: &str = "autoextend_threshold";
 const KEY_AX_PERCENT: &str = "autoextend_percent";
 const KEY_MKFS_ARGS: &str = "mkfs_args";
-const KNOWN: &[&str] = &[
-    KEY_FS,
-    KEY_BLOCK_SIZE,
-    KEY_BASE_SIZE,
-    KEY_METADATA_SIZE,
-    KEY_DISCARD,
-    KEY_OVERCOMMIT,
-    KEY_LVM,
-    KEY_VG,
-    KEY_THINPOOL,
-    KEY_AX_THRESHOLD,
-    KEY_AX_PERCENT,
-    KEY_MKFS_ARGS,
+/// Not stored: the device joins the pool's devices.
+const KEY_METADATA_DEVICE: &str = "metadata_device";
+/// The options, in the order unknown-option errors list them.
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::flag(
+        KEY_FS,
+        "fs",
+        "FS",
+        "Filesystem of the backing (vfs, overlay) or of the thin devices (devicemapper): \
+         xfs (default) or ext4.",
+    )
+    .host_default(),
+    OptionSpec::key(
+        KEY_BLOCK_SIZE,
+        "thin-pool block size: 64KiB (default) to 1GiB, a multiple of 64KiB",
+    ),
+    OptionSpec::key(
+        KEY_BASE_SIZE,
+        "size of the base thin device every layer descends from",
+    ),
+    OptionSpec::key(
+        KEY_METADATA_SIZE,
+        "thin-pool metadata size, 2MiB to 16GiB (default from the data size)",
+    ),
+    OptionSpec::key(
+        KEY_DISCARD,
+        "pass discards down to the data device: on (default) or off",
+    ),
+    OptionSpec::key(
+        KEY_OVERCOMMIT,
+        "allow a base size larger than the data area: on or off (default)",
+    ),
+    OptionSpec::flag(
+        KEY_LVM,
+        "lvm",
+        "",
+        "Make an LVM volume group on the --device(s) and a thin-pool LV in it (40% of the \
+         VG; the rest is room for LVM's autoextend profile), like container-storage-setup \
+         on Red Hat/Fedora hosts.",
+    )
+    .kind(OptionKind::Switch { value: "on" }),
+    OptionSpec::flag(
+        KEY_VG,
+        "vg",
+        "NAME",
+        "With --lvm: name of the volume group (default blkdrv-<pool>).",
+    ),
+    OptionSpec::flag(
+        KEY_THINPOOL,
+        "thinpool",
+        "VG/LV",
+        "Use this existing, empty LVM thin-pool LV instead of devices.",
+    )
+    .role(OptionRole::Existing),
+    OptionSpec::key(
+        KEY_AX_THRESHOLD,
+        "LVM autoextend threshold, percent of the thin pool (default 80)",
+    ),
+    OptionSpec::key(
+        KEY_AX_PERCENT,
+        "LVM autoextend step, percent of the thin pool (default 20)",
+    ),
+    OptionSpec::flag(
+        KEY_MKFS_ARGS,
+        "mkfs-arg",
+        "ARG",
+        "An extra argument for mkfs of the base filesystem (repeatable, one word each), \
+         e.g. --mkfs-arg=-i --mkfs-arg=size=512 for xfs.",
+    )
+    .kind(OptionKind::Words),
+    OptionSpec::flag(
+        KEY_METADATA_DEVICE,
+        "metadata-device",
+        "DEV",
+        "A separate device for thin-pool metadata (with one --device for data).",
+    )
+    .kind(OptionKind::Device),
 ];
 /// The LV blkdrv creates in `--lvm` mode, as container-storage-setup named Docker's.
 const LVM_POOL_LV: &str = "thinpool";
@@ -197,7 +264,7 @@ fn pct(key: &str, v: &str) -> Result<u8> {
 
 impl Settings {
     fn parse(options: &DriverOptions) -> Result<Settings> {
-        options::check_known(NAME, options, KNOWN)?;
+        options::check_known(NAME, options, &plan::stored_keys(OPTIONS))?;
         let get = |k: &str| options.get(k).map(String::as_str);
         let fs = match get(KEY_FS).unwrap_or("xfs") {
             "xfs" => FsType::Xfs,
@@ -286,6 +353,14 @@ impl Settings {
                 .transpose()?
                 .unwrap_or(false),
         })
+    }
+
+    /// The smallest data area: the base filesystem must fit (xfs refuses under 300 MiB).
+    fn min_size(&self) -> Bytes {
+        match self.fs {
+            FsType::Ext4 => Bytes::mib(64),
+            _ => Bytes::mib(320),
+        }
     }
 
     fn to_options(&self) -> DriverOptions {
@@ -515,25 +590,54 @@ impl DriverFactory for Factory {
         }
     }
 
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
+    }
+
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
         Settings::parse(options).map(|s| s.to_options())
     }
 
-    fn loopback_files(&self, options: &DriverOptions, size: Bytes) -> Vec<(&'static str, Bytes)> {
-        let s = Settings::parse(options).ok();
-        let block = s.as_ref().map_or(Bytes(KIB64), |s| s.block_size);
-        let meta = s
-            .and_then(|s| s.metadata_size)
-            .unwrap_or_else(|| metadata_size_for(size, block));
-        vec![("data", size), ("metadata", meta)]
+    fn plan(&self, options: &DriverOptions, request: &BackingRequest) -> Result<BackingPlan> {
+        let s = Settings::parse(options)?;
+        let meta_device = request
+            .option_devices
+            .get(KEY_METADATA_DEVICE)
+            .is_some_and(|d| !d.is_empty());
+        if s.lvm && meta_device {
+            return Err(DriverError::BadRequest {
+                driver: NAME,
+                reason: "--metadata-device goes with plain devices; --lvm puts metadata in the \
+                         volume group: pick one"
+                    .into(),
+            });
+        }
+        // A VG on the pool's own loopback files takes an explicit --size (tests do that).
+        if s.lvm && request.devices.is_empty() && request.size.is_none() {
+            return Err(bad(
+                KEY_LVM,
+                "on",
+                "--lvm needs --device DEV for the volume group",
+            ));
+        }
+        // A thin pool on loopback files: data, then metadata sized for it.
+        let files = |size: Bytes| {
+            let meta = s
+                .metadata_size
+                .unwrap_or_else(|| metadata_size_for(size, s.block_size));
+            vec![
+                LoopbackFile { stem: "data", size },
+                LoopbackFile {
+                    stem: "metadata",
+                    size: meta,
+                },
+            ]
+        };
+        plan::standard(NAME, OPTIONS, options, request, s.min_size(), &files)
     }
 
     fn min_device_size(&self, options: &DriverOptions) -> Bytes {
-        // The base filesystem must fit: xfs refuses under 300 MiB.
-        match options.get(KEY_FS).map(String::as_str) {
-            Some("ext4") => Bytes::mib(64),
-            _ => Bytes::mib(320),
-        }
+        Settings::parse(options).map_or(Bytes::mib(320), |s| s.min_size())
     }
 
     fn format(&self, ctx: &PoolContext) -> Result<Identity> {
@@ -544,7 +648,7 @@ impl DriverFactory for Factory {
         }
         let a = areas(ctx, &s)?;
         let names = Names::new(format!("blkdrv-{}", crate::id::random_tag()), None);
-        let base_size = base_size_for(&s, a.data.2, self.min_device_size(&ctx.options))?;
+        let base_size = base_size_for(&s, a.data.2, s.min_size())?;
         // Fresh metadata: the kernel formats the area only if its superblock is blank.
         zero_head(&a.meta.0, a.meta.1)?;
         let made = setup_pool(&dm, &names, &a, &s, true)
@@ -813,7 +917,7 @@ fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Identity> {
         let data = Bytes(pool.data_dev().size().bytes().0 as u64);
         let mut s = s.clone();
         s.block_size = Bytes(pool.data_block_size().0 * 512);
-        let base_size = base_size_for(&s, data, Factory.min_device_size(&ctx.options))?;
+        let base_size = base_size_for(&s, data, s.min_size())?;
         let uuid = make_base(dm, &names, &pool, &s, base_size).inspect_err(|_| {
             if created.is_none() {
                 // Give the adopted pool back as found: without the half-made base.
@@ -1636,6 +1740,80 @@ mod tests {
         assert!(Settings::parse(&o).is_err(), "under the kernel's 2 MiB");
         o.insert(KEY_METADATA_SIZE.into(), "lots".into());
         assert!(Settings::parse(&o).is_err());
+    }
+
+    fn plan_of(options: &[(&str, &str)], request: &BackingRequest) -> Result<BackingPlan> {
+        let o: DriverOptions = options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Factory.plan(&Factory.validate_options(&o)?, request)
+    }
+
+    #[test]
+    fn init_requests_are_planned() {
+        let loopback = BackingRequest {
+            size: Some(Bytes::gib(1)),
+            ..BackingRequest::default()
+        };
+        match plan_of(&[], &loopback).unwrap() {
+            BackingPlan::Loopback {
+                files, min_size, ..
+            } => {
+                assert_eq!(min_size, Bytes::mib(320));
+                assert_eq!(
+                    files[0],
+                    LoopbackFile {
+                        stem: "data",
+                        size: Bytes::gib(1)
+                    }
+                );
+                assert_eq!(files[1].stem, "metadata");
+                assert_eq!(
+                    files[1].size,
+                    metadata_size_for(Bytes::gib(1), Bytes(KIB64))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let existing = BackingRequest::default();
+        assert_eq!(
+            plan_of(&[(KEY_THINPOOL, "vg/tp")], &existing).unwrap(),
+            BackingPlan::Existing
+        );
+        let e = plan_of(&[(KEY_THINPOOL, "vg/tp")], &loopback)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--thinpool vg/tp") && e.contains("--size"),
+            "{e}"
+        );
+        let devices = BackingRequest {
+            devices: vec!["/dev/d".into()],
+            option_devices: [(KEY_METADATA_DEVICE.to_string(), vec!["/dev/m".into()])].into(),
+            ..BackingRequest::default()
+        };
+        assert_eq!(
+            plan_of(&[], &devices).unwrap(),
+            BackingPlan::Devices(vec!["/dev/d".into(), "/dev/m".into()])
+        );
+        let e = plan_of(&[(KEY_LVM, "on")], &devices)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--metadata-device") && e.contains("--lvm"),
+            "{e}"
+        );
+        let e = plan_of(&[(KEY_LVM, "on")], &existing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--lvm needs --device"), "{e}");
+        let no_data = BackingRequest {
+            option_devices: devices.option_devices.clone(),
+            ..BackingRequest::default()
+        };
+        let e = plan_of(&[], &no_data).unwrap_err().to_string();
+        assert!(e.contains("--metadata-device goes with --device"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`Driver`] joins; and the optional bench capabilities ([`BenchSetup`], [`BenchHooks`]).
 
 use crate::error::{DriverError, Result};
+use crate::plan::{self, BackingPlan, BackingRequest, LoopbackFile, OptionSpec};
 use crate::types::{
     Capabilities, DriverOptions, LayerChain, MountFlags, MountMode, PoolContext, Requirements,
     Space, Usage,
@@ -20,15 +21,25 @@ pub trait DriverFactory: Send + Sync {
 
     fn requirements(&self) -> Requirements;
 
+    /// Every option the driver takes, with its `pool init` flag and help: the one place they
+    /// are written (the command line and `blkdrv info` read them from here).
+    fn options(&self) -> &'static [OptionSpec];
+
     /// Checks the options a user gave and fills in defaults; unknown keys are errors.
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions>;
 
-    /// The sparse files a loopback pool of `size` needs, in the order the driver wants them as
-    /// devices: (file stem, size). One data file unless the driver wants more (dm: data and
-    /// metadata).
-    fn loopback_files(&self, options: &DriverOptions, size: Bytes) -> Vec<(&'static str, Bytes)> {
-        let _ = options;
-        vec![("data", size)]
+    /// What a `pool init` request with the validated `options` means: which loopback files,
+    /// devices or existing storage. By default one loopback file `data`, the devices as given,
+    /// or existing storage where an option's role says so.
+    fn plan(&self, options: &DriverOptions, request: &BackingRequest) -> Result<BackingPlan> {
+        plan::standard(
+            self.name(),
+            self.options(),
+            options,
+            request,
+            self.min_device_size(options),
+            &|size| vec![LoopbackFile { stem: "data", size }],
+        )
     }
 
     /// The smallest device (or loopback file) the driver can format with `options`.

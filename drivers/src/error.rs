@@ -82,6 +82,13 @@ pub enum DriverError {
         reason: String,
     },
 
+    /// A `pool init` request whose parts do not go together (`--thinpool` with `--device`).
+    #[error("driver {driver}: {reason}")]
+    BadRequest {
+        driver: &'static str,
+        reason: String,
+    },
+
     #[error("device {device}: {reason}")]
     Device { device: PathBuf, reason: String },
 

@@ -3,6 +3,7 @@
 //! the same kind of backing is what makes benchmarks compare like with like.
 
 use crate::error::{DriverError, Result};
+use crate::plan::OptionSpec;
 use crate::sys::{blockdev, exec, mount, signature};
 use crate::{Bytes, DriverOptions, Identity, PoolContext, Space};
 use serde::{Deserialize, Serialize};
@@ -57,8 +58,8 @@ pub fn requirements(extra_filesystems: &[&'static str]) -> crate::Requirements {
 
 /// mkfs minimums: xfsprogs refuses filesystems under 300 MiB; ext4 needs far less.
 pub fn min_device_size(options: &DriverOptions) -> Bytes {
-    match options.get(KEY_FS).map(String::as_str) {
-        Some("ext4") => Bytes::mib(32),
+    match Settings::parse("fs", options).map(|s| s.fs) {
+        Ok(FsType::Ext4) => Bytes::mib(32),
         _ => Bytes::mib(300),
     }
 }
@@ -135,20 +136,44 @@ struct Recorded {
     fs: FsType,
 }
 
+/// The options of the file-level drivers.
+pub const OPTIONS: &[OptionSpec] = &[OptionSpec::flag(
+    KEY_FS,
+    "fs",
+    "FS",
+    "Filesystem of the backing (vfs, overlay) or of the thin devices (devicemapper): xfs \
+     (default) or ext4.",
+)
+.host_default()];
+
+/// The options of a file-level driver, parsed: the one reader of its option map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub fs: FsType,
+}
+
+impl Settings {
+    /// Checks the keys (unknown ones are refused) and `fs` (default xfs).
+    pub fn parse(driver: &'static str, options: &DriverOptions) -> Result<Settings> {
+        crate::options::check_known(driver, options, &crate::plan::stored_keys(OPTIONS))?;
+        let fs = options.get(KEY_FS).map(String::as_str).unwrap_or("xfs");
+        Ok(Settings {
+            fs: FsType::parse(driver, fs)?,
+        })
+    }
+
+    pub fn to_options(self) -> DriverOptions {
+        [(KEY_FS.to_string(), self.fs.name().to_string())].into()
+    }
+}
+
 /// Validates `fs` (default xfs) and rejects keys the driver does not know.
 pub fn validate_options(driver: &'static str, options: &DriverOptions) -> Result<DriverOptions> {
-    crate::options::check_known(driver, options, &[KEY_FS])?;
-    let mut out = DriverOptions::new();
-    let fs = options.get(KEY_FS).map(String::as_str).unwrap_or("xfs");
-    out.insert(KEY_FS.into(), FsType::parse(driver, fs)?.name().into());
-    Ok(out)
+    Settings::parse(driver, options).map(Settings::to_options)
 }
 
 fn fs_type(ctx: &PoolContext) -> Result<FsType> {
-    FsType::parse(
-        "fs",
-        ctx.options.get(KEY_FS).map(String::as_str).unwrap_or("xfs"),
-    )
+    Settings::parse("fs", &ctx.options).map(|s| s.fs)
 }
 
 fn single_device(ctx: &PoolContext) -> Result<&Path> {

@@ -20,6 +20,7 @@ pub mod id;
 mod identity;
 pub mod options;
 mod overlay;
+pub mod plan;
 pub mod registry;
 pub mod sys;
 mod types;
@@ -31,5 +32,6 @@ pub use driver::{Backing, BenchHooks, BenchSetup, Driver, DriverFactory, Layers}
 pub use error::{DriverError, Result};
 pub use id::{InvalidObjectId, ObjectId};
 pub use identity::Identity;
+pub use plan::{BackingPlan, BackingRequest, LoopbackFile, OptionKind, OptionRole, OptionSpec};
 pub use types::*;
 pub use units::{Bytes, ParseSizeError, Sectors};

@@ -19,6 +19,9 @@ pub struct PoolContext {
     pub state_dir: PathBuf,
     /// Block devices backing the pool (loop devices for loopback pools).
     pub devices: Vec<PathBuf>,
+    /// Which of `devices` are loop devices of the pool's own sparse files, and those files
+    /// (absolute paths): storage the pool made and may grow, as opposed to a user's device.
+    pub backing_files: BTreeMap<PathBuf, PathBuf>,
     /// Validated driver options.
     pub options: DriverOptions,
     /// The driver generation the pool recorded after its last completed operation (see

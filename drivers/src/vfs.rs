@@ -34,6 +34,10 @@ impl DriverFactory for Factory {
         fsbacked::min_device_size(options)
     }
 
+    fn options(&self) -> &'static [crate::OptionSpec] {
+        fsbacked::OPTIONS
+    }
+
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {
         fsbacked::validate_options(NAME, options)
     }

@@ -23,8 +23,10 @@
 use crate::error::{DriverError, Result};
 use crate::identity::text;
 use crate::options;
+use crate::plan::{self, OptionRole, OptionSpec};
+use crate::sys::blockdev;
+use crate::sys::mount;
 use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot, ZpoolName};
-use crate::sys::{blockdev, loopdev, mount};
 use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
@@ -40,7 +42,34 @@ const KEY_ZPOOL: &str = "zpool";
 const KEY_DATASET: &str = "dataset";
 const KEY_COMPRESSION: &str = "compression";
 const KEY_ADOPT: &str = "adopt";
-const KNOWN: &[&str] = &[KEY_ZPOOL, KEY_DATASET, KEY_COMPRESSION, KEY_ADOPT];
+/// The options, in the order unknown-option errors list them.
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec::flag(
+        KEY_ZPOOL,
+        "zpool",
+        "NAME",
+        "Name of the zpool. With --device or --size blkdrv creates it; alone it uses this \
+         existing, imported zpool.",
+    )
+    .role(OptionRole::ExistingUnlessBacked),
+    OptionSpec::flag(
+        KEY_DATASET,
+        "dataset",
+        "POOL/DATASET",
+        "Use this existing, empty dataset (-o adopt=on: one with other children too).",
+    )
+    .role(OptionRole::Existing),
+    OptionSpec::flag(
+        KEY_COMPRESSION,
+        "compression",
+        "ALGO",
+        "Compression of the layers (default off): lz4, zstd, zstd-N, gzip-N, ...",
+    ),
+    OptionSpec::key(
+        KEY_ADOPT,
+        "with --dataset: take a dataset that has other children: on or off (default)",
+    ),
+];
 
 /// The snapshot that freezes a committed layer; children are clones of it.
 const COMMITTED: &str = "committed";
@@ -96,7 +125,7 @@ struct Settings {
 
 impl Settings {
     fn parse(options: &DriverOptions) -> Result<Settings> {
-        options::check_known(NAME, options, KNOWN)?;
+        options::check_known(NAME, options, &plan::stored_keys(OPTIONS))?;
         let get = |k: &str| options.get(k).map(String::as_str);
         let zpool = get(KEY_ZPOOL)
             .map(|v| ZpoolName::new(v).map_err(|e| bad(KEY_ZPOOL, v, e.to_string())))
@@ -207,24 +236,15 @@ impl Vdev {
 }
 
 /// The pool's devices as vdevs: loop devices the pool attached to its own backing files become
-/// those files (see the module doc); anything else, a user's loop device included, stays the
-/// block device it is.
+/// those files (see the module doc; the pool says which they are); anything else, a user's loop
+/// device included, stays the block device it is.
 fn vdevs(ctx: &PoolContext) -> Result<Vec<Vdev>> {
-    let backing = ctx
-        .state_dir
-        .parent()
-        .map(|p| p.join("backing"))
-        .and_then(|d| d.canonicalize().ok());
-    let loops = match &backing {
-        Some(_) if !ctx.devices.is_empty() => loopdev::list()?,
-        _ => Vec::new(),
-    };
     Ok(ctx
         .devices
         .iter()
-        .map(|d| match loops.iter().find(|(dev, _)| dev == d) {
-            Some((_, file)) if file.parent() == backing.as_deref() => Vdev::File(file.clone()),
-            _ => Vdev::Device(d.clone()),
+        .map(|d| match ctx.backing_files.get(d) {
+            Some(file) => Vdev::File(file.clone()),
+            None => Vdev::Device(d.clone()),
         })
         .collect())
 }
@@ -453,6 +473,10 @@ impl DriverFactory for Factory {
         let mut req = self.requirements();
         req.tools = vec![z::ZFS, z::ZPOOL];
         crate::sys::host::check(NAME, &req)
+    }
+
+    fn options(&self) -> &'static [OptionSpec] {
+        OPTIONS
     }
 
     fn validate_options(&self, options: &DriverOptions) -> Result<DriverOptions> {

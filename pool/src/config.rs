@@ -39,6 +39,13 @@ pub struct PoolDefaults {
     pub min_free: Option<u8>,
 }
 
+impl PoolDefaults {
+    /// The driver options the host config sets defaults for, by key.
+    pub fn driver_options(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.fs.iter().map(|v| ("fs", v.as_str()))
+    }
+}
+
 impl HostConfig {
     /// Reads `path`; a missing file is an empty config, a malformed one an error.
     pub fn load(path: &Path) -> Result<HostConfig> {

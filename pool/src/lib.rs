@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod crash;
 pub mod error;
+pub mod init;
 pub mod layer;
 pub mod lock;
 pub mod pool;
@@ -14,11 +15,14 @@ pub mod signal;
 pub mod store;
 pub mod text;
 
+/// The drivers' vocabulary the pool hands out, so front ends need not depend on the drivers.
+pub use blkdrv_drivers::{
+    Bytes, Capabilities, DriverOptions, Granularity, MountMode, ObjectId, OptionKind, OptionRole,
+    OptionSpec, ParseSizeError, Space, Usage,
+};
 pub use config::{HostConfig, PoolConfig};
 pub use error::{PoolError, Result};
+pub use init::{DriverFlag, DriverInfo, InitRequest};
 pub use layer::{LayerKind, LayerName, LayerState, PoolName};
 pub use layertar::DiffStats;
 pub use pool::{Access, BackingSpec, CreateOutcome, InitSpec, LayerInfo, Pool, Root, Source};
-
-// The vocabulary `blkdrv bench` and its hot-path benches use, so they need no drivers crate.
-pub use blkdrv_drivers::{Bytes, DriverOptions, ObjectId};

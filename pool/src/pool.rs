@@ -18,8 +18,8 @@ use blkdrv_drivers::sys::mount::{MountNs, NsTables, NsView};
 use blkdrv_drivers::sys::{blockdev, host, loopdev, mount};
 use blkdrv_drivers::Identity;
 use blkdrv_drivers::{
-    registry, Bytes, Capabilities, Driver, DriverFactory, DriverOptions, LayerChain, MountFlags,
-    MountMode, ObjectId, PoolContext, Space, Usage,
+    registry, BackingPlan, BackingRequest, Bytes, Capabilities, Driver, DriverFactory,
+    DriverOptions, LayerChain, MountFlags, MountMode, ObjectId, PoolContext, Space, Usage,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -95,6 +95,16 @@ pub struct InitSpec {
     /// Overwrite devices that carry a signature.
     pub force: bool,
     /// Growth policy for loopback pools (ignored for devices).
+    pub autoextend: Option<AutoExtend>,
+}
+
+/// The parts of a `pool init` that [`Pool::provision`] needs besides the driver's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub name: PoolName,
+    pub min_free_pct: u8,
+    pub force: bool,
+    /// Growth policy, for a loopback plan.
     pub autoextend: Option<AutoExtend>,
 }
 
@@ -306,20 +316,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether driver `driver` takes option `key` at all: host config defaults (`[pool] fs`) apply
-/// only to drivers that take them, so a default for one driver never breaks another.
-pub fn driver_takes_option(driver: &str, key: &str, value: &str) -> bool {
-    let Some(f) = registry::get(driver) else {
-        return false;
-    };
-    let probe: DriverOptions = [(key.to_string(), value.to_string())].into();
-    !matches!(
-        f.validate_options(&probe),
-        Err(blkdrv_drivers::DriverError::UnknownOption { key: k, .. }) if k == key
-    )
-}
-
-fn factory(name: &str) -> Result<&'static dyn DriverFactory> {
+pub(crate) fn factory(name: &str) -> Result<&'static dyn DriverFactory> {
     registry::get(name).ok_or_else(|| {
         PoolError::Invalid(format!(
             "unknown driver {name:?} (available: {})",
@@ -349,6 +346,37 @@ impl Pool {
         let options = f
             .validate_options(&spec.options)
             .map_err(|e| PoolError::Invalid(e.to_string()))?;
+        let plan = match &spec.backing {
+            BackingSpec::Loopback { size } => {
+                let request = BackingRequest {
+                    size: Some(*size),
+                    default_size: *size,
+                    ..BackingRequest::default()
+                };
+                f.plan(&options, &request)
+                    .map_err(|e| PoolError::Invalid(e.to_string()))?
+            }
+            BackingSpec::Devices(paths) => BackingPlan::Devices(paths.clone()),
+            BackingSpec::Existing => BackingPlan::Existing,
+        };
+        let planned = Planned {
+            name: spec.name.clone(),
+            min_free_pct: spec.min_free_pct,
+            force: spec.force,
+            autoextend: spec.autoextend,
+        };
+        Pool::provision(root, &planned, f, options, plan)
+    }
+
+    /// The second half of `init`, once the driver has said what the request means: checks the
+    /// backing, makes it, formats it and records the pool.
+    pub(crate) fn provision(
+        root: &Root,
+        spec: &Planned,
+        f: &'static dyn DriverFactory,
+        options: DriverOptions,
+        plan: BackingPlan,
+    ) -> Result<Pool> {
         if spec.min_free_pct > 99 {
             return Err(PoolError::Invalid(
                 "--min-free must be a percentage from 0 to 99".into(),
@@ -362,27 +390,29 @@ impl Pool {
             });
         }
         // Check devices before touching anything.
-        let backing = match &spec.backing {
-            BackingSpec::Loopback { size } => {
-                let min = f.min_device_size(&options);
-                if *size < min {
+        let backing = match &plan {
+            BackingPlan::Loopback {
+                size,
+                min_size,
+                files,
+            } => {
+                if size < min_size {
                     return Err(PoolError::Invalid(format!(
-                        "--size {size} is too small: driver {} needs at least {min} with these options",
-                        spec.driver
+                        "--size {size} is too small: driver {} needs at least {min_size} with these options",
+                        f.name()
                     )));
                 }
                 Backing::Loopback {
-                    files: f
-                        .loopback_files(&options, *size)
-                        .into_iter()
-                        .map(|(stem, size)| LoopFile {
-                            file: PathBuf::from(format!("backing/{stem}.img")),
-                            size,
+                    files: files
+                        .iter()
+                        .map(|lf| LoopFile {
+                            file: PathBuf::from(format!("backing/{}.img", lf.stem)),
+                            size: lf.size,
                         })
                         .collect(),
                 }
             }
-            BackingSpec::Devices(paths) => {
+            BackingPlan::Devices(paths) => {
                 if paths.is_empty() {
                     return Err(PoolError::Invalid("no --device given".into()));
                 }
@@ -394,7 +424,7 @@ impl Pool {
                     paths: paths.clone(),
                 }
             }
-            BackingSpec::Existing => Backing::Existing {},
+            BackingPlan::Existing => Backing::Existing {},
         };
         mkdir(&dir.join("tmp"))?;
         let result = (|| -> Result<Pool> {
@@ -410,7 +440,7 @@ impl Pool {
             }
             let mut config = PoolConfig {
                 name: spec.name.to_string(),
-                driver: spec.driver.clone(),
+                driver: f.name().to_string(),
                 backing: backing.clone(),
                 options: options.clone(),
                 identity: Default::default(),
@@ -1819,11 +1849,14 @@ fn context(
     generation: Option<u64>,
 ) -> Result<(PoolContext, Vec<loopdev::AttachedLoop>)> {
     let mut held = Vec::new();
+    let mut backing_files = BTreeMap::new();
     let devices = match &config.backing {
         Backing::Loopback { files } => {
             for lf in files {
-                let a = loopdev::attach(&dir.join(&lf.file))
-                    .map_err(|e| PoolError::backing(&config.name, e))?;
+                let file = dir.join(&lf.file);
+                let a = loopdev::attach(&file).map_err(|e| PoolError::backing(&config.name, e))?;
+                // As the kernel names a loop device's backing file: the absolute, resolved path.
+                backing_files.insert(a.path.clone(), file.canonicalize().unwrap_or(file));
                 held.push(a);
             }
             held.iter().map(|a| a.path.clone()).collect()
@@ -1838,6 +1871,7 @@ fn context(
             pool: config.name.clone(),
             state_dir,
             devices,
+            backing_files,
             options: config.options.clone(),
             generation,
         },
