@@ -2,7 +2,7 @@
 //! keeps every sample, the chart is written and no pool is left behind. Needs root.
 //! (devicemapper runs the same smoke bench in the VM: tests/devicemapper.)
 
-mod common;
+use kit::cli as common;
 
 use common::{run_cli, Out};
 use std::ffi::OsString;

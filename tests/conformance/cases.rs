@@ -1,46 +1,71 @@
 //! The conformance cases. Each takes a driver name, makes its own pool, and must pass unchanged
 //! for every driver. The list follows containerd's SnapshotterSuite, written anew for blkdrv.
 
-use crate::ensure;
-use crate::harness::*;
 use blkdrv_pool::{LayerName, LayerState, Source};
+use kit::ensure;
+use kit::pool::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-pub type Case = fn(&str) -> TestResult;
+/// A conformance case: run on every driver, each time on a pool of its own.
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(&str) -> TestResult,
+    /// What the pool must be for the case to apply; otherwise it is reported as ignored.
+    pub needs: Needs,
+}
 
-pub const CASES: &[(&str, Case)] = &[
-    ("basic", basic),
-    ("stat_active", stat_active),
-    ("stat_committed", stat_committed),
-    ("transitivity", transitivity),
-    ("view_readonly", view_readonly),
-    ("active_ro_mount_refuses_writes", active_ro_mount),
-    ("remove_refused_with_children", remove_with_children),
-    ("remove_refused_while_mounted", remove_while_mounted),
-    ("list_walk", list_walk),
-    ("layer_file_update", layer_file_update),
-    ("remove_directory_in_lower_layer", remove_dir_in_lower),
-    ("deleted_files_in_child", deleted_files_in_child),
-    ("move_file_from_lower_layer", move_file_from_lower),
-    ("ownership_and_permissions_across_commit", chown_chmod),
-    ("root_directory_permissions", root_permission),
-    ("chain_128_layers", chain_128),
-    ("tar_whiteouts", tar_whiteouts),
-    ("build_cache_reuse", build_cache_reuse),
-    ("diff_export_round_trip", diff_export),
-    ("usage_counts_exclusive_bytes", usage),
-    ("persistence_across_processes", persistence),
-    ("kill_9_campaign", crate::campaign::kill_9_campaign),
-    (
+/// What a case needs of the test pool beyond a driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Any pool the suite makes (loopback files, or the VM's raw disks and LVM).
+    Any,
+    /// A pool on loopback files: the pool grows them, and tests can look at them.
+    Loopback,
+}
+
+impl Case {
+    const fn any(name: &'static str, run: fn(&str) -> TestResult) -> Case {
+        Case {
+            name,
+            run,
+            needs: Needs::Any,
+        }
+    }
+}
+
+pub const CASES: &[Case] = &[
+    Case::any("basic", basic),
+    Case::any("stat_active", stat_active),
+    Case::any("stat_committed", stat_committed),
+    Case::any("transitivity", transitivity),
+    Case::any("view_readonly", view_readonly),
+    Case::any("active_ro_mount_refuses_writes", active_ro_mount),
+    Case::any("remove_refused_with_children", remove_with_children),
+    Case::any("remove_refused_while_mounted", remove_while_mounted),
+    Case::any("list_walk", list_walk),
+    Case::any("layer_file_update", layer_file_update),
+    Case::any("remove_directory_in_lower_layer", remove_dir_in_lower),
+    Case::any("deleted_files_in_child", deleted_files_in_child),
+    Case::any("move_file_from_lower_layer", move_file_from_lower),
+    Case::any("ownership_and_permissions_across_commit", chown_chmod),
+    Case::any("root_directory_permissions", root_permission),
+    Case::any("chain_128_layers", chain_128),
+    Case::any("tar_whiteouts", tar_whiteouts),
+    Case::any("build_cache_reuse", build_cache_reuse),
+    Case::any("diff_export_round_trip", diff_export),
+    Case::any("usage_counts_exclusive_bytes", usage),
+    Case::any("persistence_across_processes", persistence),
+    Case::any("kill_9_campaign", crate::campaign::kill_9_campaign),
+    Case::any(
         "enospc_through_mounted_layer",
         crate::campaign::enospc_through_mounted_layer,
     ),
-    ("concurrent_writers", crate::campaign::concurrent_writers),
-    ("crash_at_every_step", crash_every_step),
-    ("kill_9_during_import_and_remove", kill_9_at_random),
-    ("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
+    Case::any("concurrent_writers", crate::campaign::concurrent_writers),
+    Case::any("crash_at_every_step", crash_every_step),
+    Case::any("kill_9_during_import_and_remove", kill_9_at_random),
+    Case::any("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
 ];
 
 fn ln(s: &str) -> LayerName {
@@ -560,7 +585,7 @@ fn persistence(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let src = tp.path("src");
     base_files(&src).map_err(|e| e.to_string())?;
-    let code = crate::child::run_cli(
+    let code = kit::child::run_layer_command(
         &tp,
         &[
             "layer",
@@ -572,7 +597,7 @@ fn persistence(driver: &str) -> TestResult {
         None,
     )?;
     ensure!(code == 0, "child create exit {code}");
-    let code = crate::child::run_cli(&tp, &["layer", "snapshot", "base", "c"], None)?;
+    let code = kit::child::run_layer_command(&tp, &["layer", "snapshot", "base", "c"], None)?;
     ensure!(code == 0, "child snapshot exit {code}");
     let mut pool = tp.open()?;
     let l = pool.list()?;
@@ -594,7 +619,7 @@ fn crash_every_step(driver: &str) -> TestResult {
         let mut pool = tp.open()?;
         pool.create(&ln("base"), None, Source::Dir(&src), None, &mut |_| {})?;
         let tree = crate::campaign::layer_manifest(&tp, &mut pool, "base")?;
-        (crate::campaign::Baseline::take(&tp)?, tree)
+        (kit::leaks::Baseline::take(tp.dir())?, tree)
     };
     let mnt = tp.path("mnt");
     let m = mnt.to_str().unwrap().to_string();
@@ -629,7 +654,7 @@ fn crash_every_step(driver: &str) -> TestResult {
             "mount" => vec!["layer", "mount", "victim", &m],
             other => return Err(format!("no driver for crash op {other}").into()),
         };
-        let code = crate::child::run_cli(&tp, &args, Some(step))?;
+        let code = kit::child::run_layer_command(&tp, &args, Some(step))?;
         ensure!(code != 0, "{step}: child did not crash (exit {code})");
         let mut pool = tp.open()?;
         let report = pool.check(false)?;
@@ -659,7 +684,7 @@ fn crash_every_step(driver: &str) -> TestResult {
             .iter()
             .flat_map(|v| v.mounts.iter().map(|m| m.target.clone()))
             .collect();
-        baseline.check(&tp, &recorded, step)?;
+        baseline.check(&recorded, step)?;
         // Creates roll back unless they had finished; commits roll forward; removes roll forward.
         let expect_present = *step == "create:committed" || op == "commit" || op == "mount";
         ensure!(
@@ -701,7 +726,7 @@ fn crash_every_step(driver: &str) -> TestResult {
             pool.check(false)?.is_clean(),
             "{step}: clean after removing victim"
         );
-        baseline.check(&tp, &[], &format!("{step}: after removing victim"))?;
+        baseline.check(&[], &format!("{step}: after removing victim"))?;
     }
     Ok(())
 }
@@ -729,7 +754,7 @@ fn kill_9_at_random(driver: &str) -> TestResult {
     let delays = [0u64, 10, 50, 150, 400, 1000, 2000, u64::MAX];
     for (i, delay_ms) in delays.into_iter().enumerate() {
         let victim = format!("v{i}");
-        let mut child = crate::child::command(
+        let mut child = kit::child::layer_command(
             &tp,
             &[
                 "layer",
@@ -740,7 +765,7 @@ fn kill_9_at_random(driver: &str) -> TestResult {
                 "--from-dir",
                 s,
             ],
-        )?
+        )
         .spawn()
         .map_err(|e| e.to_string())?;
         if delay_ms == u64::MAX {
@@ -789,7 +814,7 @@ fn kill_9_at_random(driver: &str) -> TestResult {
             })?;
             // Now kill a removal of it (our writer handle must not hold the lock meanwhile).
             drop(pool);
-            let mut child = crate::child::command(&tp, &["layer", "rm", &victim])?
+            let mut child = kit::child::layer_command(&tp, &["layer", "rm", &victim])
                 .spawn()
                 .map_err(|e| e.to_string())?;
             std::thread::sleep(std::time::Duration::from_millis(i as u64 % 4 * 2));

@@ -1,6 +1,6 @@
 //! btrfs-specific behaviour, through the CLI, on real btrfs pools on loop devices. Needs root.
 
-mod common;
+use kit::cli as common;
 
 use common::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use std::fs;

@@ -2,10 +2,10 @@
 //! here every case is reported as ignored with the command that runs it; `tests/vm/run
 //! devicemapper` (called by scripts/test.sh) runs them in a VM with a stock Debian kernel.
 
-#[path = "../common/mod.rs"]
-mod common;
+use kit::cli as common;
 
-use common::{detail, fill, json, layer, tool, Case, Env, MIB};
+use common::{detail, fill, json, layer, tool, Env, MIB};
+use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,14 +39,15 @@ const CASES: &[(&str, Case)] = &[
 ];
 
 fn main() {
-    common::vm_trials(
-        "devicemapper",
-        CASES,
-        || Path::new("/sys/class/misc/device-mapper").exists(),
-        "device-mapper, which this kernel lacks",
-        " (scripts/test.sh does)",
-        None,
-    )
+    kit::child::maybe_run_child();
+    VmTarget {
+        target: "devicemapper",
+        available: || Path::new("/sys/class/misc/device-mapper").exists(),
+        lacking: "device-mapper, which this kernel lacks",
+        note: " (scripts/test.sh does)",
+        missing: None,
+    }
+    .run(CASES)
 }
 
 fn dm_env(extra: &[&str]) -> Env {
@@ -104,10 +105,6 @@ fn no_mkfs_on_snapshots() -> Result<(), Failed> {
     Ok(())
 }
 
-fn blkdrv_bin() -> String {
-    std::env::var("BLKDRV_BIN").unwrap_or_else(|_| "blkdrv".into())
-}
-
 /// kill -9 (an abort at the crash point) after create_snap reached the kernel but before the
 /// store recorded the layer: the next command rolls it back, the thin id is gone, the
 /// transaction id matches the store, and thin_check passes on the metadata.
@@ -115,22 +112,13 @@ fn crash_after_create_snap() -> Result<(), Failed> {
     let env = dm_env(&[]);
     base(&env);
     let before = detail(&json(&env, &["pool", "status", "t"]), "Transaction Id");
-    let out = std::process::Command::new(blkdrv_bin())
-        .args(["--root"])
-        .arg(env.root())
-        .args([
-            "--config",
-            "/nonexistent",
-            "layer",
-            "snapshot",
-            "base",
-            "victim",
-            "--pool",
-            "t",
-        ])
-        .env("BLKDRV_CRASH_AT", "snapshot:object")
-        .output()
-        .map_err(|e| format!("run blkdrv: {e}"))?;
+    let root = env.root().display().to_string();
+    let out = kit::child::command(&kit::child::blkdrv_args(&[
+        "--root", &root, "layer", "snapshot", "base", "victim", "--pool", "t",
+    ]))
+    .env(blkdrv_pool::crash::ENV, "snapshot:object")
+    .output()
+    .map_err(|e| format!("run blkdrv: {e}"))?;
     if out.status.success() {
         return Err("the child did not crash".into());
     }

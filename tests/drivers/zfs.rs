@@ -2,10 +2,10 @@
 //! as ignored with the command that runs it; `tests/vm/run zfs` runs them in a VM with the
 //! OpenZFS modules and tools (the harness adds them when a suite or FILTER mentions zfs).
 
-#[path = "../common/mod.rs"]
-mod common;
+use kit::cli as common;
 
-use common::{base_of, detail, json, layer, tool, write_file, Case, Env, MIB};
+use common::{base_of, detail, json, layer, tool, write_file, Env, MIB};
+use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::collections::BTreeSet;
 use std::fs;
@@ -39,19 +39,14 @@ const CASES: &[(&str, Case)] = &[
     ("bench_smoke_times_raw_clones", bench_smoke),
 ];
 
-/// Child modes: this binary re-executed to run the CLI (so it can be killed) or to hold a
-/// layer busy from a mount namespace of its own.
-const ENV_CLI: &str = "BLKDRV_ZFS_TEST_CLI";
+/// Child modes besides the kit's CLI child: this binary re-executed to hold a layer busy from a
+/// mount namespace of its own.
 const ENV_HOLD: &str = "BLKDRV_ZFS_TEST_HOLD";
 /// A stand-in `zfs` that starts late: sleeps, then becomes the real tool named here.
 const ENV_LATE: &str = "BLKDRV_ZFS_TEST_LATE_TOOL";
 
 fn main() {
-    if let Ok(args) = std::env::var(ENV_CLI) {
-        let args: Vec<String> = serde_json::from_str(&args).expect("child args are JSON");
-        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-        std::process::exit(blkdrv_cli::run(args, &mut out, &mut err));
-    }
+    kit::child::maybe_run_child();
     if let Ok(file) = std::env::var(ENV_HOLD) {
         hold(Path::new(&file));
     }
@@ -64,14 +59,14 @@ fn main() {
             .exec();
         panic!("exec the real tool: {err}");
     }
-    common::vm_trials(
-        "zfs",
-        CASES,
-        has_zfs,
-        "ZFS (the kernel module, zfs and zpool), which this host lacks",
-        "",
-        Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it for a suite group marked zfs; VM_ZFS=1 forces it)"),
-    )
+    VmTarget {
+        target: "zfs",
+        available: has_zfs,
+        lacking: "ZFS (the kernel module, zfs and zpool), which this host lacks",
+        note: "",
+        missing: Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it for a suite group marked zfs; VM_ZFS=1 forces it)"),
+    }
+    .run(CASES)
 }
 
 fn has_zfs() -> bool {
@@ -203,10 +198,8 @@ fn cli_child(env: &Env, args: &[&str]) -> Command {
         "/nonexistent".into(),
     ];
     full.extend(args.iter().map(|s| s.to_string()));
-    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
-    c.env(ENV_CLI, serde_json::to_string(&full).unwrap())
-        .env_remove("BLKDRV_CRASH_AT")
-        .stdin(Stdio::null())
+    let mut c = kit::child::command(&full);
+    c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
