@@ -732,8 +732,11 @@ fn crash_every_step(driver: &str) -> TestResult {
 }
 
 /// A real SIGKILL at several moments of a long import and of a removal: whatever moment it
-/// lands, the reopened pool is consistent and the victim is either absent or complete.
+/// lands, the reopened pool is consistent and the victim is either absent or complete, and
+/// what happened agrees with how the process ended: a child that exited 0 finished its work, a
+/// kill before the process could start rolls back, an import never killed completes.
 fn kill_9_at_random(driver: &str) -> TestResult {
+    use std::os::unix::process::ExitStatusExt;
     let tp = TestPool::new(driver)?;
     let src = tp.path("src");
     for d in 0..20 {
@@ -749,9 +752,21 @@ fn kill_9_at_random(driver: &str) -> TestResult {
         let mut pool = tp.open()?;
         import_dir(&tp, &mut pool, "base", None, base_files)?;
     }
-    // Delays spread over the import (it takes tens to hundreds of ms here).
-    // The last round lets the import finish, so that a removal gets killed too.
+    /// How a child ended: killed by the SIGKILL, or exited on its own before it landed.
+    fn ended(status: std::process::ExitStatus) -> Result<bool, String> {
+        if status.signal() == Some(nix::libc::SIGKILL) {
+            Ok(true)
+        } else if status.success() {
+            Ok(false)
+        } else {
+            Err(format!("the child failed on its own: {status:?}"))
+        }
+    }
+    // Delays spread over the import (it takes tens to hundreds of ms here); 0 ms lands before
+    // the child has even started. The last round lets the import finish, so that a removal
+    // gets killed too.
     let delays = [0u64, 10, 50, 150, 400, 1000, 2000, u64::MAX];
+    let mut outcomes = Vec::new();
     for (i, delay_ms) in delays.into_iter().enumerate() {
         let victim = format!("v{i}");
         let mut child = kit::child::layer_command(
@@ -768,14 +783,16 @@ fn kill_9_at_random(driver: &str) -> TestResult {
         )
         .spawn()
         .map_err(|e| e.to_string())?;
-        if delay_ms == u64::MAX {
+        let killed = if delay_ms == u64::MAX {
             let out = child.wait_with_output().map_err(|e| e.to_string())?;
             ensure!(out.status.success(), "uninterrupted import: {out:?}");
+            false
         } else {
             std::thread::sleep(std::time::Duration::from_millis(delay_ms));
             let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
+            let status = child.wait().map_err(|e| e.to_string())?;
+            ended(status).map_err(|e| format!("import killed at {delay_ms} ms: {e}"))?
+        };
         let mut pool = tp.open()?;
         let report = pool.check(false)?;
         ensure!(report.is_clean(), "kill at {delay_ms} ms: drift {report:?}");
@@ -783,16 +800,25 @@ fn kill_9_at_random(driver: &str) -> TestResult {
             pool.inspect("base")?.state == LayerState::Committed,
             "base intact"
         );
-        let outcome = match pool.inspect(&victim) {
-            Ok(_) => "complete",
-            Err(_) => "rolled back",
-        };
+        let complete = pool.inspect(&victim).is_ok();
         let when = if delay_ms == u64::MAX {
             "never".to_string()
         } else {
             format!("{delay_ms} ms")
         };
-        eprintln!("{driver}: SIGKILL {when} into import: victim {outcome}");
+        outcomes.push(format!(
+            "import killed {when}: {} ({})",
+            if complete { "complete" } else { "rolled back" },
+            if killed { "killed" } else { "exited" }
+        ));
+        ensure!(
+            complete || killed,
+            "import at {when}: the child exited 0 but the layer is not there"
+        );
+        ensure!(
+            delay_ms != 0 || !complete,
+            "a SIGKILL right after spawn cannot leave a complete import"
+        );
         if let Ok(v) = pool.inspect(&victim) {
             ensure!(
                 v.state == LayerState::Committed,
@@ -814,24 +840,48 @@ fn kill_9_at_random(driver: &str) -> TestResult {
             })?;
             // Now kill a removal of it (our writer handle must not hold the lock meanwhile).
             drop(pool);
+            let rm_ms = i as u64 % 4 * 2;
             let mut child = kit::child::layer_command(&tp, &["layer", "rm", &victim])
                 .spawn()
                 .map_err(|e| e.to_string())?;
-            std::thread::sleep(std::time::Duration::from_millis(i as u64 % 4 * 2));
+            std::thread::sleep(std::time::Duration::from_millis(rm_ms));
             let _ = child.kill();
-            let _ = child.wait();
+            let status = child.wait().map_err(|e| e.to_string())?;
+            let killed = ended(status).map_err(|e| format!("rm killed at {rm_ms} ms: {e}"))?;
             let mut pool = tp.open()?;
             ensure!(pool.check(false)?.is_clean(), "kill during rm: drift");
-            let kept = pool.inspect(&victim).is_ok();
-            eprintln!(
-                "{driver}: SIGKILL {} ms into rm: victim {}",
-                i % 4 * 2,
-                if kept { "kept" } else { "removed" }
+            let kept = pool.inspect(&victim).ok();
+            outcomes.push(format!(
+                "rm killed at {rm_ms} ms: {} ({})",
+                if kept.is_some() { "kept" } else { "removed" },
+                if killed { "killed" } else { "exited" }
+            ));
+            ensure!(
+                kept.is_none() || killed,
+                "rm at {rm_ms} ms: the child exited 0 but the layer is still there"
             );
+            if let Some(k) = &kept {
+                ensure!(
+                    k.state == LayerState::Committed,
+                    "a removal killed before it took hold leaves the layer as it was: {}",
+                    k.state
+                );
+            }
             for l in pool.list()? {
                 ensure!(l.state.is_settled(), "{} left {}", l.name, l.state);
             }
         }
     }
+    eprintln!("{driver}: SIGKILL outcomes: {}", outcomes.join("; "));
+    ensure!(
+        outcomes
+            .iter()
+            .any(|o| o.starts_with("import") && o.contains("rolled back")),
+        "no kill rolled an import back: {outcomes:?}"
+    );
+    ensure!(
+        outcomes.iter().any(|o| o.starts_with("rm")),
+        "no removal was killed: {outcomes:?}"
+    );
     Ok(())
 }

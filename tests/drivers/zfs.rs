@@ -10,6 +10,7 @@ use libtest_mimic::Failed;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -544,16 +545,32 @@ fn kill_9() -> Result<(), Failed> {
             cli_child(&env, &["layer", "snapshot", "base", &name, "--pool", "t"]).spawn()?;
         std::thread::sleep(delay);
         let _ = child.kill();
-        let _ = child.wait();
+        let status = child.wait()?;
+        // Killed, or done before the kill landed; never failed on its own.
+        let killed = status.signal() == Some(nix::libc::SIGKILL);
+        if !killed && !status.success() {
+            return Err(format!("the snapshot failed on its own: {status:?}").into());
+        }
         env.run(&["pool", "check", "t", "--repair"]);
         env.ok(&["pool", "check", "t"]);
         let (disk, store) = (children(&parent), recorded_ids(&env));
-        let outcome = if store.len() > 1 {
-            "complete"
-        } else {
-            "rolled back"
-        };
-        outcomes.push(format!("{} ms: {outcome}", delay.as_millis()));
+        let complete = store.len() > 1;
+        let outcome = if complete { "complete" } else { "rolled back" };
+        outcomes.push(format!(
+            "{} ms: {outcome} ({})",
+            delay.as_millis(),
+            if killed { "killed" } else { "exited" }
+        ));
+        if !killed && !complete {
+            return Err(format!(
+                "at {} ms: the snapshot exited 0 but is gone",
+                delay.as_millis()
+            )
+            .into());
+        }
+        if i == 0 && complete {
+            return Err("a SIGKILL right after spawn left a complete snapshot".into());
+        }
         if disk != store {
             return Err(format!(
                 "after a kill at {} ms: datasets {disk:?}, store {store:?}",
