@@ -33,6 +33,14 @@ impl Case {
             needs: Needs::Any,
         }
     }
+
+    const fn loopback(name: &'static str, run: fn(&str) -> TestResult) -> Case {
+        Case {
+            name,
+            run,
+            needs: Needs::Loopback,
+        }
+    }
 }
 
 pub const CASES: &[Case] = &[
@@ -66,6 +74,18 @@ pub const CASES: &[Case] = &[
     Case::any("crash_at_every_step", crash_every_step),
     Case::any("kill_9_during_import_and_remove", kill_9_at_random),
     Case::any("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
+    Case::any(
+        "exclusive_usage_of_a_snapshot",
+        crate::space::exclusive_usage,
+    ),
+    Case::loopback(
+        "loopback_pool_grows_when_space_runs_low",
+        crate::space::loopback_pool_grows,
+    ),
+    Case::any(
+        "deactivate_then_activate_keeps_layers",
+        crate::space::deactivate_activate,
+    ),
 ];
 
 fn ln(s: &str) -> LayerName {

@@ -8,6 +8,7 @@
 mod campaign;
 mod cases;
 mod hostile;
+mod space;
 
 // hostile.rs (its tar builders move to the layertar crate) names the kit by its old paths.
 use kit::ensure;

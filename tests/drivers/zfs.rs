@@ -36,7 +36,6 @@ const CASES: &[(&str, Case)] = &[
     ("existing_zpool_and_dataset", existing_zpool_and_dataset),
     ("bad_input_is_refused", bad_input),
     ("pool_on_a_device", device_pool),
-    ("loopback_file_grows_and_the_zpool_expands", autoextend),
     ("bench_smoke_times_raw_clones", bench_smoke),
 ];
 
@@ -897,43 +896,6 @@ fn device_pool() -> Result<(), Failed> {
     }
     drop(lo);
     Ok(())
-}
-
-/// The loopback file grows when the space writers can use runs low, and `zpool online -e`
-/// gives the zpool the new room.
-fn autoextend() -> Result<(), Failed> {
-    let env = Env::with_pool(&["--driver", "zfs", "--size", "512M", "--max-size", "2G"]);
-    base_of(&env, MIB);
-    env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
-    let zpool = identity(&env, "t", "zpool");
-    let size = || zprop_pool(&zpool, "size");
-    let before = size();
-    let avail = status(&env, "t")["space"]["available"]
-        .as_u64()
-        .unwrap_or(0);
-    let m = env.mount_rw("filler", "m");
-    // Leave well under the 20% threshold (of 512 MiB) but do not fill the pool.
-    write_file(&m.join("f"), avail.saturating_sub(64 * MIB))
-        .map_err(|e| format!("fill {avail}: {e}"))?;
-    tool("zpool", &["sync", &zpool]);
-    let o = env.ok(&["layer", "umount", "filler", "--pool", "t"]);
-    let after = size();
-    let file = fs::metadata(env.root().join("pools/t/backing/data.img"))?.len();
-    if !o.stderr.contains("grew pool") || after <= before || file <= 512 * MIB {
-        return Err(format!(
-            "no growth: {} zpool size {before} -> {after}, file {file}",
-            o.stderr
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn zprop_pool(zpool: &str, prop: &str) -> u64 {
-    tool("zpool", &["get", "-Hp", "-o", "value", prop, zpool])
-        .trim()
-        .parse()
-        .unwrap_or(0)
 }
 
 /// The bench's zfs path: every workload runs, and the raw `zfs clone` is timed.
