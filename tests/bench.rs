@@ -1,6 +1,6 @@
 //! `blkdrv bench --smoke` on the drivers this host runs: every workload produces rows, the JSON
 //! keeps every sample, the chart is written and no pool is left behind. Needs root.
-//! (devicemapper runs the same smoke bench in the VM: tests/devicemapper.)
+//! (devicemapper runs the same smoke bench in the VM: tests/drivers/devicemapper.rs.)
 
 use kit::cli as common;
 
