@@ -75,16 +75,16 @@ pub const CASES: &[Case] = &[
     Case::any("kill_9_during_import_and_remove", kill_9_at_random),
     Case::any("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
     Case::any(
-        "exclusive_usage_of_a_snapshot",
-        crate::space::exclusive_usage,
+        "backing::exclusive_usage_of_a_snapshot",
+        crate::backing::exclusive_usage,
     ),
     Case::loopback(
-        "loopback_pool_grows_when_space_runs_low",
-        crate::space::loopback_pool_grows,
+        "backing::loopback_pool_grows_when_space_runs_low",
+        crate::backing::loopback_pool_grows,
     ),
     Case::any(
-        "deactivate_then_activate_keeps_layers",
-        crate::space::deactivate_activate,
+        "backing::deactivate_then_activate_keeps_layers",
+        crate::backing::deactivate_activate,
     ),
 ];
 

@@ -5,10 +5,10 @@
 //! the command that runs it in the VM (`tests/vm/run`, which `scripts/test.sh` calls); inside the
 //! VM (`BLKDRV_IN_VM=1`), or when anything else is missing, it fails with the reason.
 
+mod backing;
 mod campaign;
 mod cases;
 mod hostile;
-mod space;
 
 // hostile.rs (its tar builders move to the layertar crate) names the kit by its old paths.
 use kit::ensure;

@@ -1,6 +1,6 @@
-//! Space cases that each driver's own tests used to write once per driver (exclusive usage of a
-//! snapshot, loopback growth, deactivate and activate): here once, for every driver, with upper
-//! bounds where those tests had only lower ones.
+//! The backing cases (`DRIVER::backing::*`): what each driver's own tests used to write once per
+//! driver (exclusive usage of a snapshot, loopback growth, deactivate and activate), here once
+//! for every driver, with upper bounds where those tests had only lower ones.
 
 use crate::campaign::{diff, layer_manifest};
 use blkdrv_drivers::{Bytes, Granularity};
@@ -62,7 +62,7 @@ fn within(what: &str, got: u64, lo: u64, slack: u64) -> Result<(), String> {
 pub fn exclusive_usage(driver: &str) -> TestResult {
     let (mut rng, _) = Rng::for_case(
         "conformance",
-        &format!("{driver}::exclusive_usage_of_a_snapshot"),
+        &format!("{driver}::backing::exclusive_usage_of_a_snapshot"),
     );
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
@@ -116,7 +116,7 @@ pub fn exclusive_usage(driver: &str) -> TestResult {
 pub fn loopback_pool_grows(driver: &str) -> TestResult {
     let (mut rng, _) = Rng::for_case(
         "conformance",
-        &format!("{driver}::loopback_pool_grows_when_space_runs_low"),
+        &format!("{driver}::backing::loopback_pool_grows_when_space_runs_low"),
     );
     let size = Bytes::mib(512);
     let tp = TestPool::with_options(
