@@ -2,9 +2,7 @@
 //! keeps every sample, the chart is written and no pool is left behind. Needs root.
 //! (devicemapper runs the same smoke bench in the VM: tests/drivers/devicemapper.rs.)
 
-use kit::cli as common;
-
-use common::{run_cli, Out};
+use kit::cli::{run_cli, Out};
 use std::ffi::OsString;
 use std::path::Path;
 

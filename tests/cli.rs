@@ -1,9 +1,7 @@
 //! The CLI contract: exit codes, one-line errors, JSON, and "nothing changed" after bad input.
 //! Runs the CLI in-process through `blkdrv_cli::run`. Needs root (pools on loop devices).
 
-use kit::cli as common;
-
-use common::{json, layer, tool, Env};
+use kit::cli::{json, layer, tool, Env};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;

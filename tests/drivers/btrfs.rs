@@ -1,9 +1,7 @@
 //! btrfs-specific behaviour, through the CLI, on real btrfs pools on loop devices. Needs root.
 //! (Loopback growth, exclusive usage and deactivate/activate are conformance cases.)
 
-use kit::cli as common;
-
-use common::{base_of, detail, json, layer, tool, write_file, Env, MIB};
+use kit::cli::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -2,9 +2,7 @@
 //! here every case is reported as ignored with the command that runs it; `tests/vm/run
 //! devicemapper` (called by scripts/test.sh) runs them in a VM with a stock Debian kernel.
 
-use kit::cli as common;
-
-use common::{detail, fill, json, layer, tool, Env, MIB};
+use kit::cli::{detail, fill, json, layer, tool, Env, MIB};
 use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::fs;
@@ -569,7 +567,7 @@ fn lvm_adopt() -> Result<(), Failed> {
 
 /// The bench's devicemapper path (raw create_snap timing, space accounting) on a real pool.
 fn bench_smoke() -> Result<(), Failed> {
-    common::bench_smoke("devicemapper", "create_snap", |rows| {
+    kit::cli::bench_smoke("devicemapper", "create_snap", |rows| {
         // Space comes back when a thin device is deleted.
         let returned = rows
             .iter()

@@ -2,9 +2,7 @@
 //! as ignored with the command that runs it; `tests/vm/run zfs` runs them in a VM with the
 //! OpenZFS modules and tools (the harness adds them when a suite or FILTER mentions zfs).
 
-use kit::cli as common;
-
-use common::{base_of, detail, json, layer, tool, write_file, Env, MIB};
+use kit::cli::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::collections::BTreeSet;
@@ -871,7 +869,7 @@ fn device_pool() -> Result<(), Failed> {
     if let (false, Some(d)) = (udev, disk.split_whitespace().next()) {
         let root = dir.path().join("root");
         let t = Instant::now();
-        let o = common::run_cli(
+        let o = kit::cli::run_cli(
             [
                 "blkdrv",
                 "--root",
@@ -900,5 +898,5 @@ fn device_pool() -> Result<(), Failed> {
 
 /// The bench's zfs path: every workload runs, and the raw `zfs clone` is timed.
 fn bench_smoke() -> Result<(), Failed> {
-    common::bench_smoke("zfs", "zfs clone", |_| Ok(()))
+    kit::cli::bench_smoke("zfs", "zfs clone", |_| Ok(()))
 }
