@@ -1,5 +1,5 @@
 //! What a test left behind: mounts and loop devices under a directory. Every test object lives
-//! under [`crate::pool::test_base`] or a test's own directory, so a check looks only there and
+//! under [`crate::pool::run_dir`] or a test's own directory, so a check looks only there and
 //! never at what other processes on the host hold.
 
 use std::path::{Path, PathBuf};

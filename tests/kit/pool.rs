@@ -9,9 +9,15 @@ use std::path::{Path, PathBuf};
 
 pub use crate::TestResult;
 
-/// Where every test root lives; the leak check after the run looks here.
+/// Where every test root lives (scripts/test.sh checks it for leftovers after the run).
 pub fn test_base() -> PathBuf {
     PathBuf::from("/tmp/blkdrv-conformance")
+}
+
+/// This process's directory under [`test_base`]: its pools, and the only place its leak check
+/// looks, so that test runs of other checkouts on the same host are not taken for leaks.
+pub fn run_dir() -> PathBuf {
+    test_base().join(format!("run-{}", std::process::id()))
 }
 
 /// A fresh pool of one driver on a sparse loopback file, in its own root directory.
@@ -50,10 +56,10 @@ impl TestPool {
     }
 
     pub fn with_options(driver: &str, opts: PoolOptions) -> Result<TestPool, String> {
-        std::fs::create_dir_all(test_base()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(run_dir()).map_err(|e| e.to_string())?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{driver}-"))
-            .tempdir_in(test_base())
+            .tempdir_in(run_dir())
             .map_err(|e| e.to_string())?;
         let root = Root::new(dir.path().join("root"));
         let name = PoolName::new("t").map_err(|e| e.to_string())?;
@@ -190,9 +196,14 @@ pub fn read(p: &Path) -> Result<String, String> {
     std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))
 }
 
-/// Mounts and loop devices left under the test base (by any test of this run).
+/// Mounts and loop devices this run's pools left behind; removes the run's directory when
+/// nothing is left in it.
 pub fn leaks() -> Vec<String> {
-    crate::leaks::under(&test_base())
+    let left = crate::leaks::under(&run_dir());
+    if left.is_empty() {
+        let _ = std::fs::remove_dir(run_dir());
+    }
+    left
 }
 
 /// Whether pools of this run are on loopback files (not the VM's raw disks), so that they can
