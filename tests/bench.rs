@@ -1,10 +1,8 @@
 //! `blkdrv bench --smoke` on the drivers this host runs: every workload produces rows, the JSON
 //! keeps every sample, the chart is written and no pool is left behind. Needs root.
-//! (devicemapper runs the same smoke bench in the VM: tests/devicemapper.)
+//! (devicemapper runs the same smoke bench in the VM: tests/drivers/devicemapper.rs.)
 
-mod common;
-
-use common::{run_cli, Out};
+use kit::cli::{run_cli, Out};
 use std::ffi::OsString;
 use std::path::Path;
 

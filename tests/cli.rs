@@ -1,9 +1,7 @@
 //! The CLI contract: exit codes, one-line errors, JSON, and "nothing changed" after bad input.
 //! Runs the CLI in-process through `blkdrv_cli::run`. Needs root (pools on loop devices).
 
-mod common;
-
-use common::{json, layer, tool, Env};
+use kit::cli::{json, layer, tool, Env};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
@@ -396,14 +394,23 @@ fn readers_are_not_blocked_and_second_writer_is_busy() {
         started.elapsed() < std::time::Duration::from_secs(5),
         "readers waited"
     );
-    std::env::set_var("BLKDRV_LOCK_TIMEOUT", "0");
-    let o = env.run(&["layer", "snapshot", "base", "c", "--pool", "t"]);
-    std::env::remove_var("BLKDRV_LOCK_TIMEOUT");
-    assert_eq!(o.code, 1, "{}", o.stderr);
+    // The second writer runs in a child with its own environment: setting a variable in this
+    // process would race the other tests' threads.
+    let root = env.root().display().to_string();
+    let o = kit::child::command_of(
+        std::path::Path::new(env!("CARGO_BIN_EXE_blkdrv-test-child")),
+        &kit::child::blkdrv_args(&[
+            "--root", &root, "layer", "snapshot", "base", "c", "--pool", "t",
+        ]),
+    )
+    .env("BLKDRV_LOCK_TIMEOUT", "0")
+    .output()
+    .expect("run the second writer");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(
-        o.stderr.contains("busy") && o.stderr.contains(&std::process::id().to_string()),
-        "{}",
-        o.stderr
+        stderr.contains("busy") && stderr.contains(&std::process::id().to_string()),
+        "{stderr}"
     );
 }
 

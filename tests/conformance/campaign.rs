@@ -7,17 +7,20 @@
 //! - `enospc_through_mounted_layer`: a pool filled through a mounted layer.
 //! - `concurrent_writers`: several processes doing mixed operations on one pool.
 //!
-//! Every case prints its seed; `BLKDRV_TEST_SEED` replays one. Run counts come from the
+//! Every case prints the run's seed; `BLKDRV_TEST_SEED` replays one (see `kit::rng`). Run counts come from the
 //! environment so that the VM (device-mapper, ZFS under emulation) can run fewer:
 //! `BLKDRV_CAMPAIGN_RUNS` (default 50), `BLKDRV_CAMPAIGN_MAX_DELAY_MS` (the first kill delays, before an operation's duration is
 //! known: 100),
 //! `BLKDRV_CONCURRENT_PROCS` (8), `BLKDRV_CONCURRENT_OPS` (100).
 
-use crate::child;
-use crate::ensure;
-use crate::harness::*;
 use blkdrv_drivers::Bytes;
 use blkdrv_pool::{LayerInfo, LayerName, LayerState, Pool, PoolError, Source};
+use kit::child;
+use kit::config::count as env_count;
+use kit::ensure;
+use kit::leaks::Baseline;
+use kit::pool::*;
+use kit::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::hash::Hasher;
@@ -26,68 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-// ----- seeds, counts, randomness -----
-
-/// splitmix64: small, good enough to pick operations and delays, and the same on every host.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// An independent stream for part `n` of a case.
-    pub fn fork(&self, n: u64) -> Rng {
-        let mut r = Rng(self.0 ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        r.next();
-        r
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-
-    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
-/// `BLKDRV_TEST_SEED`, or a fresh one; printed with the command that replays the case.
-fn seed(driver: &str, case: &str) -> u64 {
-    let s = std::env::var("BLKDRV_TEST_SEED")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            t ^ (u64::from(std::process::id()) << 32)
-        });
-    eprintln!(
-        "{driver}::{case}: seed {s} (replay: BLKDRV_TEST_SEED={s} BLKDRV_TEST_DRIVERS={driver} cargo test --test conformance -- {driver}::{case})"
-    );
-    s
-}
-
-fn env_count(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
+/// The case's stream of the run's seed (printed with the command that replays the case).
+fn seed(driver: &str, case: &str) -> (Rng, u64) {
+    Rng::for_case("conformance", &format!("{driver}::{case}"))
 }
 
 // ----- tree hashes -----
@@ -176,78 +120,7 @@ pub fn layer_manifest(tp: &TestPool, pool: &mut Pool, name: &str) -> Result<Mani
 
 /// Bytes that neither compress nor deduplicate.
 fn noise(rng: &mut Rng, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        v.extend_from_slice(&rng.next().to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-// ----- leak checks -----
-
-/// Mount points under `dir`, each as often as it is mounted (stacked mounts count twice).
-fn mounts_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|t| PathBuf::from(t.replace("\\040", " ")))
-        .filter(|t| t.starts_with(&dir))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// Backing files of loop devices under `dir`, each as often as it is attached.
-fn loops_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let dir = dir.canonicalize().map_err(|e| e.to_string())?;
-    let mut v: Vec<PathBuf> = blkdrv_drivers::sys::loopdev::list()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|(_, f)| f)
-        .filter(|f| f.starts_with(&dir))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
-/// The pool's own kernel objects (backing mount, loop devices) while it is open.
-pub struct Baseline {
-    mounts: Vec<PathBuf>,
-    loops: Vec<PathBuf>,
-}
-
-impl Baseline {
-    pub fn take(tp: &TestPool) -> Result<Baseline, String> {
-        Ok(Baseline {
-            mounts: mounts_in(tp.dir())?,
-            loops: loops_in(tp.dir())?,
-        })
-    }
-
-    /// Fails unless the mounts under the test dir are the pool's own plus `layer_mounts`, and
-    /// the loop devices are exactly the pool's own.
-    pub fn check(&self, tp: &TestPool, layer_mounts: &[PathBuf], when: &str) -> Result<(), String> {
-        let mut want = self.mounts.clone();
-        want.extend(layer_mounts.iter().cloned());
-        want.sort();
-        let got = mounts_in(tp.dir())?;
-        if got != want {
-            return Err(format!(
-                "{when}: mounts under the test dir: {got:?}, expected {want:?}"
-            ));
-        }
-        let loops = loops_in(tp.dir())?;
-        if loops != self.loops {
-            return Err(format!(
-                "{when}: loop devices on test files: {loops:?}, expected {:?}",
-                self.loops
-            ));
-        }
-        Ok(())
-    }
+    rng.noise(len)
 }
 
 // ----- kill -9 campaign -----
@@ -462,7 +335,7 @@ fn run_and_kill(
     full: &[String],
     kill_after: Option<Duration>,
 ) -> Result<(Output, Option<Duration>), String> {
-    let mut c = child::command_full(full)?
+    let mut c = child::piped(full)
         .env_remove(blkdrv_pool::crash::ENV)
         .spawn()
         .map_err(|e| format!("spawn {full:?}: {e}"))?;
@@ -524,10 +397,9 @@ fn was_killed(o: &Output) -> bool {
 /// recovers from it; after every round the pool, recovered by a writer, must hold every layer
 /// confirmed so far with the same tree, no orphan, no stale mount, no leftover kernel object.
 pub fn kill_9_campaign(driver: &str) -> TestResult {
-    let seed = seed(driver, "kill_9_campaign");
+    let (mut rng, seed) = seed(driver, "kill_9_campaign");
     let runs = env_count("BLKDRV_CAMPAIGN_RUNS", 50);
     let max_delay = env_count("BLKDRV_CAMPAIGN_MAX_DELAY_MS", 100);
-    let mut rng = Rng::new(seed);
     let tp = TestPool::new(driver)?;
     let sources = make_sources(&tp, &mut rng)?;
     let mut known: BTreeMap<String, Known> = BTreeMap::new();
@@ -548,7 +420,7 @@ pub fn kill_9_campaign(driver: &str) -> TestResult {
                 committed: true,
             },
         );
-        (Baseline::take(&tp)?, pool.list()?)
+        (Baseline::take(tp.dir())?, pool.list()?)
     };
     let mut timing = Timing {
         recent: BTreeMap::new(),
@@ -690,13 +562,13 @@ fn verify_round(
             format!("{ctx}: mounts recorded {recorded:?}, none expected")
         })?;
     }
-    baseline.check(tp, &recorded, ctx)?;
+    baseline.check(&recorded, ctx)?;
     for l in &list {
         if !l.mounts.is_empty() {
             pool.umount(&l.name, None).map_err(es)?;
         }
     }
-    baseline.check(tp, &[], &format!("{ctx}: after unmounting"))?;
+    baseline.check(&[], &format!("{ctx}: after unmounting"))?;
     // States.
     for (n, l) in &names {
         let committed = l.state == LayerState::Committed;
@@ -895,7 +767,7 @@ fn fill_once(
             after.available, after.total
         ));
     }
-    let st = child::command_full(&child::pool_args(tp, &["pool", "status", "t"]))?
+    let st = child::piped(&child::pool_args(tp, &["pool", "status", "t"]))
         .output()
         .map_err(|e| e.to_string())?;
     if !st.status.success() {
@@ -910,8 +782,7 @@ fn fill_once(
 /// A pool filled through a mounted layer: the writer gets ENOSPC, the pool's space stays
 /// readable, new layers are refused with the numbers, and removing the layer gives the space back.
 pub fn enospc_through_mounted_layer(driver: &str) -> TestResult {
-    let seed = seed(driver, "enospc_through_mounted_layer");
-    let mut rng = Rng::new(seed);
+    let (mut rng, _) = seed(driver, "enospc_through_mounted_layer");
     // Autoextend off: the file must not grow away from the fill.
     let tp = TestPool::with_options(
         driver,
@@ -1160,10 +1031,9 @@ fn plan_process(tp: &TestPool, p: u64, ops: u64, rng: &mut Rng) -> Result<Plan, 
 /// from a seeded plan on one pool, all at once: no operation fails, the pool ends with exactly
 /// the layers the plans leave, and `pool check` is clean.
 pub fn concurrent_writers(driver: &str) -> TestResult {
-    let seed = seed(driver, "concurrent_writers");
+    let (mut rng, seed) = seed(driver, "concurrent_writers");
     let procs = env_count("BLKDRV_CONCURRENT_PROCS", 8);
     let ops = env_count("BLKDRV_CONCURRENT_OPS", 100);
-    let mut rng = Rng::new(seed);
     let tp = TestPool::new(driver)?;
     {
         let mut pool = tp.open()?;
@@ -1176,7 +1046,7 @@ pub fn concurrent_writers(driver: &str) -> TestResult {
     for p in 0..procs {
         let plan = plan_process(&tp, p, ops, &mut rng)?;
         expect.extend(plan.left);
-        let c = child::script_command(&plan.script)?
+        let c = child::script_command(&plan.script)
             // Writers queue on the pool lock; the bound is only against a hang.
             .env("BLKDRV_LOCK_TIMEOUT", "600")
             .env_remove(blkdrv_pool::crash::ENV)

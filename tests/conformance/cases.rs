@@ -1,46 +1,91 @@
 //! The conformance cases. Each takes a driver name, makes its own pool, and must pass unchanged
 //! for every driver. The list follows containerd's SnapshotterSuite, written anew for blkdrv.
 
-use crate::ensure;
-use crate::harness::*;
 use blkdrv_pool::{LayerName, LayerState, Source};
+use kit::ensure;
+use kit::pool::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-pub type Case = fn(&str) -> TestResult;
+/// A conformance case: run on every driver, each time on a pool of its own.
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(&str) -> TestResult,
+    /// What the pool must be for the case to apply; otherwise it is reported as ignored.
+    pub needs: Needs,
+}
 
-pub const CASES: &[(&str, Case)] = &[
-    ("basic", basic),
-    ("stat_active", stat_active),
-    ("stat_committed", stat_committed),
-    ("transitivity", transitivity),
-    ("view_readonly", view_readonly),
-    ("active_ro_mount_refuses_writes", active_ro_mount),
-    ("remove_refused_with_children", remove_with_children),
-    ("remove_refused_while_mounted", remove_while_mounted),
-    ("list_walk", list_walk),
-    ("layer_file_update", layer_file_update),
-    ("remove_directory_in_lower_layer", remove_dir_in_lower),
-    ("deleted_files_in_child", deleted_files_in_child),
-    ("move_file_from_lower_layer", move_file_from_lower),
-    ("ownership_and_permissions_across_commit", chown_chmod),
-    ("root_directory_permissions", root_permission),
-    ("chain_128_layers", chain_128),
-    ("tar_whiteouts", tar_whiteouts),
-    ("build_cache_reuse", build_cache_reuse),
-    ("diff_export_round_trip", diff_export),
-    ("usage_counts_exclusive_bytes", usage),
-    ("persistence_across_processes", persistence),
-    ("kill_9_campaign", crate::campaign::kill_9_campaign),
-    (
+/// What a case needs of the test pool beyond a driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Any pool the suite makes (loopback files, or the VM's raw disks and LVM).
+    Any,
+    /// A pool on loopback files: the pool grows them, and tests can look at them.
+    Loopback,
+}
+
+impl Case {
+    const fn any(name: &'static str, run: fn(&str) -> TestResult) -> Case {
+        Case {
+            name,
+            run,
+            needs: Needs::Any,
+        }
+    }
+
+    const fn loopback(name: &'static str, run: fn(&str) -> TestResult) -> Case {
+        Case {
+            name,
+            run,
+            needs: Needs::Loopback,
+        }
+    }
+}
+
+pub const CASES: &[Case] = &[
+    Case::any("basic", basic),
+    Case::any("stat_active", stat_active),
+    Case::any("stat_committed", stat_committed),
+    Case::any("transitivity", transitivity),
+    Case::any("view_readonly", view_readonly),
+    Case::any("active_ro_mount_refuses_writes", active_ro_mount),
+    Case::any("remove_refused_with_children", remove_with_children),
+    Case::any("remove_refused_while_mounted", remove_while_mounted),
+    Case::any("list_walk", list_walk),
+    Case::any("layer_file_update", layer_file_update),
+    Case::any("remove_directory_in_lower_layer", remove_dir_in_lower),
+    Case::any("deleted_files_in_child", deleted_files_in_child),
+    Case::any("move_file_from_lower_layer", move_file_from_lower),
+    Case::any("ownership_and_permissions_across_commit", chown_chmod),
+    Case::any("root_directory_permissions", root_permission),
+    Case::any("chain_128_layers", chain_128),
+    Case::any("tar_whiteouts", tar_whiteouts),
+    Case::any("build_cache_reuse", build_cache_reuse),
+    Case::any("diff_export_round_trip", diff_export),
+    Case::any("usage_counts_exclusive_bytes", usage),
+    Case::any("persistence_across_processes", persistence),
+    Case::any("kill_9_campaign", crate::campaign::kill_9_campaign),
+    Case::any(
         "enospc_through_mounted_layer",
         crate::campaign::enospc_through_mounted_layer,
     ),
-    ("concurrent_writers", crate::campaign::concurrent_writers),
-    ("crash_at_every_step", crash_every_step),
-    ("kill_9_during_import_and_remove", kill_9_at_random),
-    ("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
+    Case::any("concurrent_writers", crate::campaign::concurrent_writers),
+    Case::any("crash_at_every_step", crash_every_step),
+    Case::any("kill_9_during_import_and_remove", kill_9_at_random),
+    Case::any("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
+    Case::any(
+        "backing::exclusive_usage_of_a_snapshot",
+        crate::backing::exclusive_usage,
+    ),
+    Case::loopback(
+        "backing::loopback_pool_grows_when_space_runs_low",
+        crate::backing::loopback_pool_grows,
+    ),
+    Case::any(
+        "backing::deactivate_then_activate_keeps_layers",
+        crate::backing::deactivate_activate,
+    ),
 ];
 
 fn ln(s: &str) -> LayerName {
@@ -560,7 +605,7 @@ fn persistence(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let src = tp.path("src");
     base_files(&src).map_err(|e| e.to_string())?;
-    let code = crate::child::run_cli(
+    let code = kit::child::run_layer_command(
         &tp,
         &[
             "layer",
@@ -572,7 +617,7 @@ fn persistence(driver: &str) -> TestResult {
         None,
     )?;
     ensure!(code == 0, "child create exit {code}");
-    let code = crate::child::run_cli(&tp, &["layer", "snapshot", "base", "c"], None)?;
+    let code = kit::child::run_layer_command(&tp, &["layer", "snapshot", "base", "c"], None)?;
     ensure!(code == 0, "child snapshot exit {code}");
     let mut pool = tp.open()?;
     let l = pool.list()?;
@@ -594,7 +639,7 @@ fn crash_every_step(driver: &str) -> TestResult {
         let mut pool = tp.open()?;
         pool.create(&ln("base"), None, Source::Dir(&src), None, &mut |_| {})?;
         let tree = crate::campaign::layer_manifest(&tp, &mut pool, "base")?;
-        (crate::campaign::Baseline::take(&tp)?, tree)
+        (kit::leaks::Baseline::take(tp.dir())?, tree)
     };
     let mnt = tp.path("mnt");
     let m = mnt.to_str().unwrap().to_string();
@@ -629,7 +674,7 @@ fn crash_every_step(driver: &str) -> TestResult {
             "mount" => vec!["layer", "mount", "victim", &m],
             other => return Err(format!("no driver for crash op {other}").into()),
         };
-        let code = crate::child::run_cli(&tp, &args, Some(step))?;
+        let code = kit::child::run_layer_command(&tp, &args, Some(step))?;
         ensure!(code != 0, "{step}: child did not crash (exit {code})");
         let mut pool = tp.open()?;
         let report = pool.check(false)?;
@@ -659,7 +704,7 @@ fn crash_every_step(driver: &str) -> TestResult {
             .iter()
             .flat_map(|v| v.mounts.iter().map(|m| m.target.clone()))
             .collect();
-        baseline.check(&tp, &recorded, step)?;
+        baseline.check(&recorded, step)?;
         // Creates roll back unless they had finished; commits roll forward; removes roll forward.
         let expect_present = *step == "create:committed" || op == "commit" || op == "mount";
         ensure!(
@@ -701,14 +746,17 @@ fn crash_every_step(driver: &str) -> TestResult {
             pool.check(false)?.is_clean(),
             "{step}: clean after removing victim"
         );
-        baseline.check(&tp, &[], &format!("{step}: after removing victim"))?;
+        baseline.check(&[], &format!("{step}: after removing victim"))?;
     }
     Ok(())
 }
 
 /// A real SIGKILL at several moments of a long import and of a removal: whatever moment it
-/// lands, the reopened pool is consistent and the victim is either absent or complete.
+/// lands, the reopened pool is consistent and the victim is either absent or complete, and
+/// what happened agrees with how the process ended: a child that exited 0 finished its work, a
+/// kill before the process could start rolls back, an import never killed completes.
 fn kill_9_at_random(driver: &str) -> TestResult {
+    use std::os::unix::process::ExitStatusExt;
     let tp = TestPool::new(driver)?;
     let src = tp.path("src");
     for d in 0..20 {
@@ -724,12 +772,24 @@ fn kill_9_at_random(driver: &str) -> TestResult {
         let mut pool = tp.open()?;
         import_dir(&tp, &mut pool, "base", None, base_files)?;
     }
-    // Delays spread over the import (it takes tens to hundreds of ms here).
-    // The last round lets the import finish, so that a removal gets killed too.
+    /// How a child ended: killed by the SIGKILL, or exited on its own before it landed.
+    fn ended(status: std::process::ExitStatus) -> Result<bool, String> {
+        if status.signal() == Some(nix::libc::SIGKILL) {
+            Ok(true)
+        } else if status.success() {
+            Ok(false)
+        } else {
+            Err(format!("the child failed on its own: {status:?}"))
+        }
+    }
+    // Delays spread over the import (it takes tens to hundreds of ms here); 0 ms lands before
+    // the child has even started. The last round lets the import finish, so that a removal
+    // gets killed too.
     let delays = [0u64, 10, 50, 150, 400, 1000, 2000, u64::MAX];
+    let mut outcomes = Vec::new();
     for (i, delay_ms) in delays.into_iter().enumerate() {
         let victim = format!("v{i}");
-        let mut child = crate::child::command(
+        let mut child = kit::child::layer_command(
             &tp,
             &[
                 "layer",
@@ -740,17 +800,19 @@ fn kill_9_at_random(driver: &str) -> TestResult {
                 "--from-dir",
                 s,
             ],
-        )?
+        )
         .spawn()
         .map_err(|e| e.to_string())?;
-        if delay_ms == u64::MAX {
+        let killed = if delay_ms == u64::MAX {
             let out = child.wait_with_output().map_err(|e| e.to_string())?;
             ensure!(out.status.success(), "uninterrupted import: {out:?}");
+            false
         } else {
             std::thread::sleep(std::time::Duration::from_millis(delay_ms));
             let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
+            let status = child.wait().map_err(|e| e.to_string())?;
+            ended(status).map_err(|e| format!("import killed at {delay_ms} ms: {e}"))?
+        };
         let mut pool = tp.open()?;
         let report = pool.check(false)?;
         ensure!(report.is_clean(), "kill at {delay_ms} ms: drift {report:?}");
@@ -758,16 +820,25 @@ fn kill_9_at_random(driver: &str) -> TestResult {
             pool.inspect("base")?.state == LayerState::Committed,
             "base intact"
         );
-        let outcome = match pool.inspect(&victim) {
-            Ok(_) => "complete",
-            Err(_) => "rolled back",
-        };
+        let complete = pool.inspect(&victim).is_ok();
         let when = if delay_ms == u64::MAX {
             "never".to_string()
         } else {
             format!("{delay_ms} ms")
         };
-        eprintln!("{driver}: SIGKILL {when} into import: victim {outcome}");
+        outcomes.push(format!(
+            "import killed {when}: {} ({})",
+            if complete { "complete" } else { "rolled back" },
+            if killed { "killed" } else { "exited" }
+        ));
+        ensure!(
+            complete || killed,
+            "import at {when}: the child exited 0 but the layer is not there"
+        );
+        ensure!(
+            delay_ms != 0 || !complete,
+            "a SIGKILL right after spawn cannot leave a complete import"
+        );
         if let Ok(v) = pool.inspect(&victim) {
             ensure!(
                 v.state == LayerState::Committed,
@@ -789,24 +860,48 @@ fn kill_9_at_random(driver: &str) -> TestResult {
             })?;
             // Now kill a removal of it (our writer handle must not hold the lock meanwhile).
             drop(pool);
-            let mut child = crate::child::command(&tp, &["layer", "rm", &victim])?
+            let rm_ms = i as u64 % 4 * 2;
+            let mut child = kit::child::layer_command(&tp, &["layer", "rm", &victim])
                 .spawn()
                 .map_err(|e| e.to_string())?;
-            std::thread::sleep(std::time::Duration::from_millis(i as u64 % 4 * 2));
+            std::thread::sleep(std::time::Duration::from_millis(rm_ms));
             let _ = child.kill();
-            let _ = child.wait();
+            let status = child.wait().map_err(|e| e.to_string())?;
+            let killed = ended(status).map_err(|e| format!("rm killed at {rm_ms} ms: {e}"))?;
             let mut pool = tp.open()?;
             ensure!(pool.check(false)?.is_clean(), "kill during rm: drift");
-            let kept = pool.inspect(&victim).is_ok();
-            eprintln!(
-                "{driver}: SIGKILL {} ms into rm: victim {}",
-                i % 4 * 2,
-                if kept { "kept" } else { "removed" }
+            let kept = pool.inspect(&victim).ok();
+            outcomes.push(format!(
+                "rm killed at {rm_ms} ms: {} ({})",
+                if kept.is_some() { "kept" } else { "removed" },
+                if killed { "killed" } else { "exited" }
+            ));
+            ensure!(
+                kept.is_none() || killed,
+                "rm at {rm_ms} ms: the child exited 0 but the layer is still there"
             );
+            if let Some(k) = &kept {
+                ensure!(
+                    k.state == LayerState::Committed,
+                    "a removal killed before it took hold leaves the layer as it was: {}",
+                    k.state
+                );
+            }
             for l in pool.list()? {
                 ensure!(l.state.is_settled(), "{} left {}", l.name, l.state);
             }
         }
     }
+    eprintln!("{driver}: SIGKILL outcomes: {}", outcomes.join("; "));
+    ensure!(
+        outcomes
+            .iter()
+            .any(|o| o.starts_with("import") && o.contains("rolled back")),
+        "no kill rolled an import back: {outcomes:?}"
+    );
+    ensure!(
+        outcomes.iter().any(|o| o.starts_with("rm")),
+        "no removal was killed: {outcomes:?}"
+    );
     Ok(())
 }

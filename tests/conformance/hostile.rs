@@ -5,9 +5,9 @@
 //! content given (checked on a read-only mount). After each tar a canary directory outside the
 //! pool and the scratch directory must be untouched.
 
-use crate::ensure;
-use crate::harness::*;
 use blkdrv_pool::{LayerName, Pool, Source};
+use kit::ensure;
+use kit::pool::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -5,8 +5,8 @@
 //! one line on stderr without control characters, no panic and no hang; the pool checks clean
 //! at the end. The seed is printed; `BLKDRV_TEST_SEED` replays a run.
 
-use crate::common::{run_cli, Env, Out};
-use crate::trial;
+use kit::cli::{run_cli, Env, Out};
+use kit::trial::trial;
 use libtest_mimic::Trial;
 use std::ffi::OsString;
 use std::io::Write;

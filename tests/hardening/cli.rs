@@ -2,8 +2,8 @@
 //! device nodes and mount flags, a stalled producer on stdin, forged output, exit codes,
 //! signals, a deleted store, host config defaults.
 
-use crate::common::{json, Env};
-use crate::trial;
+use kit::cli::{json, Env};
+use kit::trial::trial;
 use libtest_mimic::Trial;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -408,7 +408,7 @@ fn host_fs_default_applies_only_to_drivers_that_take_it() {
             cfg.clone().into(),
         ];
         full.extend(args.iter().map(Into::into));
-        crate::common::run_cli(full)
+        kit::cli::run_cli(full)
     };
     let o = with_cfg(&["pool", "init", "b", "--driver", "btrfs", "--size", "300M"]);
     assert_eq!(o.code, 0, "btrfs with a host fs default: {}", o.stderr);

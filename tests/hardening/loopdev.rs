@@ -1,9 +1,9 @@
 //! Hardening: loop devices held by other processes, deleted backing files, and what `pool
 //! destroy` leaves behind (issue #11, defects 2 and 4).
 
-use crate::common::Env;
-use crate::trial;
 use blkdrv_drivers::sys::{loopdev, mount};
+use kit::cli::Env;
+use kit::trial::trial;
 use libtest_mimic::Trial;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,8 +2,8 @@
 //! service's private namespace must neither forget the host's mounts nor delete a layer that is
 //! mounted where it cannot see; and a mount blkdrv never recorded still keeps its layer alive.
 
-use crate::common::{json, Env};
-use crate::trial;
+use kit::cli::{json, Env};
+use kit::trial::trial;
 use libtest_mimic::Trial;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,8 +1,8 @@
 //! Hardening: space. Space freed by `layer rm` that is not reusable yet (btrfs cleaner), and
 //! loopback pools on xfs/ext4 that must grow and give freed blocks back to the host.
 
-use crate::common::{fill, json, Env, MIB};
-use crate::trial;
+use kit::cli::{fill, json, Env, MIB};
+use kit::trial::trial;
 use libtest_mimic::Trial;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -109,7 +109,7 @@ fn btrfs_new_layer_waits_for_space_freed_by_rm() {
         "after rm: available {} of {}, pending {pending:?}, cleanups {:?}",
         s["space"]["available"],
         s["space"]["total"],
-        crate::common::detail(&s, "Pending Subvolume Cleanups")
+        kit::cli::detail(&s, "Pending Subvolume Cleanups")
     );
     let o = env.run(&["layer", "snapshot", "base", "b", "--pool", "t"]);
     eprintln!("{}", o.stderr);

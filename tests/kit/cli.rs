@@ -1,14 +1,13 @@
-//! Shared by the CLI-level test files: a state root with a pool, the CLI run in-process,
-//! cleanup through Drop even when a test fails, and the runner of the VM-only targets.
-#![allow(dead_code)] // each test file uses a different part
+//! CLI-level fixtures: a state root with a pool, the CLI run in-process, cleanup through Drop
+//! even when a test fails, and the helpers the CLI-level tests share.
 
 use blkdrv_pool::pool::teardown_dir;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::Failed;
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const MIB: u64 = 1 << 20;
+pub use crate::MIB;
 
 pub struct Out {
     pub code: i32,
@@ -34,6 +33,7 @@ pub struct Env {
 
 impl Env {
     /// A root with an overlay pool "t".
+    #[allow(clippy::new_without_default)] // makes a pool: not a plain default value
     pub fn new() -> Env {
         Env::with_pool(&["--driver", "overlay", "--size", "400M"])
     }
@@ -219,17 +219,11 @@ fn write_chunks(p: &Path, bytes: u64, mut next: impl FnMut(&mut [u8])) -> std::i
     f.sync_all()
 }
 
-/// Random-ish content so nothing can be deduplicated or compressed away.
+/// Random-ish content so nothing can be deduplicated or compressed away (a fixed stream: the
+/// content needs no replay).
 pub fn write_file(p: &Path, bytes: u64) -> std::io::Result<()> {
-    let mut x: u32 = 0x9E37_79B9;
-    write_chunks(p, bytes, |chunk| {
-        for b in chunk.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = x as u8;
-        }
-    })
+    let mut rng = crate::rng::Rng::new(0x9E37_79B9);
+    write_chunks(p, bytes, |chunk| rng.fill(chunk))
 }
 
 /// One repeated MiB: cheap for fills of hundreds of MiB where only the space counts.
@@ -286,51 +280,4 @@ pub fn bench_smoke(
         return Err(format!("no raw {raw} timing").into());
     }
     check(rows)
-}
-
-/// A case of a VM-only target.
-pub type Case = fn() -> Result<(), Failed>;
-
-/// Runs the cases of a target that needs what only some kernels have (device-mapper, ZFS),
-/// then exits. Without it on the host (outside the VM) every case is ignored, after one line:
-/// "{target}: N cases need {lacking}: run `tests/vm/run {target}`{note}". With `missing`, a
-/// case fails with that reason when `available` is false (a VM booted without it).
-pub fn vm_trials(
-    target: &str,
-    cases: &[(&str, Case)],
-    available: fn() -> bool,
-    lacking: &str,
-    note: &str,
-    missing: Option<&'static str>,
-) -> ! {
-    let args = Arguments::from_args();
-    let in_vm = std::env::var_os("BLKDRV_IN_VM").is_some();
-    let vm_only = !in_vm && !available();
-    if vm_only && !args.list {
-        eprintln!(
-            "{target}: {} cases need {lacking}: run `tests/vm/run {target}`{note}",
-            cases.len()
-        );
-    }
-    let trials = cases
-        .iter()
-        .map(|&(name, run)| {
-            Trial::test(name, move || {
-                if let Some(reason) = missing.filter(|_| !available()) {
-                    return Err(reason.into());
-                }
-                std::panic::catch_unwind(run).unwrap_or_else(|p| {
-                    Err(Failed::from(format!(
-                        "panicked: {}",
-                        p.downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    )))
-                })
-            })
-            .with_ignored_flag(vm_only)
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit()
 }

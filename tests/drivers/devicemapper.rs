@@ -2,10 +2,8 @@
 //! here every case is reported as ignored with the command that runs it; `tests/vm/run
 //! devicemapper` (called by scripts/test.sh) runs them in a VM with a stock Debian kernel.
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::{detail, fill, json, layer, tool, Case, Env, MIB};
+use kit::cli::{detail, fill, json, layer, tool, Env, MIB};
+use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,10 +19,6 @@ const CASES: &[(&str, Case)] = &[
     ("busy_device_goes_to_deferred_removal", deferred_removal),
     ("full_pool_gives_enospc_and_refuses_layers", full_pool),
     ("bad_options_are_refused", bad_options),
-    (
-        "loopback_data_file_grows_when_free_space_runs_low",
-        autoextend,
-    ),
     ("swapped_devices_are_refused_on_activation", swapped_devices),
     (
         "lvm_mode_makes_vg_and_thinpool_with_autoextend_profile",
@@ -39,14 +33,15 @@ const CASES: &[(&str, Case)] = &[
 ];
 
 fn main() {
-    common::vm_trials(
-        "devicemapper",
-        CASES,
-        || Path::new("/sys/class/misc/device-mapper").exists(),
-        "device-mapper, which this kernel lacks",
-        " (scripts/test.sh does)",
-        None,
-    )
+    kit::child::maybe_run_child();
+    VmTarget {
+        target: "devicemapper",
+        available: || Path::new("/sys/class/misc/device-mapper").exists(),
+        lacking: "device-mapper, which this kernel lacks",
+        note: " (scripts/test.sh does)",
+        missing: None,
+    }
+    .run(CASES)
 }
 
 fn dm_env(extra: &[&str]) -> Env {
@@ -104,10 +99,6 @@ fn no_mkfs_on_snapshots() -> Result<(), Failed> {
     Ok(())
 }
 
-fn blkdrv_bin() -> String {
-    std::env::var("BLKDRV_BIN").unwrap_or_else(|_| "blkdrv".into())
-}
-
 /// kill -9 (an abort at the crash point) after create_snap reached the kernel but before the
 /// store recorded the layer: the next command rolls it back, the thin id is gone, the
 /// transaction id matches the store, and thin_check passes on the metadata.
@@ -115,22 +106,13 @@ fn crash_after_create_snap() -> Result<(), Failed> {
     let env = dm_env(&[]);
     base(&env);
     let before = detail(&json(&env, &["pool", "status", "t"]), "Transaction Id");
-    let out = std::process::Command::new(blkdrv_bin())
-        .args(["--root"])
-        .arg(env.root())
-        .args([
-            "--config",
-            "/nonexistent",
-            "layer",
-            "snapshot",
-            "base",
-            "victim",
-            "--pool",
-            "t",
-        ])
-        .env("BLKDRV_CRASH_AT", "snapshot:object")
-        .output()
-        .map_err(|e| format!("run blkdrv: {e}"))?;
+    let root = env.root().display().to_string();
+    let out = kit::child::command(&kit::child::blkdrv_args(&[
+        "--root", &root, "layer", "snapshot", "base", "victim", "--pool", "t",
+    ]))
+    .env(blkdrv_pool::crash::ENV, "snapshot:object")
+    .output()
+    .map_err(|e| format!("run blkdrv: {e}"))?;
     if out.status.success() {
         return Err("the child did not crash".into());
     }
@@ -339,44 +321,6 @@ fn bad_options() -> Result<(), Failed> {
         if env.root().join("pools/bad").exists() {
             return Err(format!("{args:?} left a pool directory").into());
         }
-    }
-    Ok(())
-}
-
-/// The loopback pool's data file grows (and the pool table is reloaded) once free data falls
-/// under the autoextend threshold.
-fn autoextend() -> Result<(), Failed> {
-    let env = Env::with_pool(&[
-        "--driver",
-        "devicemapper",
-        "--size",
-        "512M",
-        "--max-size",
-        "2G",
-    ]);
-    base(&env);
-    env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
-    let m = env.mount_rw("filler", "m");
-    let total_before = json(&env, &["pool", "status", "t"])["space"]["total"]
-        .as_u64()
-        .unwrap();
-    // Under the 20% threshold but not full: blkdrv has no daemon, so growth happens at the
-    // next command, not on the kernel's low-water event.
-    fill(&m.join("f"), 400 * MIB).map_err(|e| format!("fill: {e}"))?;
-    // The unmount is a writer: it grows the pool before doing its work.
-    let o = env.ok(&["layer", "umount", "filler", "--pool", "t"]);
-    let total_after = json(&env, &["pool", "status", "t"])["space"]["total"]
-        .as_u64()
-        .unwrap();
-    let file = fs::metadata(env.root().join("pools/t/backing/data.img"))
-        .unwrap()
-        .len();
-    if !o.stderr.contains("grew pool") || total_after <= total_before || file <= 512 * MIB {
-        return Err(format!(
-            "no growth: {} total {total_before} -> {total_after}, file {file}",
-            o.stderr
-        )
-        .into());
     }
     Ok(())
 }
@@ -623,7 +567,7 @@ fn lvm_adopt() -> Result<(), Failed> {
 
 /// The bench's devicemapper path (raw create_snap timing, space accounting) on a real pool.
 fn bench_smoke() -> Result<(), Failed> {
-    common::bench_smoke("devicemapper", "create_snap", |rows| {
+    kit::cli::bench_smoke("devicemapper", "create_snap", |rows| {
         // Space comes back when a thin device is deleted.
         let returned = rows
             .iter()

@@ -1,4 +1,5 @@
-//! Test pools that clean up after themselves, even when a test fails or panics.
+//! Library-level fixtures: test pools that clean up after themselves, even when a case fails or
+//! panics, and helpers to fill, derive and mount layers in them.
 
 use blkdrv_drivers::Bytes;
 use blkdrv_pool::config::AutoExtend;
@@ -6,21 +7,17 @@ use blkdrv_pool::pool::teardown_dir;
 use blkdrv_pool::{Access, BackingSpec, InitSpec, LayerName, Pool, PoolName, Root, Source};
 use std::path::{Path, PathBuf};
 
-pub type TestResult = Result<(), libtest_mimic::Failed>;
+pub use crate::TestResult;
 
-/// Fails the test with a message (the suite's assert for `Result`-returning cases).
-#[macro_export]
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)).into());
-        }
-    };
-}
-
-/// Where every test root lives; the leak check after the run looks here.
+/// Where every test root lives (scripts/test.sh checks it for leftovers after the run).
 pub fn test_base() -> PathBuf {
     PathBuf::from("/tmp/blkdrv-conformance")
+}
+
+/// This process's directory under [`test_base`]: its pools, and the only place its leak check
+/// looks, so that test runs of other checkouts on the same host are not taken for leaks.
+pub fn run_dir() -> PathBuf {
+    test_base().join(format!("run-{}", std::process::id()))
 }
 
 /// A fresh pool of one driver on a sparse loopback file, in its own root directory.
@@ -59,10 +56,10 @@ impl TestPool {
     }
 
     pub fn with_options(driver: &str, opts: PoolOptions) -> Result<TestPool, String> {
-        std::fs::create_dir_all(test_base()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(run_dir()).map_err(|e| e.to_string())?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{driver}-"))
-            .tempdir_in(test_base())
+            .tempdir_in(run_dir())
             .map_err(|e| e.to_string())?;
         let root = Root::new(dir.path().join("root"));
         let name = PoolName::new("t").map_err(|e| e.to_string())?;
@@ -74,18 +71,11 @@ impl TestPool {
             _dir: dir,
             scratch,
         };
-        // BLKDRV_TEST_DEVICES="/dev/vdb /dev/vdc" runs the suite on raw block devices (the VM
-        // harness sets it; cases must then run one at a time).
-        let devices: Vec<PathBuf> = std::env::var("BLKDRV_TEST_DEVICES")
-            .map(|v| v.split_whitespace().map(PathBuf::from).collect())
-            .unwrap_or_default();
-        // BLKDRV_TEST_OPTIONS="lvm=on" adds driver options (KEY=VALUE words), e.g. pools on LVM.
-        let options = std::env::var("BLKDRV_TEST_OPTIONS")
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        // Raw block devices and extra driver options come from the environment (the VM
+        // harness: see crate::config).
+        let cfg = crate::config::get();
+        let devices = cfg.devices.clone();
+        let options = cfg.options.iter().cloned().collect();
         let (backing, autoextend) = if devices.is_empty() {
             (
                 BackingSpec::Loopback { size: opts.size },
@@ -206,19 +196,18 @@ pub fn read(p: &Path) -> Result<String, String> {
     std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))
 }
 
-/// Mounts and unmounts under the test base, and loop devices backed by files there.
+/// Mounts and loop devices this run's pools left behind; removes the run's directory when
+/// nothing is left in it.
 pub fn leaks() -> Vec<String> {
-    let base = test_base();
-    let mut out = Vec::new();
-    if let Ok(ms) = blkdrv_drivers::sys::mount::mounts_under(&base) {
-        out.extend(ms.into_iter().map(|m| format!("mount {}", m.display())));
+    let left = crate::leaks::under(&run_dir());
+    if left.is_empty() {
+        let _ = std::fs::remove_dir(run_dir());
     }
-    if let Ok(ls) = blkdrv_drivers::sys::loopdev::list() {
-        out.extend(
-            ls.into_iter()
-                .filter(|(_, f)| f.starts_with(&base))
-                .map(|(d, f)| format!("loop {} -> {}", d.display(), f.display())),
-        );
-    }
-    out
+    left
+}
+
+/// Whether pools of this run are on loopback files (not the VM's raw disks), so that they can
+/// grow, be filled in seconds, and have files to look at.
+pub fn on_loopback() -> bool {
+    crate::config::get().devices.is_empty()
 }

@@ -2,14 +2,13 @@
 //! as ignored with the command that runs it; `tests/vm/run zfs` runs them in a VM with the
 //! OpenZFS modules and tools (the harness adds them when a suite or FILTER mentions zfs).
 
-#[path = "../common/mod.rs"]
-mod common;
-
-use common::{base_of, detail, json, layer, tool, write_file, Case, Env, MIB};
+use kit::cli::{base_of, detail, json, layer, tool, write_file, Env, MIB};
+use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,23 +34,17 @@ const CASES: &[(&str, Case)] = &[
     ("existing_zpool_and_dataset", existing_zpool_and_dataset),
     ("bad_input_is_refused", bad_input),
     ("pool_on_a_device", device_pool),
-    ("loopback_file_grows_and_the_zpool_expands", autoextend),
     ("bench_smoke_times_raw_clones", bench_smoke),
 ];
 
-/// Child modes: this binary re-executed to run the CLI (so it can be killed) or to hold a
-/// layer busy from a mount namespace of its own.
-const ENV_CLI: &str = "BLKDRV_ZFS_TEST_CLI";
+/// Child modes besides the kit's CLI child: this binary re-executed to hold a layer busy from a
+/// mount namespace of its own.
 const ENV_HOLD: &str = "BLKDRV_ZFS_TEST_HOLD";
 /// A stand-in `zfs` that starts late: sleeps, then becomes the real tool named here.
 const ENV_LATE: &str = "BLKDRV_ZFS_TEST_LATE_TOOL";
 
 fn main() {
-    if let Ok(args) = std::env::var(ENV_CLI) {
-        let args: Vec<String> = serde_json::from_str(&args).expect("child args are JSON");
-        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-        std::process::exit(blkdrv_cli::run(args, &mut out, &mut err));
-    }
+    kit::child::maybe_run_child();
     if let Ok(file) = std::env::var(ENV_HOLD) {
         hold(Path::new(&file));
     }
@@ -64,14 +57,14 @@ fn main() {
             .exec();
         panic!("exec the real tool: {err}");
     }
-    common::vm_trials(
-        "zfs",
-        CASES,
-        has_zfs,
-        "ZFS (the kernel module, zfs and zpool), which this host lacks",
-        "",
-        Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it for a suite group marked zfs; VM_ZFS=1 forces it)"),
-    )
+    VmTarget {
+        target: "zfs",
+        available: has_zfs,
+        lacking: "ZFS (the kernel module, zfs and zpool), which this host lacks",
+        note: "",
+        missing: Some("no /dev/zfs: this VM was booted without OpenZFS (tests/vm/run adds it for a suite group marked zfs; VM_ZFS=1 forces it)"),
+    }
+    .run(CASES)
 }
 
 fn has_zfs() -> bool {
@@ -203,10 +196,8 @@ fn cli_child(env: &Env, args: &[&str]) -> Command {
         "/nonexistent".into(),
     ];
     full.extend(args.iter().map(|s| s.to_string()));
-    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
-    c.env(ENV_CLI, serde_json::to_string(&full).unwrap())
-        .env_remove("BLKDRV_CRASH_AT")
-        .stdin(Stdio::null())
+    let mut c = kit::child::command(&full);
+    c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
@@ -551,16 +542,32 @@ fn kill_9() -> Result<(), Failed> {
             cli_child(&env, &["layer", "snapshot", "base", &name, "--pool", "t"]).spawn()?;
         std::thread::sleep(delay);
         let _ = child.kill();
-        let _ = child.wait();
+        let status = child.wait()?;
+        // Killed, or done before the kill landed; never failed on its own.
+        let killed = status.signal() == Some(nix::libc::SIGKILL);
+        if !killed && !status.success() {
+            return Err(format!("the snapshot failed on its own: {status:?}").into());
+        }
         env.run(&["pool", "check", "t", "--repair"]);
         env.ok(&["pool", "check", "t"]);
         let (disk, store) = (children(&parent), recorded_ids(&env));
-        let outcome = if store.len() > 1 {
-            "complete"
-        } else {
-            "rolled back"
-        };
-        outcomes.push(format!("{} ms: {outcome}", delay.as_millis()));
+        let complete = store.len() > 1;
+        let outcome = if complete { "complete" } else { "rolled back" };
+        outcomes.push(format!(
+            "{} ms: {outcome} ({})",
+            delay.as_millis(),
+            if killed { "killed" } else { "exited" }
+        ));
+        if !killed && !complete {
+            return Err(format!(
+                "at {} ms: the snapshot exited 0 but is gone",
+                delay.as_millis()
+            )
+            .into());
+        }
+        if i == 0 && complete {
+            return Err("a SIGKILL right after spawn left a complete snapshot".into());
+        }
         if disk != store {
             return Err(format!(
                 "after a kill at {} ms: datasets {disk:?}, store {store:?}",
@@ -862,7 +869,7 @@ fn device_pool() -> Result<(), Failed> {
     if let (false, Some(d)) = (udev, disk.split_whitespace().next()) {
         let root = dir.path().join("root");
         let t = Instant::now();
-        let o = common::run_cli(
+        let o = kit::cli::run_cli(
             [
                 "blkdrv",
                 "--root",
@@ -889,44 +896,7 @@ fn device_pool() -> Result<(), Failed> {
     Ok(())
 }
 
-/// The loopback file grows when the space writers can use runs low, and `zpool online -e`
-/// gives the zpool the new room.
-fn autoextend() -> Result<(), Failed> {
-    let env = Env::with_pool(&["--driver", "zfs", "--size", "512M", "--max-size", "2G"]);
-    base_of(&env, MIB);
-    env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
-    let zpool = identity(&env, "t", "zpool");
-    let size = || zprop_pool(&zpool, "size");
-    let before = size();
-    let avail = status(&env, "t")["space"]["available"]
-        .as_u64()
-        .unwrap_or(0);
-    let m = env.mount_rw("filler", "m");
-    // Leave well under the 20% threshold (of 512 MiB) but do not fill the pool.
-    write_file(&m.join("f"), avail.saturating_sub(64 * MIB))
-        .map_err(|e| format!("fill {avail}: {e}"))?;
-    tool("zpool", &["sync", &zpool]);
-    let o = env.ok(&["layer", "umount", "filler", "--pool", "t"]);
-    let after = size();
-    let file = fs::metadata(env.root().join("pools/t/backing/data.img"))?.len();
-    if !o.stderr.contains("grew pool") || after <= before || file <= 512 * MIB {
-        return Err(format!(
-            "no growth: {} zpool size {before} -> {after}, file {file}",
-            o.stderr
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn zprop_pool(zpool: &str, prop: &str) -> u64 {
-    tool("zpool", &["get", "-Hp", "-o", "value", prop, zpool])
-        .trim()
-        .parse()
-        .unwrap_or(0)
-}
-
 /// The bench's zfs path: every workload runs, and the raw `zfs clone` is timed.
 fn bench_smoke() -> Result<(), Failed> {
-    common::bench_smoke("zfs", "zfs clone", |_| Ok(()))
+    kit::cli::bench_smoke("zfs", "zfs clone", |_| Ok(()))
 }

@@ -1,8 +1,7 @@
 //! btrfs-specific behaviour, through the CLI, on real btrfs pools on loop devices. Needs root.
+//! (Loopback growth, exclusive usage and deactivate/activate are conformance cases.)
 
-mod common;
-
-use common::{base_of, detail, json, layer, tool, write_file, Env, MIB};
+use kit::cli::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -156,47 +155,6 @@ fn nested_subvolumes_do_not_block_removal() {
     assert_eq!(left.len(), 1, "only base is left: {left:?}");
     let o = env.ok(&["pool", "check", "t"]);
     assert!(o.stdout.contains("consistent"), "{}", o.stdout);
-}
-
-#[test]
-fn loopback_pool_grows_when_unallocated_space_runs_low() {
-    let env = Env::with_pool(&["--driver", "btrfs", "--size", "512M", "--max-size", "2G"]);
-    base_of(&env, MIB);
-    let file = env.root().join("pools/t/backing/data.img");
-    let before = fs::metadata(&file).unwrap().len();
-    assert_eq!(before, 512 * MIB);
-    env.ok(&["layer", "snapshot", "base", "filler", "--pool", "t"]);
-    let m = env.mount_rw("filler", "m");
-    let unallocated = |env: &Env| {
-        json(env, &["pool", "status", "t"])["space"]["unallocated"]
-            .as_u64()
-            .unwrap()
-    };
-    // Fill data chunks until little is unallocated. `pool status` is a reader and never grows
-    // the pool, so the fill can be watched.
-    for i in 0..12 {
-        write_file(&m.join(format!("f{i}")), 32 * MIB).unwrap();
-        nix::unistd::sync();
-        if unallocated(&env) < 512 * MIB / 5 {
-            break;
-        }
-    }
-    let low = unallocated(&env);
-    assert!(
-        low < 512 * MIB / 5,
-        "the fill left little unallocated: {low}"
-    );
-    // The next writer (here the unmount) grows the file and the filesystem.
-    let o = env.ok(&["layer", "umount", "filler", "--pool", "t"]);
-    assert!(o.stderr.contains("grew pool"), "says it grew: {}", o.stderr);
-    let after = fs::metadata(&file).unwrap().len();
-    assert!(after > before, "file grew: {before} -> {after}");
-    assert!(unallocated(&env) > low, "filesystem took the new space");
-    let status = json(&env, &["pool", "status", "t"]);
-    assert_eq!(
-        status["backing"]["files"][0]["size"], after,
-        "config records the new size"
-    );
 }
 
 #[test]

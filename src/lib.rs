@@ -1,1 +1,0 @@
-//! Placeholder library target: this package exists to hold the workspace integration tests in `tests/`.
