@@ -213,16 +213,12 @@ const CASES: u64 = 1000;
 /// A case still running after this counts as a hang.
 const HANG: Duration = Duration::from_secs(20);
 
-/// splitmix64: small, seedable, good enough to pick mutations.
-struct Rng(u64);
+/// Mutation picks, drawn from the suite's one PRNG (the same stream for the same seed).
+struct Rng(kit::rng::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -436,15 +432,7 @@ fn judge(out: &Out) -> Option<String> {
 }
 
 fn tar_import_fuzz() {
-    let seed = std::env::var("BLKDRV_TEST_SEED")
-        .ok()
-        .map(|s| s.parse::<u64>().expect("BLKDRV_TEST_SEED is a number"))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = kit::rng::run_seed();
     eprintln!("archive fuzz: seed {seed} (BLKDRV_TEST_SEED={seed} replays), {CASES} cases");
     let env = Env::new();
     let base = base_tar();
@@ -479,7 +467,7 @@ fn tar_import_fuzz() {
     let o = run_cli(args("valid"));
     assert_eq!(o.code, 0, "the base tar imports: {}", o.stderr);
 
-    let mut rng = Rng(seed);
+    let mut rng = Rng(kit::rng::Rng::new(seed));
     let mut failures = Vec::new();
     let mut codes = [0u32; 3];
     let started = Instant::now();
