@@ -1,11 +1,12 @@
 //! Layer operations: create (import), snapshot, commit, remove, diff.
 
-use super::spool::Spooled;
+use super::spool::{reopen, Spooled};
 use super::types::{CreateOutcome, LayerInfo, RemoveOutcome, Source};
 use super::{mkdir, now, Pool};
 use crate::crash;
 use crate::error::{PoolError, Result};
 use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState};
+use crate::signal;
 use crate::store::{content_key, MountRecord};
 use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::{Bytes, LayerChain, MountFlags, MountMode, ObjectId, Usage};
@@ -115,26 +116,17 @@ impl Pool {
             crash::point("create:mounted");
             // Through the descriptor, not the path: another writer's recovery may have swept
             // the tmp dir while this process spooled without the lock.
-            let applied = spool
-                .as_file()
-                .try_clone()
-                .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
-                .map_err(|e| PoolError::io("reopen spooled tar", spool.path(), e))
+            let applied = reopen(&spool, "reopen spooled tar")
                 .and_then(|f| {
                     layertar::apply_tar(
-                        std::io::BufReader::new(crate::signal::Checked(f)),
+                        std::io::BufReader::new(signal::Checked(f)),
                         &target,
                         &opts,
                         progress,
                     )
                     .map_err(PoolError::from)
                 })
-                .map_err(|e| match crate::signal::pending() {
-                    Some(sig) => PoolError::Interrupted {
-                        signal: sig.as_str(),
-                    },
-                    None => e,
-                });
+                .map_err(signal::or_interrupted);
             // Flush before unmount so the import's cost is paid here, not by the next snapshot.
             let unmounted = self
                 .driver
@@ -464,14 +456,9 @@ impl Pool {
             layertar::write_diff(
                 &top,
                 parent_path.as_deref(),
-                crate::signal::CheckedWrite(&mut *out),
+                signal::CheckedWrite(&mut *out),
             )
-            .map_err(|e| match crate::signal::pending() {
-                Some(sig) => PoolError::Interrupted {
-                    signal: sig.as_str(),
-                },
-                None => e.into(),
-            })
+            .map_err(|e| signal::or_interrupted(e.into()))
         })();
         let mut cleanup = Ok(());
         for m in mounted.iter().rev() {

@@ -29,11 +29,7 @@ impl Spooled {
                     .map_err(|e| PoolError::io("create temp file", dir, e))?;
                 layertar::tar_dir(d, std::io::BufWriter::new(t.as_file_mut()))?;
                 // By descriptor: without the lock, another writer's recovery may sweep tmp/.
-                let f = t
-                    .as_file()
-                    .try_clone()
-                    .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
-                    .map_err(|e| PoolError::io("reopen", t.path(), e))?;
+                let f = reopen(&t, "reopen")?;
                 layertar::spool_tar_with(f, dir, &opts)?
             }
         };
@@ -85,4 +81,14 @@ fn check_import_dir(d: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A second descriptor on `file`, at its start. Spooled files are read back through the
+/// descriptor, never the path: a writer that spooled without the lock may find its temp dir
+/// swept by another writer's recovery.
+pub(super) fn reopen(file: &tempfile::NamedTempFile, op: &'static str) -> Result<std::fs::File> {
+    file.as_file()
+        .try_clone()
+        .and_then(|mut f| std::io::Seek::rewind(&mut f).map(|()| f))
+        .map_err(|e| PoolError::io(op, file.path(), e))
 }
