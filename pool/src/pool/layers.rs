@@ -1,5 +1,6 @@
 //! Layer operations: create (import), snapshot, commit, remove, diff.
 
+use super::mounts::MountCheck;
 use super::spool::{reopen, Spooled};
 use super::types::{CreateOutcome, LayerInfo, RemoveOutcome, Source};
 use super::{mkdir, now, Pool};
@@ -7,7 +8,7 @@ use crate::crash;
 use crate::error::{PoolError, Result};
 use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState};
 use crate::signal;
-use crate::store::{content_key, MountRecord};
+use crate::store::content_key;
 use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::{Bytes, LayerChain, MountFlags, MountMode, ObjectId, Usage};
 use std::path::PathBuf;
@@ -279,21 +280,7 @@ impl Pool {
                 ),
             });
         }
-        if let Some(m) = self
-            .store
-            .mounts()?
-            .into_iter()
-            .find(|m| m.layer == rec.id && m.mode == MountMode::ReadWrite)
-        {
-            return Err(PoolError::Refused {
-                op: "commit",
-                layer: name.to_string(),
-                reason: format!(
-                    "layer is mounted read-write at {}; run `blkdrv layer umount {name}` first",
-                    m.target.display()
-                ),
-            });
-        }
+        self.refuse_while_mounted(rec.id, name, MountCheck::Commit)?;
         self.store.tx("record commit intent", |t| {
             t.set_state(rec.id, LayerState::Committing)
         })?;
@@ -355,27 +342,9 @@ impl Pool {
                 reason: format!("layer has children: {}", children.join(", ")),
             });
         }
-        let mounts: Vec<MountRecord> = self
-            .store
-            .mounts()?
-            .into_iter()
-            .filter(|m| m.layer == rec.id)
-            .collect();
-        if !mounts.is_empty() {
-            if !force {
-                let at: Vec<String> = mounts
-                    .iter()
-                    .map(|m| m.target.display().to_string())
-                    .collect();
-                return Err(PoolError::Refused {
-                    op: "remove",
-                    layer: name.to_string(),
-                    reason: format!(
-                        "layer is mounted at {} (use --force to unmount first)",
-                        at.join(", ")
-                    ),
-                });
-            }
+        if !force {
+            self.refuse_while_mounted(rec.id, name, MountCheck::Remove)?;
+        } else if self.store.mounts()?.iter().any(|m| m.layer == rec.id) {
             self.umount(name, None)?;
         }
         self.store.tx("record remove intent", |t| {

@@ -8,10 +8,56 @@ use crate::layer::LayerState;
 use crate::store::MountRecord;
 use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::sys::mount::{MountNs, NsTables, NsView};
-use blkdrv_drivers::{MountFlags, MountMode};
+use blkdrv_drivers::{MountFlags, MountMode, ObjectId};
 use std::path::{Path, PathBuf};
 
 impl Pool {
+    /// Refuses `check`'s operation on layer `id` (called `name`) while it has a mount that the
+    /// operation cannot run under, telling the user how to get past it.
+    pub(super) fn refuse_while_mounted(
+        &self,
+        id: ObjectId,
+        name: &str,
+        check: MountCheck,
+    ) -> Result<()> {
+        let blocking: Vec<MountRecord> = self
+            .store
+            .mounts()?
+            .into_iter()
+            .filter(|m| m.layer == id && check.blocked_by(m))
+            .collect();
+        let Some(first) = blocking.first() else {
+            return Ok(());
+        };
+        let (op, reason) = match check {
+            MountCheck::Commit => (
+                "commit",
+                format!(
+                    "layer is mounted read-write at {}; run `blkdrv layer umount {name}` first",
+                    first.target.display()
+                ),
+            ),
+            MountCheck::Remove => {
+                let at: Vec<String> = blocking
+                    .iter()
+                    .map(|m| m.target.display().to_string())
+                    .collect();
+                (
+                    "remove",
+                    format!(
+                        "layer is mounted at {} (use --force to unmount first)",
+                        at.join(", ")
+                    ),
+                )
+            }
+        };
+        Err(PoolError::Refused {
+            op,
+            layer: name.to_string(),
+            reason,
+        })
+    }
+
     /// `layer mount` with the default policy: see [`MountRequest`].
     pub fn mount(&mut self, name: &str, target: &Path, read_only: bool) -> Result<MountMode> {
         self.mount_with(
@@ -165,6 +211,25 @@ impl Pool {
     }
 }
 
+/// An operation that a layer's mounts can stand in the way of (see
+/// [`Pool::refuse_while_mounted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MountCheck {
+    /// `layer commit`: a read-write mount would go on writing to the frozen layer.
+    Commit,
+    /// `layer rm`: any mount (`--force` unmounts first).
+    Remove,
+}
+
+impl MountCheck {
+    fn blocked_by(self, m: &MountRecord) -> bool {
+        match self {
+            MountCheck::Commit => m.mode == MountMode::ReadWrite,
+            MountCheck::Remove => true,
+        }
+    }
+}
+
 /// Whether a recorded mount still exists, judged in the namespace it was made in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Presence {
@@ -213,4 +278,28 @@ pub(super) fn tables_for(mounts: &[MountRecord]) -> Result<NsTables> {
         NsTables::read()
     };
     r.map_err(|e| PoolError::backing("mount tables", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(mode: MountMode) -> MountRecord {
+        MountRecord {
+            target: PathBuf::from("/mnt/x"),
+            ns: None,
+            layer: ObjectId::new(1).expect("valid id"),
+            mode,
+            settled: true,
+        }
+    }
+
+    #[test]
+    fn commit_is_blocked_by_writers_only_and_remove_by_any_mount() {
+        let (rw, ro) = (record(MountMode::ReadWrite), record(MountMode::ReadOnly));
+        assert!(MountCheck::Commit.blocked_by(&rw));
+        assert!(!MountCheck::Commit.blocked_by(&ro));
+        assert!(MountCheck::Remove.blocked_by(&rw));
+        assert!(MountCheck::Remove.blocked_by(&ro));
+    }
 }
