@@ -45,9 +45,7 @@ impl Pool {
                 .len(),
         );
         let Some(next) = ax.next_size(current, unallocated) else {
-            if u128::from(unallocated.0) * 100
-                < u128::from(current.0) * u128::from(ax.threshold_pct)
-            {
+            if ax.is_low(current, unallocated) {
                 tracing::warn!(pool = %self.name, "low on unallocated space ({unallocated}) and at the autoextend ceiling {}", ax.max);
             }
             return Ok(());
@@ -124,7 +122,7 @@ impl Pool {
             .map_err(|e| PoolError::backing(&self.name, e))?;
         // Space a removed layer freed may come back late (btrfs cleaner): when it would be
         // enough, wait for it rather than refuse.
-        if let Some(pending) = s.pending.filter(|p| p.0 > 0) {
+        if let Some(pending) = s.pending.filter(|p| *p > Bytes(0)) {
             if !passes(s.available, s.total) && passes(s.available + pending, s.total) {
                 let started = std::time::Instant::now();
                 self.driver
