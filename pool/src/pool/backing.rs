@@ -1,7 +1,7 @@
 //! The pool's backing: init and provisioning, deactivate, destroy, and tearing a pool
 //! directory down with the loop devices and mounts that use it.
 
-use super::mounts::tables_for;
+use super::mounts::{joined_targets, tables_for};
 use super::types::{BackingSpec, InitSpec, Planned};
 use super::{context, factory, lock_wait, mkdir, now, Pool, Root, LOCK, STORE};
 use crate::config::{Backing, LoopFile, PoolConfig};
@@ -163,14 +163,11 @@ impl Pool {
     pub fn deactivate(self) -> Result<()> {
         let mounts = self.store.mounts()?;
         if !mounts.is_empty() {
-            let at: Vec<String> = mounts
-                .iter()
-                .map(|m| m.target.display().to_string())
-                .collect();
+            let at = joined_targets(mounts.iter().map(|m| m.target.as_path()));
             return Err(PoolError::Refused {
                 op: "deactivate",
                 layer: self.name.to_string(),
-                reason: format!("layers are mounted at {}", at.join(", ")),
+                reason: format!("layers are mounted at {at}"),
             });
         }
         self.driver
@@ -196,17 +193,11 @@ impl Pool {
     pub fn destroy(mut self, force: bool) -> Result<()> {
         let mounts = self.store.mounts()?;
         if !mounts.is_empty() && !force {
-            let at: Vec<String> = mounts
-                .iter()
-                .map(|m| m.target.display().to_string())
-                .collect();
+            let at = joined_targets(mounts.iter().map(|m| m.target.as_path()));
             return Err(PoolError::Refused {
                 op: "destroy",
                 layer: self.name.to_string(),
-                reason: format!(
-                    "layers are mounted at {} (unmount them, or use --force)",
-                    at.join(", ")
-                ),
+                reason: format!("layers are mounted at {at} (unmount them, or use --force)"),
             });
         }
         // Another process holding the loop device would keep it attached after the pool is
@@ -369,13 +360,9 @@ fn foreign_holders(dir: &Path, config: &PoolConfig) -> Result<Vec<String>> {
         .filter(|h| !matches!(h, blockdev::Holder::Process { pid, .. } if *pid == me))
         .collect();
     if !users.is_empty() {
-        let at: Vec<String> = mounts
-            .iter()
-            .map(|m| m.target.display().to_string())
-            .collect();
+        let at = joined_targets(mounts.iter().map(|m| m.target.as_path()));
         out.push(format!(
-            "its mounts ({}) are in use: {}",
-            at.join(", "),
+            "its mounts ({at}) are in use: {}",
             blockdev::describe(&users)
         ));
     }

@@ -38,16 +38,10 @@ impl Pool {
                 ),
             ),
             MountCheck::Remove => {
-                let at: Vec<String> = blocking
-                    .iter()
-                    .map(|m| m.target.display().to_string())
-                    .collect();
+                let at = joined_targets(blocking.iter().map(|m| m.target.as_path()));
                 (
                     "remove",
-                    format!(
-                        "layer is mounted at {} (use --force to unmount first)",
-                        at.join(", ")
-                    ),
+                    format!("layer is mounted at {at} (use --force to unmount first)"),
                 )
             }
         };
@@ -209,6 +203,14 @@ impl Pool {
         self.store
             .tx("record unmount", |t| t.remove_mount(&m.target, m.ns))
     }
+}
+
+/// Mount targets as a message lists them.
+pub(super) fn joined_targets<'a>(targets: impl Iterator<Item = &'a Path>) -> String {
+    targets
+        .map(|t| t.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An operation that a layer's mounts can stand in the way of (see
