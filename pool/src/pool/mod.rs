@@ -7,6 +7,11 @@
 //!
 //! The next writer to open the pool finishes or undoes whatever a dead process left in flight
 //! ([`Pool::open`] calls `reconcile`): creates are rolled back, commits and removes rolled forward.
+//!
+//! This file holds the handle (open, accessors, lookups, the driver context); each concern has a
+//! file of its own: `layers` (create, snapshot, commit, remove, diff), `mounts`, `queries`,
+//! `space` (autoextend, min-free), `backing` (init, deactivate, destroy), `recovery`
+//! (reconcile, check), `spool` and the public `types`.
 
 mod backing;
 mod layers;
