@@ -111,21 +111,25 @@ impl AutoExtend {
         AutoExtend {
             threshold_pct: 20,
             step_pct: 25,
-            max: max.unwrap_or(Bytes(size.0.saturating_mul(4))),
+            max: max.unwrap_or(size.saturating_mul(4)),
         }
+    }
+
+    /// Whether `unallocated` is below the threshold for a file of `current` bytes.
+    pub fn is_low(&self, current: Bytes, unallocated: Bytes) -> bool {
+        // In u128: a percentage of a file size near u64::MAX must not overflow.
+        u128::from(unallocated.0) * 100 < u128::from(current.0) * u128::from(self.threshold_pct)
     }
 
     /// The size to grow a file of `current` bytes to, if `unallocated` is low and the ceiling
     /// allows; `None` when no growth is due or possible.
     pub fn next_size(&self, current: Bytes, unallocated: Bytes) -> Option<Bytes> {
-        let low = u128::from(unallocated.0) * 100
-            < u128::from(current.0) * u128::from(self.threshold_pct);
-        if !low {
+        if !self.is_low(current, unallocated) {
             return None;
         }
-        let step = (current.0 / 100 * u64::from(self.step_pct)).max(64 << 20);
-        let next = current.0.saturating_add(step).min(self.max.0);
-        (next > current.0).then_some(Bytes(next))
+        let step = (current / 100 * u64::from(self.step_pct)).max(Bytes::mib(64));
+        let next = current.saturating_add(step).min(self.max);
+        (next > current).then_some(next)
     }
 }
 

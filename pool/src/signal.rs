@@ -49,6 +49,17 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// `e`, or [`PoolError::Interrupted`] if a signal is pending: an error that a [`Checked`]
+/// reader or [`CheckedWrite`] writer caused is reported as the interruption it is.
+pub fn or_interrupted(e: PoolError) -> PoolError {
+    match pending() {
+        Some(sig) => PoolError::Interrupted {
+            signal: sig.as_str(),
+        },
+        None => e,
+    }
+}
+
 /// A reader that stops with an error at the first read after a signal.
 pub struct Checked<R>(pub R);
 
@@ -80,5 +91,18 @@ impl<W: std::io::Write> std::io::Write for CheckedWrite<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Only the no-signal case: raising one would end every other test in this binary early.
+    #[test]
+    fn without_a_signal_the_error_is_kept() {
+        let e = or_interrupted(PoolError::Invalid("bad".into()));
+        assert!(matches!(e, PoolError::Invalid(m) if m == "bad"));
+        assert!(check().is_ok());
     }
 }

@@ -1,0 +1,151 @@
+//! Finishing or undoing what a dead process left in flight, and `pool check`.
+
+use super::mounts::{presence, tables_for, Presence};
+use super::types::CheckReport;
+use super::Pool;
+use crate::error::{PoolError, Result};
+use crate::layer::LayerState;
+use blkdrv_drivers::sys::mount;
+use blkdrv_drivers::ObjectId;
+
+impl Pool {
+    /// Finishes or undoes what a dead process left in flight. Returns what it did.
+    pub(super) fn reconcile(&mut self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        // Leftover import/diff mounts of a crashed process.
+        let n = mount::detach_all_under(&self.tmp_dir())
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        if n > 0 {
+            done.push(format!("unmounted {n} leftover temporary mount(s)"));
+        }
+        let mounts = self.store.mounts()?;
+        let tables = tables_for(&mounts)?;
+        for m in mounts {
+            match presence(&m, &tables) {
+                Presence::Gone => {
+                    self.store
+                        .tx("drop stale mount", |t| t.remove_mount(&m.target, m.ns))?;
+                    if m.settled {
+                        done.push(format!(
+                            "forgot mount {} (no longer mounted)",
+                            m.target.display()
+                        ));
+                    }
+                }
+                Presence::Mounted if !m.settled => {
+                    self.store
+                        .tx("settle mount", |t| t.settle_mount(&m.target, m.ns))?;
+                    done.push(format!("recorded interrupted mount {}", m.target.display()));
+                }
+                // Kept: a mount that cannot be seen from here is not a mount that is gone.
+                Presence::Mounted | Presence::Unknown => {}
+            }
+        }
+        for rec in self.store.layers()? {
+            let label = rec
+                .pending_name
+                .clone()
+                .unwrap_or_else(|| format!("layer {}", rec.id));
+            // One layer that cannot be finished must not keep the pool closed: report it, leave
+            // it in flight for the next writer, and go on with the others.
+            let result = match rec.state {
+                LayerState::Creating => self
+                    .undo_create(rec.id)
+                    .map(|()| format!("rolled back interrupted create of {label}")),
+                LayerState::Committing => self
+                    .finish_commit(rec.id)
+                    .map(|()| format!("finished interrupted commit of {label}")),
+                LayerState::Removing => self
+                    .finish_remove(rec.id)
+                    .map(|()| format!("finished interrupted remove of {label}")),
+                LayerState::Active | LayerState::Committed => continue,
+            };
+            done.push(match result {
+                Ok(msg) => msg,
+                Err(e) => format!(
+                    "could not finish {} of {label} (will retry): {e}",
+                    rec.state
+                ),
+            });
+        }
+        // Abandoned spool files of crashed imports.
+        if let Ok(entries) = std::fs::read_dir(self.tmp_dir()) {
+            for e in entries.flatten() {
+                if e.path().is_file() {
+                    let _ = std::fs::remove_file(e.path());
+                } else {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        for d in &done {
+            tracing::info!(pool = %self.name, "{d}");
+        }
+        Ok(done)
+    }
+
+    /// `pool check [--repair]`: drift between the store and what is on disk.
+    pub fn check(&mut self, repair: bool) -> Result<CheckReport> {
+        let mut report = CheckReport {
+            recovered: self.recovered.clone(),
+            ..Default::default()
+        };
+        let on_disk = self
+            .driver
+            .list()
+            .map_err(|e| PoolError::backing(&self.name, e))?;
+        let all = self.records()?;
+        for id in &on_disk {
+            if !all.contains_key(id) {
+                report.orphans.push(id.get());
+            }
+        }
+        let mut missing: Vec<ObjectId> = all
+            .keys()
+            .filter(|id| !on_disk.contains(id))
+            .copied()
+            .collect();
+        missing.sort();
+        report.missing = missing.iter().map(|i| i.get()).collect();
+        let mounts = self.store.mounts()?;
+        let tables = tables_for(&mounts)?;
+        for m in mounts {
+            match presence(&m, &tables) {
+                Presence::Gone => report.stale_mounts.push(m),
+                Presence::Unknown => report.unverified_mounts.push(m),
+                Presence::Mounted => {}
+            }
+        }
+        if repair {
+            for id in &report.orphans {
+                let id = ObjectId::new(*id).expect("listed ids are valid");
+                self.driver
+                    .remove(id)
+                    .map_err(|e| PoolError::driver("remove orphan", id.to_string(), e))?;
+                report.repaired.push(format!("removed orphan object {id}"));
+            }
+            for m in &report.stale_mounts {
+                self.store
+                    .tx("drop stale mount", |tx| tx.remove_mount(&m.target, m.ns))?;
+                report
+                    .repaired
+                    .push(format!("forgot stale mount {}", m.target.display()));
+            }
+            // A layer whose data is gone cannot be repaired; forget it unless others build on it.
+            for id in &missing {
+                if all.values().any(|r| r.parent == Some(*id)) {
+                    report.repaired.push(format!(
+                        "kept layer {id}: its data is missing but it has children"
+                    ));
+                    continue;
+                }
+                self.store
+                    .tx("forget missing layer", |t| t.delete_layer(*id))?;
+                report
+                    .repaired
+                    .push(format!("forgot layer {id}: its data was missing"));
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,143 @@
+//! What callers hand the pool and what it hands back: requests, outcomes, reports.
+
+use crate::config::{AutoExtend, Backing};
+use crate::layer::{LayerKind, LayerState, PoolName};
+use crate::store::MountRecord;
+use blkdrv_drivers::Identity;
+use blkdrv_drivers::{Bytes, Capabilities, DriverOptions, Space};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What to back a new pool with.
+#[derive(Debug, Clone)]
+pub enum BackingSpec {
+    Loopback {
+        size: Bytes,
+    },
+    Devices(Vec<PathBuf>),
+    /// Existing storage the driver options name (`--thinpool VG/LV`).
+    Existing,
+}
+
+/// Parameters of `pool init`.
+#[derive(Debug, Clone)]
+pub struct InitSpec {
+    pub name: PoolName,
+    pub driver: String,
+    pub backing: BackingSpec,
+    pub options: DriverOptions,
+    pub min_free_pct: u8,
+    /// Overwrite devices that carry a signature.
+    pub force: bool,
+    /// Growth policy for loopback pools (ignored for devices).
+    pub autoextend: Option<AutoExtend>,
+}
+
+/// The parts of a `pool init` that [`Pool::provision`](super::Pool::provision) needs besides
+/// the driver's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub name: PoolName,
+    pub min_free_pct: u8,
+    pub force: bool,
+    /// Growth policy, for a loopback plan.
+    pub autoextend: Option<AutoExtend>,
+}
+
+/// How `layer mount` mounts (see [`Pool::mount_with`](super::Pool::mount_with)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountRequest {
+    pub read_only: bool,
+    /// Let device nodes in the layer be opened through the mount (no `nodev`).
+    pub dev: bool,
+}
+
+/// Where a layer's content comes from on `layer create`.
+pub enum Source<'a> {
+    /// A tar stream (plain or gzip) from a file or stdin.
+    Tar(Box<dyn std::io::Read + 'a>),
+    /// A directory tree, archived deterministically.
+    Dir(&'a Path),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateOutcome {
+    pub layer: LayerInfo,
+    /// True when identical content on the same parent existed: the name now points at it.
+    pub reused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoveOutcome {
+    /// The layer had other names; only this name was dropped.
+    Untagged,
+    Removed,
+    /// The driver found the object busy; the layer stays `removing` and the next writer retries.
+    Deferred,
+}
+
+/// A layer as users see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerInfo {
+    pub name: String,
+    pub names: Vec<String>,
+    pub id: u32,
+    pub parent: Option<String>,
+    pub parent_id: Option<u32>,
+    pub kind: LayerKind,
+    pub state: LayerState,
+    pub digest: Option<String>,
+    pub created: i64,
+    /// Bytes exclusive to this layer (recorded at commit; measured live for active layers).
+    pub size_bytes: Option<u64>,
+    pub inodes: Option<u64>,
+    /// Bytes the layer references, shared ones included (drivers that know it).
+    pub referenced_bytes: Option<u64>,
+    /// Size limit set at create/snapshot.
+    pub limit_bytes: Option<u64>,
+    pub depth: usize,
+    pub mounts: Vec<MountRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub driver: String,
+    pub dir: PathBuf,
+    pub backing: Backing,
+    pub options: DriverOptions,
+    pub identity: Identity,
+    pub capabilities: Capabilities,
+    pub space: Space,
+    pub min_free_pct: u8,
+    pub layers: usize,
+    pub committed: usize,
+    pub active: usize,
+    pub in_flight: usize,
+    pub mounts: Vec<MountRecord>,
+}
+
+/// Result of `pool check`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Unfinished operations finished or undone when the pool was opened.
+    pub recovered: Vec<String>,
+    /// Objects on disk that the store does not know.
+    pub orphans: Vec<u32>,
+    /// Layers in the store whose object is missing on disk.
+    pub missing: Vec<u32>,
+    /// Mount records whose target is no longer mounted (in the namespace that made them).
+    pub stale_mounts: Vec<MountRecord>,
+    /// Mount records in a mount namespace this process cannot look into (no process is in it,
+    /// something holds it open): kept, since they may still be mounted.
+    pub unverified_mounts: Vec<MountRecord>,
+    /// What `--repair` changed.
+    pub repaired: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.orphans.is_empty() && self.missing.is_empty() && self.stale_mounts.is_empty()
+    }
+}
