@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints, runs unit tests,
 # the CLI contract tests and the conformance suite (every driver this host can run), checks
-# that nothing (loop device, mount) was left behind, then runs the device-mapper and ZFS suites
+# that nothing (loop device, mount) was left behind, and runs the device-mapper and ZFS suites
 # in VMs (tests/vm/run: one boot per group of tests/vm/suites). Needs root. `.ci/run` calls this.
+#
+# One build serves the host and the VMs (cargo profile `ci`). The VMs are the long pole (each
+# qemu is one emulated CPU), so they start as soon as their binaries are built and run in the
+# background while clippy and the host tests run; their log is printed at the end.
+# Every step runs even if an earlier one failed (fmt and the build excepted); the exit status
+# is the first failing step's. The last line is "tests: N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,57 +16,91 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: the suite creates loop devices and mounts; run it as root" >&2
   exit 1
 fi
+PROFILE=ci
+CI_DIR=target/ci-run
+mkdir -p "$CI_DIR"
+started=$SECONDS
+phase() { printf '== %s (at %d s)\n' "$*" "$((SECONDS - started))"; }
+
+phase "setup (scripts/setup.sh)"
 BLKDRV_SETUP_NO_BUILD=1 ./scripts/setup.sh
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test (unit, CLI contract, conformance)"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+
+rc=0
+fail() { # <status> <what>: remembers the first failure
+  echo "test.sh: $2 failed (exit $1)" >&2
+  [ "$rc" -ne 0 ] || rc=$1
+}
+
+# Drivers this kernel cannot run (device-mapper, ZFS) are tested for real in a VM with a stock Debian
+# kernel; their host runs below report them as ignored.
+vm_pid=""
+vm_log=$CI_DIR/vm.log
+if [ "${BLKDRV_TEST_VM:-1}" = 0 ]; then
+  phase "VM suites SKIPPED (BLKDRV_TEST_VM=0): devicemapper and zfs are untested in this run"
+else
+  phase "build for the VM suites (tests/vm/run --build-only, profile $PROFILE)"
+  VM_PROFILE=$PROFILE tests/vm/run --build-only
+  phase "VM suites started in the background (log: $vm_log)"
+  # Its own process group is not needed: the trap below stops it (its traps stop qemu).
+  VM_PROFILE=$PROFILE VM_SETUP_DONE=1 tests/vm/run --no-build > "$vm_log" 2>&1 &
+  vm_pid=$!
+fi
+# shellcheck disable=SC2317  # invoked by the traps
+stop_vm() { [ -z "$vm_pid" ] || { kill "$vm_pid" 2>/dev/null || true; wait "$vm_pid" 2>/dev/null || true; }; }
+trap 'stop_vm' EXIT
+trap 'echo "test.sh: interrupted" >&2; exit 130' INT
+trap 'echo "test.sh: terminated" >&2; exit 143' TERM
+
+phase "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings || fail $? "cargo clippy"
+
+phase "cargo test (unit, CLI contract, conformance; profile $PROFILE)"
+log=$CI_DIR/host-tests.log
 set +e
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
+cargo test --workspace --profile "$PROFILE" --locked --no-fail-fast 2>&1 | tee "$log"
+host_rc=${PIPESTATUS[0]}
 set -e
+[ "$host_rc" -eq 0 ] || fail "$host_rc" "cargo test"
 # One closing line for the whole run: the per-binary lines end with doc-test runs of 0 tests.
 summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
                END { printf "%d passed, %d failed", p, f }' "$log")
-if [ "$rc" -ne 0 ]; then
-  echo "tests: $summary"
-  exit "$rc"
-fi
-echo "== benches build"
-cargo bench --workspace --locked --no-run -q
+echo "host tests: $summary"
 
-echo "== leak check"
+phase "benches build"
+cargo build --workspace --profile "$PROFILE" --locked --bench '*' -q || fail $? "benches build"
+
+phase "leak check"
 leaks=$(losetup -a | grep -E '/tmp/blkdrv-(conformance|cli-tests)' || true)
 mounts=$(findmnt -rn -o TARGET | grep -E '^/tmp/blkdrv-(conformance|cli-tests)' || true)
 if [ -n "$leaks$mounts" ]; then
   echo "test.sh: tests left behind:" >&2
   echo "$leaks$mounts" >&2
-  exit 1
-fi
-echo "no loop devices or mounts left behind"
-
-# Drivers this kernel cannot run (device-mapper, ZFS) are tested for real in a VM with a stock Debian
-# kernel; their host runs above report them as ignored.
-vm_summary="0 passed, 0 failed"
-if [ "${BLKDRV_TEST_VM:-1}" = 0 ]; then
-  echo "== VM suites SKIPPED (BLKDRV_TEST_VM=0): devicemapper and zfs are untested in this run"
+  fail 1 "leak check"
 else
-  echo "== VM suites (tests/vm/run)"
-  vm_log=$(mktemp)
+  echo "no loop devices or mounts left behind"
+fi
+
+vm_summary="0 passed, 0 failed"
+if [ -n "$vm_pid" ]; then
+  phase "waiting for the VM suites"
   set +e
-  tests/vm/run 2>&1 | tee "$vm_log"
-  vm_rc=${PIPESTATUS[0]}
+  wait "$vm_pid"
+  vm_rc=$?
   set -e
+  vm_pid=""
+  phase "VM suites (tests/vm/run; log $vm_log)"
+  cat "$vm_log"
   vm_summary=$(sed -n 's/^vm: \([0-9]* passed, [0-9]* failed\).*/\1/p' "$vm_log" | tail -n1)
-  rm -f "$vm_log"
   if [ "$vm_rc" -ne 0 ]; then
     echo "tests: VM suites failed (exit $vm_rc): ${vm_summary:-no summary}"
-    exit "$vm_rc"
+    fail "$vm_rc" "VM suites"
+    vm_summary=${vm_summary:-0 passed, 0 failed}
   fi
 fi
+phase "done"
 total=$(printf '%s\n%s\n' "$summary" "$vm_summary" | awk '{p += $1; f += $3} END {printf "%d passed, %d failed", p, f}')
 echo "tests: $total"
+exit "$rc"
