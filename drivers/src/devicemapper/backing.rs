@@ -1,7 +1,7 @@
 //! The pool's backing: space and status details, grow, autoextend, deactivate, destroy.
 
 use super::pool_target::{attach_pool, pool_status, remove_all, set_txid, thin_ls};
-use super::{device_of, dm_err, sectors, DmThin, Home, Inner};
+use super::{bytes, device_of, dm_err, sectors, DmThin, Home, Inner};
 use crate::error::{DriverError, Result};
 use crate::sys::{blockdev, lvm};
 use crate::{Backing, Bytes, MetaSpace, Space};
@@ -11,14 +11,16 @@ use devicemapper::{
 };
 use std::path::PathBuf;
 
+/// The thin-pool's metadata block size, fixed by the kernel.
+const META_BLOCK: Bytes = Bytes::kib(4);
+
 impl Backing for DmThin {
     fn space(&self) -> Result<Space> {
         let w = self.status()?;
-        let block = self.block.0;
-        let total = Bytes(w.usage.total_data.0 * block);
-        let used = Bytes(w.usage.used_data.0 * block);
-        let meta_total = Bytes(w.usage.total_meta.0 * 4096);
-        let meta_used = Bytes(w.usage.used_meta.0 * 4096);
+        let total = self.block * w.usage.total_data.0;
+        let used = self.block * w.usage.used_data.0;
+        let meta_total = META_BLOCK * w.usage.total_meta.0;
+        let meta_used = META_BLOCK * w.usage.used_meta.0;
         let state = match w.summary {
             ThinPoolStatusSummary::Good => "ok",
             ThinPoolStatusSummary::ReadOnly => "read-only (metadata problem: run thin_check)",
@@ -167,12 +169,11 @@ impl Backing for DmThin {
         let size = blockdev::size(&data_dev)?;
         let offset = if self.devices.len() == 1 {
             // Split device: data follows the metadata area.
-            g.pool.meta_dev().size().bytes()
+            bytes(g.pool.meta_dev().size())
         } else {
-            dmc::Bytes(0)
+            Bytes::ZERO
         };
-        let offset = Bytes(*offset as u64);
-        let len = Bytes(size.0.saturating_sub(offset.0));
+        let len = size.saturating_sub(offset);
         let params = LinearDevTargetParams::Linear(LinearTargetParams::new(
             device_of(&data_dev)?,
             sectors(offset),

@@ -8,7 +8,7 @@ use super::settings::{
     bad, base_size_for, metadata_size_for, Settings, KEY_LVM, KEY_METADATA_DEVICE, OPTIONS,
 };
 use super::thin::make_base;
-use super::{dm, DmThin, Home, Inner, BASE_ID, NAME};
+use super::{block_size_of, dm, DmThin, Home, Inner, BASE_ID, NAME};
 use crate::error::{DriverError, Result};
 use crate::plan::{self, BackingPlan, BackingRequest, LoopbackFile, OptionSpec};
 use crate::sys::{lvm, signature};
@@ -95,9 +95,9 @@ impl DriverFactory for Factory {
         }
         let a = areas(ctx, &s)?;
         let names = Names::new(format!("blkdrv-{}", crate::id::random_tag()), None);
-        let base_size = base_size_for(&s, a.data.2, s.min_size())?;
+        let base_size = base_size_for(&s, a.data.len, s.min_size())?;
         // Fresh metadata: the kernel formats the area only if its superblock is blank.
-        zero_head(&a.meta.0, a.meta.1)?;
+        zero_head(&a.meta.device, a.meta.offset)?;
         let made = setup_pool(&dm, &names, &a, &s, true)
             .and_then(|pool| make_base(&dm, &names, &pool, &s, base_size));
         if made.is_err() {
@@ -162,11 +162,11 @@ impl DriverFactory for Factory {
                 let a = areas(ctx, &s)?;
                 let names = Names::new(prefix, None);
                 let pool = setup_pool(&dm, &names, &a, &s, false)?;
-                (names, pool, Home::Devices, a.data.0)
+                (names, pool, Home::Devices, a.data.device)
             }
         };
         let d = DmThin {
-            block: Bytes(pool.data_block_size().0 * 512),
+            block: block_size_of(&pool),
             inner: Mutex::new(Inner { dm, pool }),
             names,
             settings: s,
@@ -237,10 +237,7 @@ mod tests {
                     }
                 );
                 assert_eq!(files[1].stem, "metadata");
-                assert_eq!(
-                    files[1].size,
-                    metadata_size_for(Bytes::gib(1), Bytes(KIB64))
-                );
+                assert_eq!(files[1].size, metadata_size_for(Bytes::gib(1), KIB64));
             }
             other => panic!("{other:?}"),
         }

@@ -8,7 +8,7 @@ use super::settings::{
     bad, base_size_for, metadata_size_for, Settings, KEY_LVM, LVM_DATA_PCT, LVM_POOL_LV,
 };
 use super::thin::make_base;
-use super::NAME;
+use super::{block_size_of, bytes, NAME};
 use crate::error::{DriverError, Result};
 use crate::sys::blockdev;
 use crate::sys::lvm::{self, PoolLv};
@@ -36,11 +36,11 @@ pub(super) fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Ide
                     "--lvm needs --device DEV for the volume group",
                 ));
             }
-            let mut total = 0;
+            let mut total = Bytes::ZERO;
             for d in &ctx.devices {
-                total += blockdev::size(d)?.0;
+                total += blockdev::size(d)?;
             }
-            let data = Bytes(total / 100 * u64::from(LVM_DATA_PCT));
+            let data = total / 100 * u64::from(LVM_DATA_PCT);
             let meta = s
                 .metadata_size
                 .unwrap_or_else(|| metadata_size_for(data, s.block_size));
@@ -86,9 +86,9 @@ pub(super) fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Ide
                 });
             }
         }
-        let data = Bytes(pool.data_dev().size().bytes().0 as u64);
+        let data = bytes(pool.data_dev().size());
         let mut s = s.clone();
-        s.block_size = Bytes(pool.data_block_size().0 * 512);
+        s.block_size = block_size_of(&pool);
         let base_size = base_size_for(&s, data, s.min_size())?;
         let uuid = make_base(dm, &names, &pool, &s, base_size).inspect_err(|_| {
             if created.is_none() {

@@ -26,7 +26,7 @@ pub use factory::Factory;
 
 use crate::error::{DriverError, Result};
 use crate::sys::lvm::PoolLv;
-use crate::{Bytes, ObjectId};
+use crate::{Bytes, ObjectId, Sectors};
 use devicemapper as dmc;
 use devicemapper::{Device, DmError, ThinPoolDev, DM};
 use names::Names;
@@ -69,7 +69,17 @@ fn device_of(dev: &Path) -> Result<Device> {
 }
 
 fn sectors(b: Bytes) -> dmc::Sectors {
-    dmc::Sectors(b.0 / 512)
+    dmc::Sectors(b.sectors().0)
+}
+
+/// A size the devicemapper crate gives in its sectors.
+fn bytes(s: dmc::Sectors) -> Bytes {
+    Sectors(s.0).bytes()
+}
+
+/// The pool's data block size, from its table (an adopted LVM pool has its own).
+fn block_size_of(pool: &ThinPoolDev) -> Bytes {
+    bytes(pool.data_block_size())
 }
 
 fn dm() -> Result<DM> {

@@ -14,10 +14,27 @@ use devicemapper::{
 };
 use std::path::{Path, PathBuf};
 
+/// One area of the pool: a range of a device.
+pub(super) struct Area {
+    pub(super) device: PathBuf,
+    pub(super) offset: Bytes,
+    pub(super) len: Bytes,
+}
+
+impl Area {
+    fn whole(device: &Path) -> Result<Area> {
+        Ok(Area {
+            device: device.to_path_buf(),
+            offset: Bytes::ZERO,
+            len: blockdev::size(device)?,
+        })
+    }
+}
+
 /// Where the metadata and data areas live on the pool's devices.
 pub(super) struct Areas {
-    pub(super) meta: (PathBuf, Bytes, Bytes),
-    pub(super) data: (PathBuf, Bytes, Bytes),
+    pub(super) meta: Area,
+    pub(super) data: Area,
 }
 
 /// Devices in context order: [data, metadata] (two devices or two loopback files), or [one]
@@ -25,23 +42,31 @@ pub(super) struct Areas {
 pub(super) fn areas(ctx: &PoolContext, options: &Settings) -> Result<Areas> {
     match ctx.devices.as_slice() {
         [data, meta] => Ok(Areas {
-            data: (data.clone(), Bytes(0), blockdev::size(data)?),
-            meta: (meta.clone(), Bytes(0), blockdev::size(meta)?),
+            data: Area::whole(data)?,
+            meta: Area::whole(meta)?,
         }),
         [one] => {
             let total = blockdev::size(one)?;
             let meta = options
                 .metadata_size
                 .unwrap_or_else(|| metadata_size_for(total, options.block_size));
-            if meta.0 * 2 >= total.0 {
+            if meta * 2 >= total {
                 return Err(DriverError::Device {
                     device: one.clone(),
                     reason: format!("{total} is too small to hold {meta} of metadata and data"),
                 });
             }
             Ok(Areas {
-                meta: (one.clone(), Bytes(0), meta),
-                data: (one.clone(), meta, Bytes(total.0 - meta.0)),
+                meta: Area {
+                    device: one.clone(),
+                    offset: Bytes::ZERO,
+                    len: meta,
+                },
+                data: Area {
+                    device: one.clone(),
+                    offset: meta,
+                    len: total - meta,
+                },
             })
         }
         other => Err(DriverError::Device {
@@ -109,21 +134,23 @@ pub(super) fn setup_pool_inner(
     for what in ["meta", "data"] {
         clear_tableless(dm, &names.name(what))?;
     }
-    let linear = |what: &str, (dev, off, len): &(PathBuf, Bytes, Bytes)| -> Result<LinearDev> {
-        let params =
-            LinearDevTargetParams::Linear(LinearTargetParams::new(device_of(dev)?, sectors(*off)));
+    let linear = |what: &str, area: &Area| -> Result<LinearDev> {
+        let params = LinearDevTargetParams::Linear(LinearTargetParams::new(
+            device_of(&area.device)?,
+            sectors(area.offset),
+        ));
         LinearDev::setup(
             dm,
             &names.name(what),
             None,
-            vec![TargetLine::new(dmc::Sectors(0), sectors(*len), params)],
+            vec![TargetLine::new(dmc::Sectors(0), sectors(area.len), params)],
         )
         .map_err(|e| dm_err("set up linear device", &*names.name(what), e))
     };
     let meta = linear("meta", &a.meta)?;
     let data = linear("data", &a.data)?;
     let block = sectors(s.block_size);
-    let lwm = s.low_water(a.data.2);
+    let lwm = s.low_water(a.data.len);
     let pool_exists = dmc::device_exists(dm, &names.pool())
         .map_err(|e| dm_err("list devices for", &*names.pool(), e))?;
     if fresh {
@@ -149,7 +176,7 @@ pub(super) fn setup_pool_inner(
                 "check thin-pool metadata before activation",
             )
             .map_err(|e| DriverError::Device {
-                device: a.meta.0.clone(),
+                device: a.meta.device.clone(),
                 reason: format!(
                     "thin_check found damaged pool metadata ({e}); repair it with thin_repair before using the pool"
                 ),

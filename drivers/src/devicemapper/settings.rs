@@ -10,7 +10,7 @@ use crate::sys::lvm::{self, PoolLv};
 use crate::{Bytes, DriverOptions};
 use devicemapper as dmc;
 
-pub(super) const KIB64: u64 = 64 << 10;
+pub(super) const KIB64: Bytes = Bytes::kib(64);
 
 pub(super) const KEY_FS: &str = "fs";
 pub(super) const KEY_BLOCK_SIZE: &str = "block_size";
@@ -124,7 +124,7 @@ pub(super) fn on_off(key: &str, v: &str) -> Result<bool> {
 /// (the kernel needs 2 MiB; small pools fill metadata fast with many snapshots), at most the
 /// kernel's 16 GiB.
 pub fn metadata_size_for(data: Bytes, block: Bytes) -> Bytes {
-    let blocks = data.0 / block.0.max(1);
+    let blocks = data / block.max(Bytes(1));
     let bytes = (blocks * 128).clamp(16 << 20, 16 << 30);
     Bytes(bytes.div_ceil(1 << 20) << 20)
 }
@@ -167,10 +167,13 @@ impl Settings {
         };
         let block_size = match get(KEY_BLOCK_SIZE) {
             Some(v) => parse_size(KEY_BLOCK_SIZE, v)?,
-            None => Bytes(KIB64),
+            None => KIB64,
         };
         // The kernel takes 64 KiB to 1 GiB in multiples of 64 KiB.
-        if block_size.0 % KIB64 != 0 || block_size.0 == 0 || block_size.0 > 1 << 30 {
+        if !block_size.is_multiple_of(KIB64)
+            || block_size == Bytes::ZERO
+            || block_size > Bytes::gib(1)
+        {
             return Err(bad(
                 KEY_BLOCK_SIZE,
                 &block_size.to_string(),
@@ -299,7 +302,7 @@ impl Settings {
 
     /// Low water mark: the kernel raises an event when free data blocks fall under it.
     pub(super) fn low_water(&self, data: Bytes) -> dmc::DataBlocks {
-        dmc::DataBlocks((data.0 / self.block_size.0) / 10)
+        dmc::DataBlocks(data / self.block_size / 10)
     }
 
     pub(super) fn feature_args(&self) -> Vec<String> {
@@ -328,7 +331,7 @@ pub(super) fn base_size_for(s: &Settings, data_size: Bytes, min: Bytes) -> Resul
             ))
         }
         Some(b) => b,
-        None => Bytes(data_size.0.min(10 << 30)),
+        None => data_size.min(Bytes::gib(10)),
     };
     if base_size < min {
         return Err(bad(
@@ -362,12 +365,9 @@ mod tests {
 
     #[test]
     fn metadata_is_sized_from_data() {
-        assert_eq!(
-            metadata_size_for(Bytes::gib(1), Bytes(KIB64)),
-            Bytes::mib(16)
-        );
-        let big = metadata_size_for(Bytes::gib(100), Bytes(KIB64));
+        assert_eq!(metadata_size_for(Bytes::gib(1), KIB64), Bytes::mib(16));
+        let big = metadata_size_for(Bytes::gib(100), KIB64);
         assert_eq!(big, Bytes::mib(200));
-        assert!(metadata_size_for(Bytes(1 << 50), Bytes(KIB64)) <= Bytes::gib(16));
+        assert!(metadata_size_for(Bytes(1 << 50), KIB64) <= Bytes::gib(16));
     }
 }
