@@ -1,14 +1,14 @@
 //! The [`DriverFactory`]: planning, formatting and opening a pool.
 
 use super::lvm::format_lvm;
-use super::names::Names;
+use super::names::{Names, ThinId};
 use super::pool_target::{areas, attach_pool, exists, remove_all, setup_pool, zero_head};
 use super::record::{LvmRecorded, Recorded};
 use super::settings::{
     bad, base_size_for, metadata_size_for, Settings, KEY_LVM, KEY_METADATA_DEVICE, OPTIONS,
 };
 use super::thin::make_base;
-use super::{block_size_of, dm, DmThin, Home, Inner, BASE_ID, NAME};
+use super::{block_size_of, dm, DmThin, Home, Inner, NAME};
 use crate::error::{DriverError, Result};
 use crate::plan::{self, BackingPlan, BackingRequest, LoopbackFile, OptionSpec};
 use crate::sys::{lvm, signature};
@@ -189,7 +189,7 @@ impl DriverFactory for Factory {
                 });
             }
         }
-        let found = d.with_thin(BASE_ID, signature::fs_uuid)?;
+        let found = d.with_thin(ThinId::BASE, signature::fs_uuid)?;
         let found = found
             .map(|(_, u)| u)
             .unwrap_or_else(|| "no filesystem".into());

@@ -26,7 +26,7 @@ pub use factory::Factory;
 
 use crate::error::{DriverError, Result};
 use crate::sys::lvm::PoolLv;
-use crate::{Bytes, ObjectId, Sectors};
+use crate::{Bytes, Sectors};
 use devicemapper as dmc;
 use devicemapper::{Device, DmError, ThinPoolDev, DM};
 use names::Names;
@@ -35,10 +35,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 const NAME: &str = "devicemapper";
-/// The base device every layer descends from; object ids start at 1, so 0 is free.
-const BASE_ID: u32 = 0;
-/// Thin id of the bench's raw snapshot: the one id the store never allocates to a layer.
-const RAW_BENCH_ID: u32 = ObjectId::SCRATCH.get();
 
 fn dm_errno(e: &DmError) -> Option<nix::errno::Errno> {
     match e {

@@ -1,7 +1,7 @@
 //! The thin-pool target: its linear metadata/data devices, activation, attaching to a pool
 //! LVM set up, status, the transaction id and metadata snapshots read by thin_ls.
 
-use super::names::Names;
+use super::names::{Names, Role, ThinId};
 use super::settings::{metadata_size_for, Settings};
 use super::{device_of, dm_err, dm_errno, sectors};
 use crate::error::{DriverError, Result};
@@ -88,9 +88,9 @@ pub(super) fn remove_all(dm: &DM, names: &Names) -> Result<()> {
         .map_err(|e| dm_err("list devices", "device-mapper", e))?;
     let mut order: Vec<DmNameBuf> = all.into_iter().map(|(n, _, _)| n).collect();
     order.retain(|n| n.to_string().starts_with(&prefix));
-    order.sort_by_key(|n| match n.to_string().trim_start_matches(&prefix) {
-        "pool" => 1,
-        "meta" | "data" => 2,
+    order.sort_by_key(|n| match names.role_of(&n.to_string()) {
+        Some(Role::Pool) => 1,
+        Some(Role::Meta | Role::Data) => 2,
         _ => 0,
     });
     for n in order {
@@ -131,24 +131,24 @@ pub(super) fn setup_pool_inner(
 ) -> Result<ThinPoolDev> {
     // The pool first: a table-less pool holds nothing, a table-less linear device nothing.
     clear_tableless(dm, &names.pool())?;
-    for what in ["meta", "data"] {
-        clear_tableless(dm, &names.name(what))?;
+    for role in [Role::Meta, Role::Data] {
+        clear_tableless(dm, &names.of(role))?;
     }
-    let linear = |what: &str, area: &Area| -> Result<LinearDev> {
+    let linear = |role: Role, area: &Area| -> Result<LinearDev> {
         let params = LinearDevTargetParams::Linear(LinearTargetParams::new(
             device_of(&area.device)?,
             sectors(area.offset),
         ));
         LinearDev::setup(
             dm,
-            &names.name(what),
+            &names.of(role),
             None,
             vec![TargetLine::new(dmc::Sectors(0), sectors(area.len), params)],
         )
-        .map_err(|e| dm_err("set up linear device", &*names.name(what), e))
+        .map_err(|e| dm_err("set up linear device", &*names.of(role), e))
     };
-    let meta = linear("meta", &a.meta)?;
-    let data = linear("data", &a.data)?;
+    let meta = linear(Role::Meta, &a.meta)?;
+    let data = linear(Role::Data, &a.data)?;
     let block = sectors(s.block_size);
     let lwm = s.low_water(a.data.len);
     let pool_exists = dmc::device_exists(dm, &names.pool())
@@ -325,7 +325,7 @@ pub(super) fn thin_ls(
     dm: &DM,
     names: &Names,
     pool: &ThinPoolDev,
-) -> Result<Vec<(u32, Bytes, Bytes)>> {
+) -> Result<Vec<(ThinId, Bytes, Bytes)>> {
     let id = DevId::Name(&names.pool);
     let meta_node = pool.meta_dev().devnode();
     // A pool has one metadata snapshot. Readers (`layer ls`) take it without the pool's writer

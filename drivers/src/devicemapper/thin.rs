@@ -1,9 +1,9 @@
 //! Thin devices: the base, snapshots of it as layers, activation, removal and usage.
 
-use super::names::Names;
+use super::names::{Names, Role, ThinId};
 use super::pool_target::{clear_tableless, pool_status, set_txid, thin_ls};
 use super::settings::Settings;
-use super::{dm_err, dm_errno, sectors, DmThin, Inner, BASE_ID, NAME};
+use super::{dm_err, dm_errno, sectors, DmThin, Inner, NAME};
 use crate::error::{DriverError, Result};
 use crate::fsbacked::FsType;
 use crate::sys::{blockdev, mount, signature};
@@ -11,7 +11,7 @@ use crate::{
     Bytes, Capabilities, Granularity, LayerChain, Layers, MountFlags, MountMode, ObjectId, Usage,
 };
 use devicemapper as dmc;
-use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, ThinDev, ThinDevId, ThinPoolDev, DM};
+use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, ThinDev, ThinPoolDev, DM};
 use std::path::Path;
 
 /// Creates the base thin device, formats it and returns its filesystem UUID.
@@ -22,9 +22,16 @@ pub(super) fn make_base(
     s: &Settings,
     base_size: Bytes,
 ) -> Result<String> {
-    let id = ThinDevId::new_u64(BASE_ID.into()).expect("0 is a valid thin id");
-    let mut base = ThinDev::new(dm, &names.thin(BASE_ID), None, sectors(base_size), pool, id)
-        .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
+    let id = ThinId::BASE.dev_id();
+    let mut base = ThinDev::new(
+        dm,
+        &names.thin(ThinId::BASE),
+        None,
+        sectors(base_size),
+        pool,
+        id,
+    )
+    .map_err(|e| dm_err("create base thin device in", &*names.pool(), e))?;
     let node = base.devnode();
     let made = crate::fsbacked::mkfs_with(&node, s.fs, &s.mkfs_args).and_then(|()| {
         let (_, uuid) = signature::fs_uuid(&node)?.ok_or_else(|| DriverError::Device {
@@ -35,7 +42,7 @@ pub(super) fn make_base(
     });
     let teardown = base
         .teardown(dm)
-        .map_err(|e| dm_err("deactivate base device", &*names.thin(BASE_ID), e));
+        .map_err(|e| dm_err("deactivate base device", &*names.thin(ThinId::BASE), e));
     let uuid = made?;
     teardown?;
     set_txid(dm, names, 0, 1)?;
@@ -63,17 +70,13 @@ impl DmThin {
         set_txid(&g.dm, &self.names, t, t + 1)
     }
 
-    pub(super) fn is_active(&self, dm: &DM, id: u32) -> Result<bool> {
+    pub(super) fn is_active(&self, dm: &DM, id: ThinId) -> Result<bool> {
         dmc::device_exists(dm, &self.names.thin(id))
             .map_err(|e| dm_err("list devices for", &*self.names.thin(id), e))
     }
 
-    pub(super) fn thin_id(id: u32) -> ThinDevId {
-        ThinDevId::new_u64(id.into()).expect("object ids fit in 24 bits")
-    }
-
     /// Activates a thin device (or attaches to it if active).
-    pub(super) fn activate(&self, g: &Inner, id: u32) -> Result<ThinDev> {
+    pub(super) fn activate(&self, g: &Inner, id: ThinId) -> Result<ThinDev> {
         clear_tableless(&g.dm, &self.names.thin(id))?;
         ThinDev::setup(
             &g.dm,
@@ -81,14 +84,14 @@ impl DmThin {
             None,
             sectors(self.base_size),
             &g.pool,
-            Self::thin_id(id),
+            id.dev_id(),
         )
         .map_err(|e| dm_err("activate thin device", &*self.names.thin(id), e))
     }
 
     /// Runs `f` on the node of thin device `id`, deactivating it afterwards if it was not
     /// active before.
-    pub(super) fn with_thin<T>(&self, id: u32, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    pub(super) fn with_thin<T>(&self, id: ThinId, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
         let g = self.lock();
         let was_active = self.is_active(&g.dm, id)?;
         let mut dev = self.activate(&g, id)?;
@@ -101,7 +104,7 @@ impl DmThin {
     }
 
     /// Removes the dm device of thin `id` if it is active and unused. Busy: Ok(false).
-    pub(super) fn deactivate(&self, g: &Inner, id: u32) -> Result<bool> {
+    pub(super) fn deactivate(&self, g: &Inner, id: ThinId) -> Result<bool> {
         let name = self.names.thin(id);
         if !self.is_active(&g.dm, id)? {
             return Ok(true);
@@ -122,7 +125,7 @@ impl DmThin {
         }
     }
 
-    pub(super) fn thin_ls(&self) -> Result<Vec<(u32, Bytes, Bytes)>> {
+    pub(super) fn thin_ls(&self) -> Result<Vec<(ThinId, Bytes, Bytes)>> {
         let g = self.lock();
         thin_ls(&g.dm, &self.names, &g.pool)
     }
@@ -145,8 +148,8 @@ impl Layers for DmThin {
     }
 
     fn create(&self, layer: &LayerChain) -> Result<()> {
-        let new = layer.id.get();
-        let origin = layer.parent().map_or(BASE_ID, ObjectId::get);
+        let new = ThinId::of(layer.id);
+        let origin = layer.parent().map_or(ThinId::BASE, ThinId::of);
         let g = self.lock();
         let msg = format!("create_snap {new} {origin}");
         let pool = DevId::Name(&self.names.pool());
@@ -191,7 +194,7 @@ impl Layers for DmThin {
         flags: MountFlags,
     ) -> Result<()> {
         let g = self.lock();
-        let id = layer.id.get();
+        let id = ThinId::of(layer.id);
         let dev = self.activate(&g, id)?;
         let ms = flags.ms(mode);
         // Every snapshot carries the base filesystem's UUID; xfs refuses duplicates otherwise.
@@ -224,19 +227,20 @@ impl Layers for DmThin {
             return Ok(());
         };
         let name = blockdev::dm_name(&dm_n).unwrap_or_default();
-        let Some(id) = name
-            .strip_prefix(&format!("{}-", self.names.prefix))
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        // Only layers are mounted (the base never is).
+        let Some(Role::Thin(id)) = self.names.role_of(&name) else {
             return Ok(());
         };
+        if id.layer().is_none() {
+            return Ok(());
+        }
         let g = self.lock();
         // Still mounted elsewhere (another view): leave it active.
         self.deactivate(&g, id).map(drop)
     }
 
     fn remove(&self, id: ObjectId) -> Result<()> {
-        let n = id.get();
+        let n = ThinId::of(id);
         let g = self.lock();
         if self.settings.discard && !self.is_active(&g.dm, n)? {
             // Discard while the device is unused, so the pool and the loopback file get the
@@ -294,7 +298,7 @@ impl Layers for DmThin {
         Ok(self
             .thin_ls()?
             .into_iter()
-            .filter_map(|(id, _, _)| ObjectId::new(id).ok())
+            .filter_map(|(id, _, _)| id.layer())
             .collect())
     }
 
@@ -322,12 +326,12 @@ impl Layers for DmThin {
                     .collect();
             }
         };
-        let by_id: std::collections::HashMap<u32, (Bytes, Bytes)> =
+        let by_id: std::collections::HashMap<ThinId, (Bytes, Bytes)> =
             all.into_iter().map(|(i, e, m)| (i, (e, m))).collect();
         layers
             .iter()
             .map(|l| {
-                let (excl, mapped) = by_id.get(&l.id.get()).ok_or(DriverError::NotFound {
+                let (excl, mapped) = by_id.get(&ThinId::of(l.id)).ok_or(DriverError::NotFound {
                     id: l.id,
                     op: "usage",
                 })?;
