@@ -11,6 +11,12 @@
 //! Everything goes through the `devicemapper` crate's ioctls; device nodes are `/dev/dm-N` from
 //! devtmpfs, so no udev is needed. `thin_check` (on activation) and `thin_ls` (listing and exact
 //! per-layer usage) run through `sys::exec`.
+//!
+//! Files: `settings` (options, sizes), `names` (dm names by role, thin ids), `record` (the
+//! identity kept at init), `factory` (plan, format, open), `pool_target` (the thin-pool target,
+//! its status, transaction id and metadata snapshots), `thin` (thin devices: the layers),
+//! `lvm` (init on an LVM thin-pool LV), `backing` and `status` (the pool's lifecycle and space),
+//! `bench` (bench hooks). This file: the driver's state and dm error mapping.
 
 mod backing;
 mod bench;
@@ -20,6 +26,7 @@ mod names;
 mod pool_target;
 mod record;
 mod settings;
+mod status;
 mod thin;
 
 pub use factory::Factory;
