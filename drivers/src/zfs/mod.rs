@@ -51,7 +51,7 @@ const SCRATCH: &str = "bench-raw";
 const MAX_PARENT: usize = z::MAX_NAME - "/16777215@committed".len();
 /// Slop space alone takes up to 128 MiB of a small zpool (spa_get_slop_space); under this a
 /// pool would have less room for layers than it reserves.
-const MIN_SIZE: Bytes = Bytes(256 << 20);
+const MIN_SIZE: Bytes = Bytes::mib(256);
 /// How long a remove waits for a `zfs` process a killed blkdrv left working on the layer.
 const TOOL_WAIT: Duration = Duration::from_secs(30);
 

@@ -3,11 +3,11 @@
 use super::identity::Created;
 use super::{Vdev, Zfs};
 use crate::sys::zfs as z;
-use crate::Bytes;
+use crate::{Bytes, Sectors};
 
 impl Zfs {
     pub(super) fn space_details(&self, pool: &z::Props, ds: &z::Props) -> Vec<(String, String)> {
-        let num = |p: &z::Props, k: &str| p.num(k).ok();
+        let bytes = |k: &str| pool.bytes(k).ok();
         let mut d = Vec::new();
         let home = match self.rec.created {
             Created::Zpool => {
@@ -43,16 +43,11 @@ impl Zfs {
             pool.get("health").unwrap_or("unknown").to_string(),
         ));
         if let (Some(size), Some(alloc), Some(free)) =
-            (num(pool, "size"), num(pool, "allocated"), num(pool, "free"))
+            (bytes("size"), bytes("allocated"), bytes("free"))
         {
             d.push((
                 "Zpool Size".into(),
-                format!(
-                    "{} ({} allocated, {} free)",
-                    Bytes(size),
-                    Bytes(alloc),
-                    Bytes(free)
-                ),
+                format!("{size} ({alloc} allocated, {free} free)"),
             ));
         }
         let pct = |k: &str| pool.get(k).map_or("-".to_string(), |v| format!("{v}%"));
@@ -76,7 +71,8 @@ impl Zfs {
                         Ok(md) => format!(
                             "{} (file, {} allocated of {})",
                             p.display(),
-                            Bytes(md.blocks() * 512),
+                            // st_blocks counts 512-byte units whatever the block size.
+                            Sectors(md.blocks()).bytes(),
                             Bytes(md.len())
                         ),
                         Err(e) => format!("{} (file: {e})", p.display()),
