@@ -1,9 +1,8 @@
 //! The pool's backing: space, growing file vdevs, export on deactivate, and destroy of what
 //! blkdrv made (only its layers, in an adopted dataset).
 
-use super::format::collides;
 use super::identity::Created;
-use super::{Vdev, Zfs};
+use super::{collides, Vdev, Zfs};
 use crate::error::{DriverError, Result};
 use crate::sys::zfs::{self as z, Dataset, Failure};
 use crate::{Backing, Space};

@@ -3,7 +3,7 @@
 
 use super::identity::{Created, Recorded};
 use super::settings::{bad, Settings, KEY_DATASET, KEY_ZPOOL};
-use super::{vdevs, Vdev, NAME, SCRATCH};
+use super::{collides, vdevs, Vdev, NAME};
 use crate::error::{DriverError, Result};
 use crate::sys::blockdev;
 use crate::sys::zfs::{self as z, Dataset, Failure, ZpoolName};
@@ -139,13 +139,6 @@ fn create_parent(ctx: &PoolContext, s: &Settings, zpool: &ZpoolName) -> Result<R
     })
 }
 
-/// Whether `name` (a child of the parent) could be taken for one of blkdrv's own datasets.
-pub(super) fn collides(parent: &Dataset, name: &str) -> bool {
-    name.strip_prefix(parent.as_str())
-        .and_then(|r| r.strip_prefix('/'))
-        .is_some_and(|leaf| leaf == SCRATCH || leaf.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// `pool init --dataset NAME`: an existing dataset, as it is.
 fn adopt_dataset(ds: &Dataset, adopt: bool) -> Result<Recorded> {
     let props = match z::get(ds.as_str(), &["type", "guid"]) {
@@ -234,28 +227,4 @@ pub(super) fn format(ctx: &PoolContext) -> Result<Identity> {
         }
     };
     Identity::record(NAME, &rec)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::zfs::{COMMITTED, MAX_PARENT};
-    use crate::ObjectId;
-
-    #[test]
-    fn layer_names_are_canonical_ids() {
-        let parent = Dataset::new("tank/blkdrv-t").unwrap();
-        assert!(collides(&parent, "tank/blkdrv-t/17"));
-        assert!(collides(&parent, "tank/blkdrv-t/007"));
-        assert!(collides(&parent, "tank/blkdrv-t/bench-raw"));
-        assert!(!collides(&parent, "tank/blkdrv-t/app"));
-        assert!(!collides(&parent, "tank/blkdrv-tx/17"));
-        assert!(!collides(&parent, "tank/blkdrv-t"));
-        // The longest parent still leaves room for every id and its snapshot.
-        let p = Dataset::new(&format!("tank/{}", "a".repeat(MAX_PARENT - 5))).unwrap();
-        let max = ObjectId::new(ObjectId::MAX).unwrap();
-        let ds = p.child(&max.to_string()).unwrap();
-        assert!(ds.snapshot(COMMITTED).is_ok());
-        assert!(p.child(SCRATCH).is_ok());
-    }
 }

@@ -19,6 +19,11 @@
 //! The pool's identity is the zpool GUID plus the parent dataset (name and GUID). Sizes come from
 //! ZFS's own accounting (`used`, `referenced`), never from walking files. Everything runs through
 //! [`crate::sys::zfs`] (see there why the tools and not a library).
+//!
+//! This file holds the factory, the driver value and how layers are named; the rest is by
+//! concern: `settings` (options), `identity` (what is recorded, checked on open), `format`
+//! (`pool init`), `layers` (the layer operations), `backing` (space, grow, deactivate, destroy)
+//! and `status` (the `pool status` lines).
 
 mod backing;
 mod format;
@@ -29,15 +34,13 @@ mod status;
 
 use crate::error::Result;
 use crate::plan::OptionSpec;
-use crate::sys::zfs::Failure;
-use crate::sys::zfs::{self as z, Dataset, Snapshot};
+use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot};
 use crate::{
     BenchHooks, Bytes, Driver, DriverFactory, DriverOptions, Identity, LayerChain, ObjectId,
     PoolContext, Requirements,
 };
 use identity::Recorded;
-use settings::Settings;
-use settings::OPTIONS;
+use settings::{Settings, OPTIONS};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -134,6 +137,7 @@ impl DriverFactory for Factory {
     }
 }
 
+/// An opened zfs pool: its checked identity and what the layers are made with.
 pub struct Zfs {
     rec: Recorded,
     vdevs: Vec<Vdev>,
@@ -141,6 +145,8 @@ pub struct Zfs {
     recordsize: Bytes,
 }
 
+// Layer names: the object id below the parent dataset, its `@committed` snapshot, and the
+// bench's scratch clone beside them.
 impl Zfs {
     fn dataset(&self, id: ObjectId) -> Dataset {
         self.rec
@@ -161,6 +167,13 @@ impl Zfs {
             .child(SCRATCH)
             .expect("MAX_PARENT leaves room for the scratch name")
     }
+}
+
+/// Whether `name` (a child of the parent) could be taken for one of blkdrv's own datasets.
+fn collides(parent: &Dataset, name: &str) -> bool {
+    name.strip_prefix(parent.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .is_some_and(|leaf| leaf == SCRATCH || leaf.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Driver for Zfs {
@@ -186,5 +199,27 @@ impl BenchHooks for Zfs {
         let took = t.elapsed();
         z::destroy(&scratch, false)?;
         Ok(took)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_names_are_canonical_ids() {
+        let parent = Dataset::new("tank/blkdrv-t").unwrap();
+        assert!(collides(&parent, "tank/blkdrv-t/17"));
+        assert!(collides(&parent, "tank/blkdrv-t/007"));
+        assert!(collides(&parent, "tank/blkdrv-t/bench-raw"));
+        assert!(!collides(&parent, "tank/blkdrv-t/app"));
+        assert!(!collides(&parent, "tank/blkdrv-tx/17"));
+        assert!(!collides(&parent, "tank/blkdrv-t"));
+        // The longest parent still leaves room for every id and its snapshot.
+        let p = Dataset::new(&format!("tank/{}", "a".repeat(MAX_PARENT - 5))).unwrap();
+        let max = ObjectId::new(ObjectId::MAX).unwrap();
+        let ds = p.child(&max.to_string()).unwrap();
+        assert!(ds.snapshot(COMMITTED).is_ok());
+        assert!(p.child(SCRATCH).is_ok());
     }
 }
