@@ -82,18 +82,7 @@ pub enum PoolCmd {
         long_about = "Create a pool. Without --device the pool lives in a sparse loopback \
 file under the state dir (only the space actually written is used on the host). With --device \
 the pool formats the given block device; a device that carries a filesystem, partition table or \
-LVM signature is refused unless --force.\n\nvfs and overlay format the backing with --fs (xfs \
-by default) and mount it under the state dir.\n\ndevicemapper makes a thin pool on two loopback \
-files, on --device DATA [--metadata-device META], on an LVM volume group it creates (--lvm \
---device DEV [--vg NAME]) or on an existing empty LVM thin pool (--thinpool VG/LV). Examples:\n  \
-blkdrv pool init --driver devicemapper --size 20G\n  \
-blkdrv pool init --driver devicemapper --lvm --device /dev/sdb\n  \
-blkdrv pool init --driver devicemapper --thinpool docker/thinpool\n\nzfs makes a zpool on the \
-loopback file or --device (named blkdrv-<pool>-<random>, or --zpool NAME), uses an existing zpool \
-(--zpool NAME alone: blkdrv makes the dataset NAME/blkdrv-<pool> in it) or an existing empty \
-dataset (--dataset NAME). Examples:\n  \
-blkdrv pool init --driver zfs --size 20G --compression lz4\n  \
-blkdrv pool init --driver zfs --zpool tank"
+LVM signature is refused unless --force."
     )]
     Init {
         /// Pool name.
@@ -306,9 +295,22 @@ pub type DriverFlagValues = Vec<(String, Vec<String>)>;
 pub fn command() -> clap::Command {
     Cli::command().mut_subcommand("pool", |p| {
         p.mut_subcommand("init", |i| {
-            i.args(driver_args()).after_long_help(option_keys_help())
+            let about = init_long_about(i.get_long_about().map(|a| a.to_string()));
+            i.args(driver_args())
+                .long_about(about)
+                .after_long_help(option_keys_help())
         })
     })
+}
+
+/// `pool init`'s long help: the generic part, then each driver's own paragraph.
+fn init_long_about(generic: Option<String>) -> String {
+    let mut text = generic.unwrap_or_default();
+    for (_, help) in blkdrv_pool::init::drivers_init_help() {
+        text.push_str("\n\n");
+        text.push_str(help);
+    }
+    text
 }
 
 /// The `-o KEY=VALUE` keys of every driver, from their option tables.

@@ -19,6 +19,12 @@ pub trait DriverFactory: Send + Sync {
     /// One line for `blkdrv info`.
     fn description(&self) -> &'static str;
 
+    /// What `pool init` makes for this driver and from what, with examples: the driver's
+    /// paragraph of `blkdrv pool init --help`. Empty: its flags' help says it all.
+    fn init_help(&self) -> &'static str {
+        ""
+    }
+
     fn requirements(&self) -> Requirements;
 
     /// Every option the driver takes, with its `pool init` flag and help: the one place they

@@ -31,6 +31,10 @@ impl DriverFactory for Factory {
         "overlayfs stack of layer directories (file-level copy-up baseline)"
     }
 
+    fn init_help(&self) -> &'static str {
+        "overlay formats the backing with --fs (xfs by default) and mounts it under the state dir."
+    }
+
     fn requirements(&self) -> Requirements {
         fsbacked::requirements(&["overlay"])
     }

@@ -26,6 +26,10 @@ impl DriverFactory for Factory {
         "full directory copy per layer (baseline, no copy-on-write)"
     }
 
+    fn init_help(&self) -> &'static str {
+        "vfs formats the backing with --fs (xfs by default) and mounts it under the state dir."
+    }
+
     fn requirements(&self) -> Requirements {
         fsbacked::requirements(&[])
     }

@@ -64,6 +64,15 @@ pub fn drivers_options() -> Vec<(&'static str, &'static [OptionSpec])> {
         .collect()
 }
 
+/// Every compiled-in driver's paragraph for `pool init --help` (name, text), where it has one.
+pub fn drivers_init_help() -> Vec<(&'static str, &'static str)> {
+    registry::all()
+        .iter()
+        .map(|f| (f.name(), f.init_help()))
+        .filter(|(_, text)| !text.is_empty())
+        .collect()
+}
+
 /// Names of every compiled-in driver, in display order.
 pub fn driver_names() -> Vec<&'static str> {
     registry::names()

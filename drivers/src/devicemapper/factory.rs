@@ -27,6 +27,15 @@ impl DriverFactory for Factory {
         "device-mapper thin provisioning (block copy-on-write, thin snapshots)"
     }
 
+    fn init_help(&self) -> &'static str {
+        "devicemapper makes a thin pool on two loopback files, on --device DATA \
+[--metadata-device META], on an LVM volume group it creates (--lvm --device DEV [--vg NAME]) or \
+on an existing empty LVM thin pool (--thinpool VG/LV). Examples:\n  \
+blkdrv pool init --driver devicemapper --size 20G\n  \
+blkdrv pool init --driver devicemapper --lvm --device /dev/sdb\n  \
+blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
+    }
+
     fn requirements(&self) -> Requirements {
         Requirements {
             filesystems: vec!["xfs", "ext4"],

@@ -99,6 +99,14 @@ impl DriverFactory for Factory {
         "ZFS datasets, snapshots and clones (record copy-on-write, native space accounting)"
     }
 
+    fn init_help(&self) -> &'static str {
+        "zfs makes a zpool on the loopback file or --device (named blkdrv-<pool>-<random>, or \
+--zpool NAME), uses an existing zpool (--zpool NAME alone: blkdrv makes the dataset \
+NAME/blkdrv-<pool> in it) or an existing empty dataset (--dataset NAME). Examples:\n  \
+blkdrv pool init --driver zfs --size 20G --compression lz4\n  \
+blkdrv pool init --driver zfs --zpool tank"
+    }
+
     fn requirements(&self) -> Requirements {
         Requirements {
             filesystems: vec!["zfs"],
