@@ -117,6 +117,26 @@ pub enum DriverError {
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
 impl DriverError {
+    /// A batch query that failed as a whole (one thin_ls, one zfs get), reported once per layer
+    /// it was asked about, each naming its layer.
+    pub fn for_each_layer<T>(
+        op: &'static str,
+        layers: &[crate::LayerChain],
+        e: &DriverError,
+    ) -> Vec<Result<T>> {
+        let message = e.to_string();
+        layers
+            .iter()
+            .map(|l| {
+                Err(DriverError::Kernel {
+                    op,
+                    target: l.id.to_string(),
+                    message: message.clone(),
+                })
+            })
+            .collect()
+    }
+
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DriverError::Io {
             op,

@@ -151,20 +151,12 @@ pub(super) fn setup_pool_inner(
     let data = linear(Role::Data, &a.data)?;
     let block = sectors(s.block_size);
     let lwm = s.low_water(a.data.len);
-    let pool_exists = dmc::device_exists(dm, &names.pool())
-        .map_err(|e| dm_err("list devices for", &*names.pool(), e))?;
+    let pool = names.pool();
+    let pool_exists =
+        dmc::device_exists(dm, &pool).map_err(|e| dm_err("list devices for", &*pool, e))?;
     if fresh {
-        ThinPoolDev::new(
-            dm,
-            &names.pool(),
-            None,
-            meta,
-            data,
-            block,
-            lwm,
-            s.feature_args(),
-        )
-        .map_err(|e| dm_err("create thin-pool", &*names.pool(), e))
+        ThinPoolDev::new(dm, &pool, None, meta, data, block, lwm, s.feature_args())
+            .map_err(|e| dm_err("create thin-pool", &*pool, e))
     } else {
         if !pool_exists {
             // LVM runs thin_check before activating a pool; so do we: activating damaged
@@ -182,17 +174,8 @@ pub(super) fn setup_pool_inner(
                 ),
             })?;
         }
-        ThinPoolDev::setup(
-            dm,
-            &names.pool(),
-            None,
-            meta,
-            data,
-            block,
-            lwm,
-            s.feature_args(),
-        )
-        .map_err(|e| dm_err("activate thin-pool", &*names.pool(), e))
+        ThinPoolDev::setup(dm, &pool, None, meta, data, block, lwm, s.feature_args())
+            .map_err(|e| dm_err("activate thin-pool", &*pool, e))
     }
 }
 

@@ -313,17 +313,7 @@ impl Layers for DmThin {
         let all = match self.thin_ls() {
             Ok(all) => all,
             Err(e) => {
-                let msg = e.to_string();
-                return layers
-                    .iter()
-                    .map(|l| {
-                        Err(DriverError::Kernel {
-                            op: "read usage (thin_ls) of layer",
-                            target: l.id.to_string(),
-                            message: msg.clone(),
-                        })
-                    })
-                    .collect();
+                return DriverError::for_each_layer("read usage (thin_ls) of layer", layers, &e)
             }
         };
         let by_id: std::collections::HashMap<ThinId, (Bytes, Bytes)> =

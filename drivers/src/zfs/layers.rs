@@ -304,17 +304,7 @@ impl Layers for Zfs {
         let all = match all {
             Ok(all) => all,
             Err(e) => {
-                let msg = e.to_string();
-                return layers
-                    .iter()
-                    .map(|l| {
-                        Err(DriverError::Kernel {
-                            op: "read usage (zfs get) of layer",
-                            target: l.id.to_string(),
-                            message: msg.clone(),
-                        })
-                    })
-                    .collect();
+                return DriverError::for_each_layer("read usage (zfs get) of layer", layers, &e)
             }
         };
         layers
