@@ -16,11 +16,12 @@ cd "$(dirname "$0")/.."
 #   fdisk (sfdisk), libtirpc3, libssl3, zlib1g: the VM's OpenZFS tools (tests/vm/mkzfs copies
 #   them and their libraries into the guest; build-essential compiles the ZFS module for the
 #   VM kernel; mkzfs installs the matching linux-headers itself, it depends on the kernel ABI);
-#   debian-archive-keyring: signs the Debian contrib lists mkzfs fetches for OpenZFS.
+#   debian-archive-keyring: signs the Debian contrib lists mkzfs fetches for OpenZFS;
+#   protobuf-compiler: protoc, which containerd-snapshots runs at build time for the gRPC API.
 PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-essential tar
       libdevmapper-dev thin-provisioning-tools lvm2 dmsetup
       qemu-system-x86 busybox-static kmod cpio xz-utils
-      fdisk libtirpc3 libssl3 zlib1g debian-archive-keyring)
+      fdisk libtirpc3 libssl3 zlib1g debian-archive-keyring protobuf-compiler)
 
 # OpenZFS for the VM comes from Debian `contrib`: tests/vm/mkzfs fetches it through an apt
 # source list of its own, so the host's apt sources are left as they are. Earlier versions of

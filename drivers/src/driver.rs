@@ -5,8 +5,8 @@
 use crate::error::{DriverError, Result};
 use crate::plan::{self, BackingPlan, BackingRequest, LoopbackFile, OptionSpec};
 use crate::types::{
-    Capabilities, DriverOptions, LayerChain, MountFlags, MountMode, PoolContext, Requirements,
-    Space, Usage,
+    Capabilities, DriverOptions, LayerChain, MountFlags, MountMode, MountSpec, PoolContext,
+    Requirements, Space, Usage,
 };
 use crate::{sys, Bytes, Identity, ObjectId};
 use std::path::Path;
@@ -99,6 +99,24 @@ pub trait Layers: Send + Sync {
         mode: MountMode,
         flags: MountFlags,
     ) -> Result<()>;
+
+    /// Describes how another process mounts the layer (see [`MountSpec`]), making whatever the
+    /// mount needs exist first (an active dm device, overlay's short lower links). Idempotent;
+    /// the layer's `remove` takes it all away again. Active layers may be exported read-write,
+    /// committed layers read-only only. `flags.nosuid` is ignored: exported mounts are for
+    /// containers. Called once per Prepare/View/Mounts request of the containerd snapshotter.
+    fn export(
+        &self,
+        layer: &LayerChain,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<Vec<MountSpec>> {
+        let _ = (mode, flags);
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: format!("mounts by another process (layer {})", layer.id),
+        })
+    }
 
     /// Unmounts a mount made by [`Layers::mount`].
     fn unmount(&self, target: &Path) -> Result<()>;

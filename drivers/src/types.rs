@@ -75,6 +75,19 @@ impl MountFlags {
     }
 }
 
+/// A mount another process performs itself (containerd while unpacking, the runc shim for a
+/// container's root): what [`crate::Layers::export`] hands out instead of mounting. Every path in
+/// it is absolute and valid in the host's mount namespace; `options` are mount(8)-style words
+/// (`ro`, `nodev`, `subvolid=5`, `lowerdir=...`), never `nosuid` (containers run setuid programs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Filesystem type for mount(2): `xfs`, `ext4`, `zfs`, `btrfs`, `overlay`, `bind`.
+    pub fstype: String,
+    /// Device, dataset or directory.
+    pub source: String,
+    pub options: Vec<String>,
+}
+
 /// A layer as a driver sees it: its object and the committed layers below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerChain {

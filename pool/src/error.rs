@@ -38,6 +38,18 @@ pub enum PoolError {
     #[error("layer {0:?} already exists")]
     LayerExists(String),
 
+    /// containerd's NotFound: no snapshot has this key.
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+
+    /// containerd's AlreadyExists: the key (or commit name) is taken.
+    #[error("snapshot {0:?} already exists")]
+    SnapshotExists(String),
+
+    /// containerd's FailedPrecondition; its GC relies on "remove" being in the message.
+    #[error("cannot remove snapshot {key:?}: {children} snapshot(s) depend on it")]
+    SnapshotHasChildren { key: String, children: usize },
+
     #[error("{op} {layer:?} refused: {reason}")]
     Refused {
         op: &'static str,

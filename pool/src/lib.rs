@@ -12,17 +12,20 @@ pub mod layer;
 pub mod lock;
 pub mod pool;
 pub mod signal;
+pub mod snapshot;
 pub mod store;
 pub mod text;
 
 /// The drivers' vocabulary the pool hands out, so front ends need not depend on the drivers.
 pub use blkdrv_drivers::{
-    Bytes, Capabilities, DriverOptions, Granularity, MountMode, ObjectId, OptionKind, OptionRole,
-    OptionSpec, ParseSizeError, Space, Usage,
+    Bytes, Capabilities, DriverOptions, Granularity, MountMode, MountSpec, ObjectId, OptionKind,
+    OptionRole, OptionSpec, ParseSizeError, Space, Usage,
 };
 pub use config::{HostConfig, PoolConfig};
 pub use error::{PoolError, Result};
 pub use init::{DriverFlag, DriverInfo, InitRequest};
 pub use layer::{LayerKind, LayerName, LayerState, PoolName};
 pub use layertar::DiffStats;
-pub use pool::{Access, BackingSpec, CreateOutcome, InitSpec, LayerInfo, Pool, Root, Source};
+pub use pool::{
+    Access, BackingSpec, CreateOutcome, ExportPolicy, InitSpec, LayerInfo, Pool, Root, Source,
+};

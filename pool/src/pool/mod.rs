@@ -18,11 +18,13 @@ mod layers;
 mod mounts;
 mod queries;
 mod recovery;
+mod snapshots;
 mod space;
 mod spool;
 mod types;
 
 pub use backing::{force_destroy, teardown_dir};
+pub use snapshots::ExportPolicy;
 pub use spool::Spooled;
 pub(crate) use types::Planned;
 pub use types::{

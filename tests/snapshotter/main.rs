@@ -1,0 +1,2 @@
+//! Placeholder: filled in by the containerd snapshotter work (issue 13).
+fn main() {}
