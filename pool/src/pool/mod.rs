@@ -14,6 +14,7 @@
 //! (reconcile, check), `spool` and the public `types`.
 
 mod backing;
+mod export;
 mod layers;
 mod mounts;
 mod queries;
