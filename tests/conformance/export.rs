@@ -148,7 +148,7 @@ fn check_specs(specs: &[MountSpec], ro: bool, policy: ExportPolicy) -> Result<()
         let has = |w: &str| s.options.iter().any(|o| o == w);
         ensure_s(!has("nosuid"), &format!("no nosuid: {s:?}"))?;
         ensure_s(
-            has("nodev") == !policy.dev,
+            has("nodev") != policy.dev,
             &format!("nodev by policy: {s:?}"),
         )?;
         ensure_s(
