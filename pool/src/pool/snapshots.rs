@@ -73,17 +73,21 @@ impl Pool {
                 t.insert_snapshot(&row(rec.id))
             },
         )?;
-        let done = self.store.tx("record prepare done", |t| {
-            t.set_state(rec.id, LayerState::Active)
-        });
-        if let Err(e) = done {
-            return Err(e.with_rollback(self.undo_create(rec.id)));
-        }
-        let rec = LayerRecord {
+        // The mounts before the completion: a layer containerd cannot mount is no snapshot, and
+        // an answer of "failed" must leave nothing behind (the key stays free for a retry).
+        let active = LayerRecord {
             state: LayerState::Active,
-            ..rec
+            ..rec.clone()
         };
-        self.export_record(&rec, key.as_str(), false, policy)
+        let done = self
+            .export_record(&active, key.as_str(), false, policy)
+            .and_then(|mounts| {
+                self.store.tx("record prepare done", |t| {
+                    t.set_state(rec.id, LayerState::Active)
+                })?;
+                Ok(mounts)
+            });
+        done.map_err(|e| e.with_rollback(self.undo_create(rec.id)))
     }
 
     /// View: a read-only snapshot `key` of the committed `parent`, sharing its layer.
