@@ -75,6 +75,14 @@ pub const CASES: &[Case] = &[
     Case::any("kill_9_during_import_and_remove", kill_9_at_random),
     Case::any("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
     Case::any(
+        "export::mounts_by_another_process",
+        crate::export::mounts_by_another_process,
+    ),
+    Case::any(
+        "export::chain_128_by_another_process",
+        crate::export::chain_128_by_another_process,
+    ),
+    Case::any(
         "backing::exclusive_usage_of_a_snapshot",
         crate::backing::exclusive_usage,
     ),

@@ -8,6 +8,7 @@
 mod backing;
 mod campaign;
 mod cases;
+mod export;
 mod hostile;
 mod snapshots;
 
@@ -17,6 +18,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 fn main() {
     kit::child::maybe_run_child();
     snapshots::maybe_run_child();
+    export::maybe_mount_child();
     let args = Arguments::from_args();
     let cfg = kit::config::get();
     let on_loopback = kit::pool::on_loopback();
