@@ -749,6 +749,21 @@ pub fn cli_and_snapshot_layers_stay_apart(driver: &str) -> TestResult {
         pool.list()?.iter().filter(|l| l.owner.is_none()).count() == 1,
         "the CLI layer has no owner"
     );
+    // `layer ls` names the child's parent as it names the parent.
+    let child = mine
+        .iter()
+        .find(|l| l.parent_id.is_some())
+        .ok_or("a child")?;
+    let parent = mine
+        .iter()
+        .find(|l| l.parent_id.is_none())
+        .ok_or("a parent")?;
+    ensure!(
+        child.parent.as_deref() == Some(parent.name.as_str()) && parent.name.contains("containerd"),
+        "parent shown as {:?}, the parent as {:?}",
+        child.parent,
+        parent.name
+    );
     for l in &mine {
         ensure!(l.names.is_empty(), "a containerd layer has a name: {l:?}");
         let id = l.id.to_string();
