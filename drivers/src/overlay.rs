@@ -6,8 +6,9 @@
 //! handles the driver's own long-chain mounts use, and 128 lower dirs under a pool's state dir
 //! do not fit in the one page of options mount(2) takes. So every layer also gets a short name,
 //! as in Docker's overlay2 `l/` dir: a symlink `/run/blkdrv/l/<tag>/<id in base 36>` to its
-//! `diff/` (`<tag>`: the backing filesystem's UUID, abbreviated), made at create and again at
-//! export (`/run` is emptied at boot), removed with the layer, the whole dir on deactivate.
+//! `diff/` (`<tag>`: the backing filesystem's UUID, abbreviated), made by each
+//! export that finds it missing (`/run` is emptied at boot), removed with the layer, the whole
+//! dir on deactivate; pools that are never exported leave nothing there.
 //! 128 lower dirs through them take about 3.2 KB wherever the pool lives. containerd 1.6 also
 //! compacts long lowerdir options itself (`compactLowerdirOption` in mount/mount_linux.go:
 //! from 3584 bytes of options it mounts from the lower dirs' common parent, with relative
@@ -274,14 +275,8 @@ impl Layers for Overlay {
                 None => Ok(()),
             }
         })?;
-        // Only exports need the link, and each export makes any that is missing: a host where
-        // /run is not writable can still use the pool's own mounts.
-        if let Err(e) = self
-            .ensure_link_dir(layer.id)
-            .and_then(|()| self.ensure_link(layer.id))
-        {
-            tracing::warn!(layer = %layer.id, "short overlay link not made: {e}");
-        }
+        // No short link here: only exports need one and each export makes any that is missing,
+        // so pools no container engine uses leave nothing in /run.
         Ok(())
     }
 
