@@ -99,8 +99,8 @@ pub const CASES: &[Case] = &[
         crate::snapshots::prepare_commit_view_remove,
     ),
     Case::any(
-        "snapshot::keys_as_containerd_sends_them",
-        crate::snapshots::keys_as_containerd_sends_them,
+        "snapshot::keys_with_slashes_spaces_and_quotes",
+        crate::snapshots::keys_with_slashes_spaces_and_quotes,
     ),
     Case::any("snapshot::update_labels", crate::snapshots::update_labels),
     Case::any(

@@ -477,7 +477,7 @@ pub fn prepare_commit_view_remove(driver: &str) -> TestResult {
 
 /// Keys and names as containerd sends them round-trip through every operation and the list;
 /// empty keys, NUL and keys over the limit are refused as invalid.
-pub fn keys_as_containerd_sends_them(driver: &str) -> TestResult {
+pub fn keys_with_slashes_spaces_and_quotes(driver: &str) -> TestResult {
     let tp = TestPool::new(driver)?;
     let mut pool = tp.open()?;
     let keys = odd_keys();
