@@ -3,10 +3,19 @@
 use super::types::{LayerInfo, PoolStatus};
 use super::Pool;
 use crate::error::{PoolError, Result};
-use crate::layer::{LayerRecord, LayerState};
+use crate::layer::{LayerOwner, LayerRecord, LayerState};
 use crate::store::MountRecord;
 use blkdrv_drivers::{LayerChain, ObjectId, Usage};
 use std::collections::{BTreeMap, HashMap};
+
+/// How a layer without a name is shown: containerd's keys are its own business (and hundreds
+/// of bytes long), so its layers show as `<containerd ID>`.
+fn unnamed(id: ObjectId, owner: Option<LayerOwner>) -> String {
+    match owner {
+        Some(o) => format!("<{o} {id}>"),
+        None => format!("<layer {id}>"),
+    }
+}
 
 impl Pool {
     /// Live usage of the active layers among `recs` (their size changes, so it is measured now
@@ -36,7 +45,9 @@ impl Pool {
         names: &BTreeMap<ObjectId, Vec<String>>,
         mounts: &[MountRecord],
         live: &HashMap<ObjectId, Usage>,
+        owners: &HashMap<ObjectId, LayerOwner>,
     ) -> LayerInfo {
+        let owner = owners.get(&rec.id).copied();
         let chain = self.chain_of(rec, all);
         let size = match rec.size {
             Some(s) => Some(s),
@@ -46,12 +57,17 @@ impl Pool {
             .get(&rec.id)
             .and_then(|n| n.first().cloned())
             .or_else(|| rec.pending_name.clone())
-            .unwrap_or_else(|| format!("<layer {}>", rec.id));
+            .unwrap_or_else(|| unnamed(rec.id, owner));
         LayerInfo {
             name,
             names: names.get(&rec.id).cloned().unwrap_or_default(),
             id: rec.id.get(),
-            parent: rec.parent.map(|p| Self::display_name(names, p)),
+            parent: rec
+                .parent
+                .map(|p| match names.get(&p).and_then(|n| n.first()) {
+                    Some(n) => n.clone(),
+                    None => unnamed(p, owners.get(&p).copied()),
+                }),
             parent_id: rec.parent.map(ObjectId::get),
             kind: rec.kind,
             state: rec.state,
@@ -67,6 +83,7 @@ impl Pool {
                 .filter(|m| m.layer == rec.id)
                 .cloned()
                 .collect(),
+            owner,
         }
     }
 
@@ -79,9 +96,10 @@ impl Pool {
         // Ids grow over time and a parent always exists before its child.
         recs.sort_by_key(|r| r.id);
         let live = self.live_usage(&recs, &all);
+        let owners = self.store.owners()?;
         Ok(recs
             .into_iter()
-            .map(|r| self.info_of(r, &all, &names, &mounts, &live))
+            .map(|r| self.info_of(r, &all, &names, &mounts, &live, &owners))
             .collect())
     }
 
@@ -95,6 +113,7 @@ impl Pool {
             &self.names_by_layer()?,
             &self.store.mounts()?,
             &live,
+            &self.store.owners()?,
         ))
     }
 
@@ -121,6 +140,7 @@ impl Pool {
             &self.names_by_layer()?,
             &self.store.mounts()?,
             &live,
+            &self.store.owners()?,
         ))
     }
 
