@@ -103,20 +103,11 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // main() holds `stderr().lock()` for the whole command, so a server logging from its
-    // worker threads through `std::io::stderr` would wait for that lock forever: logs go to
-    // a duplicate of fd 2 instead (one write per event, so lines stay whole).
-    use std::os::fd::AsFd;
-    let writer = match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Arc::new(
-            std::fs::File::from(fd),
-        )),
-        Err(_) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
-    };
     // Tests call run() many times in one process; only the first subscriber sticks.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(std::io::stderr)
+        // Escape codes only for a terminal: a server's log usually goes to a file or journal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
