@@ -30,6 +30,9 @@ use std::time::Duration;
 /// Default socket, as containerd's `[proxy_plugins.blkdrv] address` names it.
 pub const DEFAULT_SOCKET: &str = "/run/blkdrv/snapshotter.sock";
 
+/// Logged (info) once the socket accepts requests: what a supervisor or a test waits for.
+pub const LISTENING: &str = "listening on the socket";
+
 /// The containerd configuration that points at a server on [`DEFAULT_SOCKET`].
 pub const CONTAINERD_CONFIG: &str = r#"[proxy_plugins.blkdrv]
   type = "snapshot"
@@ -157,7 +160,7 @@ fn check_names(pools: &[(String, String)]) -> Result<Vec<(String, PoolName)>, Se
 async fn run(service: service::Service, socket: &Path) -> Result<(), ServeError> {
     let listener = bind(socket).await?;
     let _socket = SocketGuard(socket.to_path_buf());
-    tracing::info!(socket = %socket.display(), "listening");
+    tracing::info!(socket = %socket.display(), "{LISTENING}");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
         .add_service(api::snapshots::v1::snapshots_server::SnapshotsServer::new(

@@ -5,11 +5,13 @@
 //! answers, and connects a client. Dropping the [`Server`] stops the child by its pid: SIGTERM,
 //! then SIGKILL if it has not exited after [`STOP_TIMEOUT`]; a case that needs the exit status
 //! calls [`Server::stop`] or [`Server::kill`] itself. The server's log (its stderr) goes to a
-//! file next to the socket, for failure messages ([`Server::log`]).
+//! file next to the socket, for failure messages ([`Server::log`]); `RUST_LOG` in
+//! [`ServerSpec::env`] changes what it holds.
 
 use blkdrv_snapshotter::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use blkdrv_snapshotter::tonic::transport::{Channel, Endpoint, Uri};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
+pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -78,7 +80,7 @@ impl Server {
             "blkdrv".to_string(),
             "--root".into(),
             spec.root.display().to_string(),
-            "-vv".into(),
+            "-v".into(),
             "snapshotter".into(),
             "serve".into(),
             "--socket".into(),
@@ -97,7 +99,9 @@ impl Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
-            .env_remove("BLKDRV_POOL");
+            .env_remove("BLKDRV_POOL")
+            // Each request at debug, without the HTTP/2 frames.
+            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info,tonic=info");
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
@@ -114,7 +118,9 @@ impl Server {
                         read_log(&log)
                     ));
                 }
-                if spec.socket.exists() {
+                // The log line, not the socket alone: a socket may be another server's
+                // (which this one then refuses to replace, and exits).
+                if read_log(&log).contains(blkdrv_snapshotter::LISTENING) {
                     if let Ok(c) = rt.block_on(connect(&spec.socket)) {
                         break Server {
                             spec,
@@ -203,6 +209,12 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `sig` and waits for the exit (SIGKILL after [`STOP_TIMEOUT`]: then an error),
+    /// keeping the runtime, so requests in flight can still be awaited for their answers.
+    pub fn signal_and_wait(&mut self, sig: Signal) -> Result<ExitStatus, String> {
+        self.stop_with(sig)
     }
 
     fn stop_with(&mut self, sig: Signal) -> Result<ExitStatus, String> {
