@@ -44,8 +44,8 @@ fn main() {
                         .map(|e| e.to_string())
                         .unwrap_or_default()
                 ),
-                &format!("snapshotter {name}::"),
-                "",
+                "snapshotter",
+                " (its lines in tests/vm/suites)",
             );
         }
         for &(case, run) in cases::CASES {
