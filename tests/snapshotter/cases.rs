@@ -515,18 +515,18 @@ fn usage(driver: &str) -> TestResult {
     );
     {
         let g = Mounted::new(&m, &fx.tp.path(&hash("a")))?;
-        let data: Vec<u8> = (0..4 * MIB).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let data: Vec<u8> = (0..16 * MIB).map(|i| (i * 7 + i / 4096) as u8).collect();
         std::fs::write(g.path().join("big"), &data).map_err(|e| e.to_string())?;
         nix::unistd::sync();
     }
     let active = fx.usage("a")?;
     ensure!(
-        active.size >= 3 * MIB,
-        "4 MiB written, active usage {active:?} (empty {empty:?})"
+        active.size >= 15 * MIB,
+        "16 MiB written, active usage {active:?} (empty {empty:?})"
     );
     fx.commit("c", "a", Labels::new())?;
     let c1 = fx.usage("c")?;
-    ensure!(c1.size >= 3 * MIB, "committed usage {c1:?}");
+    ensure!(c1.size >= 15 * MIB, "committed usage {c1:?}");
     ensure!(
         c1 == fx.usage("c")?,
         "committed usage is not stable (stored)"
@@ -538,11 +538,13 @@ fn usage(driver: &str) -> TestResult {
         std::fs::write(g.path().join("small"), "x").map_err(|e| e.to_string())?;
     }
     // vfs copies the parent into the child: the copy is the child's own (removing the child
-    // frees it), as containerd's native snapshotter counts it. Every other driver shares.
+    // frees it), as containerd's native snapshotter counts it. Every other driver shares the
+    // parent's blocks; the child's own are its file and what the filesystem itself wrote (a
+    // log, metadata blocks: 2.2 MiB on dm-thin's 64 KiB blocks under xfs).
     let limit = if driver == "vfs" {
-        c1.size + 2 * MIB
+        c1.size + 8 * MIB
     } else {
-        2 * MIB
+        8 * MIB
     };
     let b = fx.usage("b")?;
     ensure!(
