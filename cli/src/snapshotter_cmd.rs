@@ -96,6 +96,13 @@ pub fn main(
         Ok(()) => crate::EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "blkdrv: error: {}", escape_controls(&e.to_string()));
+            // A signal while the pools were still opening (recovery rolled back): 128+N, as
+            // for every command stopped by a signal.
+            if let ServeError::Pool { source, .. } = &e {
+                if let Some(n) = source.interrupted_by() {
+                    return 128 + n;
+                }
+            }
             if e.is_usage() {
                 crate::EXIT_USAGE
             } else {
