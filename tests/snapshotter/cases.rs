@@ -31,6 +31,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("sigterm_stops_cleanly", sigterm_stops_cleanly),
     ("sigterm_during_prepare", sigterm_during_prepare),
     ("snapshotter_names", snapshotter_names),
+    ("nodev_policy", nodev_policy),
 ];
 
 const REF: &str = "containerd.io/snapshot.ref";
@@ -952,4 +953,44 @@ impl Drop for SecondPool {
             Err(e) => eprintln!("test cleanup: open the second pool: {e}"),
         }
     }
+}
+
+/// Container mounts never carry `nosuid` (images hold setuid programs); `nodev` unless the
+/// server runs with `--allow-devices`.
+fn nodev_policy(driver: &str) -> TestResult {
+    let mut fx = Fx::new(driver)?;
+    fx.committed("base", "", &[])?;
+    let has = |m: &[blkdrv_snapshotter::api::types::Mount], o: &str| {
+        m.iter().any(|m| m.options.iter().any(|x| x == o))
+    };
+    let a = fx.prepare("a", "base", Labels::new())?;
+    let v = fx.view("v", "base")?;
+    for (what, m) in [("Prepare", &a), ("View", &v)] {
+        ensure!(!has(m, "nosuid"), "{what} mounts with nosuid: {m:?}");
+        ensure!(
+            has(m, "nodev"),
+            "{what} mounts without nodev by default: {m:?}"
+        );
+    }
+    fx.take().stop()?;
+    let mut spec = fx.spec(&[]);
+    spec.args = vec!["--allow-devices".into()];
+    let srv = kit::snapshotter::Server::start(spec)?;
+    let mut c = srv.client();
+    for key in ["a", "v"] {
+        let m = srv
+            .block_on(c.mounts(pb::MountsRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            }))
+            .map_err(|e| format!("Mounts {key}: {e}"))?
+            .into_inner()
+            .mounts;
+        ensure!(
+            !has(&m, "nodev") && !has(&m, "nosuid"),
+            "--allow-devices: Mounts {key}: {m:?}"
+        );
+    }
+    srv.stop()?;
+    Ok(())
 }
