@@ -164,10 +164,16 @@ fn finish<T>(
         Ok(Err(e)) => {
             let status = convert::status(&e);
             let msg = escape_controls(status.message());
-            if status.code() == tonic::Code::Internal {
-                tracing::error!(op, pool = %pool, key = %key, code = ?status.code(), "{msg}");
-            } else {
-                tracing::info!(op, pool = %pool, key = %key, code = ?status.code(), "{msg}");
+            match status.code() {
+                tonic::Code::Internal => {
+                    tracing::error!(op, pool = %pool, key = %key, code = ?status.code(), "{msg}")
+                }
+                // containerd's control flow, not trouble: the unpacker probes with Prepare
+                // (AlreadyExists = unpacked), Stat asks whether a snapshot is there.
+                tonic::Code::NotFound | tonic::Code::AlreadyExists => {
+                    tracing::debug!(op, pool = %pool, key = %key, code = ?status.code(), "{msg}")
+                }
+                _ => tracing::info!(op, pool = %pool, key = %key, code = ?status.code(), "{msg}"),
             }
             Err(status)
         }
