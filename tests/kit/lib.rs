@@ -9,7 +9,9 @@
 //!   trial, and the VM gate that reports cases this kernel cannot run as ignored;
 //! - [`leaks`]: mounts and loop devices a test left behind;
 //! - [`rng`]: the one seeded PRNG (`BLKDRV_TEST_SEED` replays a run);
-//! - [`config`]: the environment the suite reads, read once at start.
+//! - [`config`]: the environment the suite reads, read once at start;
+//! - [`ociimage`]: a test OCI image archive built locally (no registry), for containerd;
+//! - [`containerd`]: a private containerd with proxy snapshotters, and `ctr` against it.
 //!
 //! A library rather than `#[path]`-included modules: every binary links the same code, and
 //! nothing is dead code in one binary and used in another.
@@ -17,7 +19,9 @@
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod containerd;
 pub mod leaks;
+pub mod ociimage;
 pub mod pool;
 pub mod rng;
 pub mod trial;
