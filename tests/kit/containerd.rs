@@ -190,8 +190,17 @@ impl Containerd {
         cmd.arg("--address")
             .arg(&self.address)
             .arg("--namespace")
-            .arg(ns)
-            .args(args);
+            .arg(ns);
+        match args {
+            // pivot_root(2) fails with EINVAL when / is the initramfs (the VM): runc must move
+            // the container's root with MS_MOVE and chroot instead.
+            ["run", rest @ ..] if root_is_initramfs() => {
+                cmd.arg("run").arg("--no-pivot").args(rest);
+            }
+            _ => {
+                cmd.args(args);
+            }
+        }
         let out = run_captured(cmd, timeout)
             .map_err(|e| format!("ctr -n {ns} {}: {e}", args.join(" ")))?;
         if !out.0.success() {
@@ -491,6 +500,16 @@ pub fn run_captured(
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     Ok((status, stdout, stderr, took))
+}
+
+/// Whether / is the initramfs (`rootfs`), as in the test VM, where pivot_root(2) cannot work.
+pub fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .rev()
+            .find(|l| l.split_whitespace().nth(1) == Some("/"))
+            .is_some_and(|l| l.split_whitespace().nth(2) == Some("rootfs"))
+    })
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
