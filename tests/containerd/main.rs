@@ -8,8 +8,8 @@
 //! `overlayfs` and `native` snapshotters, each in its own namespace, interleaved round by round
 //! (`BLKDRV_CTR_ROUNDS`, 3 on the host, 1 in the VM; the median is reported). The table is
 //! printed and written to `containerd-timings.json` in `$BLKDRV_VM_OUT` (the VM) or the target
-//! directory. Timings of cases that run side by side disturb each other: run with
-//! `--test-threads=1` for numbers to quote.
+//! directory. The cases run one at a time (each has its own containerd and server), so that
+//! their timings do not measure each other.
 //!
 //! `reference::overlayfs` runs the same checks on containerd's own overlayfs snapshotter only:
 //! when it fails, the image, containerd or runc is at fault, not blkdrv.
@@ -37,13 +37,24 @@ pub struct Timing {
 /// Timings of every case, written out after the run.
 pub static TIMINGS: Mutex<Vec<Timing>> = Mutex::new(Vec::new());
 
+/// Held by every case for its whole run: the cases take one at a time whatever
+/// `--test-threads` says, so that a case's timings are not another case's load (each runs its
+/// own containerd, server and containers).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `case` under [`ONE_AT_A_TIME`] (a panicking case poisons nothing the next one needs).
+fn serial(case: impl FnOnce() -> kit::TestResult + std::panic::UnwindSafe) -> kit::TestResult {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    kit::trial::guarded(case)
+}
+
 fn main() {
     kit::child::maybe_run_child();
     let args = Arguments::from_args();
     let cfg = kit::config::get();
     let mut trials = vec![Trial::test("reference::overlayfs", || {
         needs_root()?;
-        kit::trial::guarded(flow::reference)
+        serial(flow::reference)
     })];
     for f in blkdrv_drivers::registry::all() {
         let name = f.name().to_string();
@@ -75,7 +86,7 @@ fn main() {
                     return Err(Failed::from(e.as_str()));
                 }
                 let driver = driver.clone();
-                kit::trial::guarded(move || flow::blkdrv(&driver))
+                serial(move || flow::blkdrv(&driver))
             })
             .with_ignored_flag(vm_only),
         );
