@@ -14,7 +14,7 @@ use crate::sys::mount;
 use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, MountSpec, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use btrfs_uapi::{filesystem, quota, space, subvolume, tree_search};
 use nix::fcntl::{open, OFlag};
@@ -302,6 +302,25 @@ impl Layers for Btrfs {
             ms,
             Some(&format!("subvolid={subvol}")),
         )
+    }
+
+    // The same mount `mount` makes, by the other process: the pool's device (a loop device of
+    // the pool's file, attached as long as the pool is active) and the subvolume's id, which
+    // unlike a subvol= path does not depend on where the top level is mounted.
+    fn export(
+        &self,
+        layer: &LayerChain,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<Vec<MountSpec>> {
+        let subvol = self.subvol_id(layer.id)?;
+        Ok(vec![MountSpec::new(
+            "btrfs",
+            self.backing.device.display().to_string(),
+            [format!("subvolid={subvol}")],
+            mode,
+            flags,
+        )])
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {

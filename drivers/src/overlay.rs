@@ -1,6 +1,18 @@
 //! overlay: each layer is a directory (`diff/`) stacked by overlayfs; an active layer is the
 //! upper dir, its committed ancestors the lower dirs. File-granularity copy-up: whole files are
 //! copied into the upper dir on first write (a reflink clone when the backing is xfs).
+//!
+//! Mounts by other processes (containerd, [`Layers::export`]) cannot use the `/proc/self/fd`
+//! handles the driver's own long-chain mounts use, and 128 lower dirs under a pool's state dir
+//! do not fit in the one page of options mount(2) takes. So every layer also gets a short name,
+//! as in Docker's overlay2 `l/` dir: a symlink `/run/blkdrv/l/<tag>/<id in base 36>` to its
+//! `diff/` (`<tag>`: the backing filesystem's UUID, abbreviated), made at create and again at
+//! export (`/run` is emptied at boot), removed with the layer, the whole dir on deactivate.
+//! 128 lower dirs through them take about 3.2 KB wherever the pool lives. containerd 1.6 also
+//! compacts long lowerdir options itself (`compactLowerdirOption` in mount/mount_linux.go:
+//! from 3584 bytes of options it mounts from the lower dirs' common parent, with relative
+//! names, which for these links is the tag dir); nothing here relies on that, so any mount(2)
+//! caller can perform the specs, mount(8) included.
 
 use crate::error::{DriverError, Result};
 use crate::fsbacked::{self, FsBacking};
@@ -8,7 +20,7 @@ use crate::sys::{mount, tree};
 use crate::{Backing, BenchSetup, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, MountSpec, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
@@ -19,6 +31,11 @@ use std::path::{Path, PathBuf};
 const NAME: &str = "overlay";
 /// The kernel copies at most one page of mount options, including the trailing NUL.
 const MAX_MOUNT_DATA: usize = 4095;
+/// How many hex digits of the backing's UUID name a pool's link dir: short, since the tag is in
+/// every lower path; the marker file inside ([`LINK_MARKER`]) catches the rare collision.
+const LINK_TAG_LEN: usize = 6;
+/// File in a link dir holding the full UUID of the pool it belongs to.
+const LINK_MARKER: &str = ".uuid";
 
 pub struct Factory;
 
@@ -60,8 +77,17 @@ impl DriverFactory for Factory {
     }
 
     fn open(&self, ctx: &PoolContext, identity: &Identity) -> Result<Box<dyn Driver>> {
+        let backing = FsBacking::open(ctx, identity, NAME)?;
+        let tag: String = backing
+            .uuid
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(LINK_TAG_LEN)
+            .collect::<String>()
+            .to_ascii_lowercase();
         Ok(Box::new(Overlay {
-            backing: FsBacking::open(ctx, identity, NAME)?,
+            links: Path::new(mount::SHORT_LINK_ROOT).join(tag),
+            backing,
         }))
     }
 }
@@ -81,6 +107,21 @@ impl BenchSetup for Factory {
 
 pub struct Overlay {
     backing: FsBacking,
+    /// This pool's dir of short layer names (see the module doc).
+    links: PathBuf,
+}
+
+/// A layer's short name: its id in base 36 (at most 5 characters for 24-bit ids).
+fn link_name(id: ObjectId) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut v = id.get();
+    let mut out = Vec::new();
+    while v > 0 {
+        out.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
 }
 
 impl Overlay {
@@ -94,6 +135,65 @@ impl Overlay {
 
     fn work(&self, id: ObjectId) -> PathBuf {
         self.dir(id).join("work")
+    }
+
+    fn link(&self, id: ObjectId) -> PathBuf {
+        self.links.join(link_name(id))
+    }
+
+    /// Makes this pool's link dir, or checks that an existing one is this pool's: another
+    /// pool's backing with the same abbreviated UUID would have its layers mounted instead.
+    fn ensure_link_dir(&self, id: ObjectId) -> Result<()> {
+        let marker = self.links.join(LINK_MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(s) if s.trim() == self.backing.uuid => return Ok(()),
+            Ok(s) => {
+                return Err(DriverError::Refused {
+                    id,
+                    op: "export",
+                    reason: format!(
+                        "the short link dir {} belongs to the pool whose filesystem UUID is {}                          (this pool's is {})",
+                        self.links.display(),
+                        s.trim(),
+                        self.backing.uuid
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DriverError::io("read", &marker, e)),
+        }
+        std::fs::create_dir_all(&self.links)
+            .map_err(|e| DriverError::io("create", &self.links, e))?;
+        std::fs::write(&marker, format!("{}\n", self.backing.uuid))
+            .map_err(|e| DriverError::io("write", &marker, e))
+    }
+
+    /// The short name of layer `id`, made (or corrected) to point at its `diff/`.
+    fn ensure_link(&self, id: ObjectId) -> Result<PathBuf> {
+        let link = self.link(id);
+        // Canonical, so that the mount tables' users of the layer dir find mounts through it
+        // (sys::mount::overlay_uses reads the link).
+        let target = match std::fs::canonicalize(self.diff(id)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DriverError::NotFound { id, op: "export" })
+            }
+            Err(e) => return Err(DriverError::io("resolve", self.diff(id), e)),
+        };
+        if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+            return Ok(link);
+        }
+        // Renamed into place: a mount resolving the name meanwhile sees the old link or the new.
+        let tmp = self
+            .links
+            .join(format!(".{}.{}", link_name(id), std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| DriverError::io("link", &tmp, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            DriverError::io("rename into place", &link, e)
+        })?;
+        Ok(link)
     }
 }
 
@@ -173,7 +273,16 @@ impl Layers for Overlay {
                 Some(p) => copy_root_attrs(p, &tmp.join("diff")),
                 None => Ok(()),
             }
-        })
+        })?;
+        // Only exports need the link, and each export makes any that is missing: a host where
+        // /run is not writable can still use the pool's own mounts.
+        if let Err(e) = self
+            .ensure_link_dir(layer.id)
+            .and_then(|()| self.ensure_link(layer.id))
+        {
+            tracing::warn!(layer = %layer.id, "short overlay link not made: {e}");
+        }
+        Ok(())
     }
 
     fn commit(&self, _layer: &LayerChain) -> Result<()> {
@@ -237,15 +346,103 @@ impl Layers for Overlay {
         mount::mount(Path::new("overlay"), target, "overlay", flags, Some(&data))
     }
 
+    // containerd's overlayfs snapshotter's layout of mounts: one dir is a bind; an upper needs
+    // a lower (overlayfs refuses an upper alone), lower dirs nearest parent first.
+    fn export(
+        &self,
+        layer: &LayerChain,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<Vec<MountSpec>> {
+        let (upper, lowers): (Option<ObjectId>, Vec<ObjectId>) = match mode {
+            MountMode::ReadWrite => (Some(layer.id), layer.ancestors.clone()),
+            MountMode::ReadOnly => (
+                None,
+                std::iter::once(layer.id)
+                    .chain(layer.ancestors.iter().copied())
+                    .collect(),
+            ),
+        };
+        if lowers.is_empty() || (upper.is_none() && lowers.len() == 1) {
+            let only = upper.unwrap_or(lowers[0]);
+            let dir = self.diff(only);
+            if !dir.is_dir() {
+                return Err(DriverError::NotFound {
+                    id: only,
+                    op: "export",
+                });
+            }
+            return Ok(vec![MountSpec::bind(&dir, mode, flags)]);
+        }
+        self.ensure_link_dir(layer.id)?;
+        let lower = lowers
+            .iter()
+            .map(|id| self.ensure_link(*id).map(|l| l.display().to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut own = Vec::new();
+        if let Some(u) = upper {
+            // Upper and work dirs stay real paths: one each, and the mount tables then name
+            // the active layer's dir plainly. They must be expressible in an option string.
+            let (d, w) = (self.diff(u), self.work(u));
+            if !d.is_dir() {
+                return Err(DriverError::NotFound {
+                    id: u,
+                    op: "export",
+                });
+            }
+            let (Some(d), Some(w)) = (plain(&d), plain(&w)) else {
+                return Err(DriverError::Refused {
+                    id: u,
+                    op: "export",
+                    reason: format!(
+                        "its dir {} contains ',', ':' or '\\', which mount options cannot carry",
+                        self.dir(u).display()
+                    ),
+                });
+            };
+            // As containerd's overlayfs snapshotter: an upper dir is never tied to one set of
+            // lowers by the kernel's index feature, whatever the module's default.
+            own.push("index=off".to_string());
+            own.push(format!("lowerdir={}", lower.join(":")));
+            own.push(format!("upperdir={d}"));
+            own.push(format!("workdir={w}"));
+        } else {
+            own.push(format!("lowerdir={}", lower.join(":")));
+        }
+        let spec = MountSpec::new("overlay", "overlay", own, mode, flags);
+        let size = spec.options.join(",").len();
+        if size > MAX_MOUNT_DATA {
+            return Err(DriverError::Refused {
+                id: layer.id,
+                op: "export",
+                reason: format!(
+                    "{} layers need {size} bytes of overlay options, the kernel takes {}",
+                    lowers.len() + usize::from(upper.is_some()),
+                    MAX_MOUNT_DATA
+                ),
+            });
+        }
+        Ok(vec![spec])
+    }
+
     fn unmount(&self, target: &Path) -> Result<()> {
         mount::unmount(target)
     }
 
     fn remove(&self, id: ObjectId) -> Result<()> {
         // Deleting a directory under a live mount would leave that mount empty: ask the mount
-        // tables of every namespace, not only the pool's records.
+        // tables of every namespace, not only the pool's records (mounts made through the
+        // layer's short link count: overlay_uses reads it).
         mount::users_of_dir(&self.dir(id), &self.backing.mnt)?.check_remove(id, "the layer")?;
-        fsbacked::remove_object(&self.dir(id))
+        fsbacked::remove_object(&self.dir(id))?;
+        // After the dir: a crash in between leaves a dangling link, which the next export of a
+        // layer with this id corrects, rather than a layer no export can name.
+        match std::fs::remove_file(self.link(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(DriverError::io("remove", self.link(id), e))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn list(&self) -> Result<Vec<ObjectId>> {
@@ -267,8 +464,11 @@ impl Backing for Overlay {
         self.backing.space()
     }
 
+    // The links point into the backing, which is gone once unmounted: they go with it (and
+    // are made again by the next export after activation).
     fn deactivate(&self) -> Result<()> {
-        self.backing.deactivate()
+        self.backing.deactivate()?;
+        crate::sys::tree::remove_tree(&self.links)
     }
 
     fn grow(&self) -> Result<()> {
@@ -287,6 +487,30 @@ mod tests {
         let d = mount_data(&["/a".into(), "/b".into()], Some(("/u", "/w")));
         assert_eq!(d, "lowerdir=/a:/b,upperdir=/u,workdir=/w");
         assert_eq!(mount_data(&["/a".into()], None), "lowerdir=/a");
+    }
+
+    #[test]
+    fn link_names_are_base_36_and_short() {
+        let id = |v| ObjectId::new(v).unwrap();
+        assert_eq!(link_name(id(1)), "1");
+        assert_eq!(link_name(id(35)), "z");
+        assert_eq!(link_name(id(36)), "10");
+        assert_eq!(link_name(id(ObjectId::MAX)), "9zldr");
+        // 128 lower dirs through links of the longest names still fit in a page beside upper
+        // and work dirs of 200 bytes each.
+        let one = format!(
+            "{}/{}/9zldr",
+            mount::SHORT_LINK_ROOT,
+            "a".repeat(LINK_TAG_LEN)
+        );
+        let lowers = vec![one; 128].join(":");
+        let up = format!("/{}", "u".repeat(199));
+        let data = mount_data(&[lowers], Some((&up, &up)));
+        assert!(
+            data.len() + ",index=off,nodev".len() <= MAX_MOUNT_DATA,
+            "{}",
+            data.len()
+        );
     }
 
     #[test]

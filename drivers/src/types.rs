@@ -88,6 +88,41 @@ pub struct MountSpec {
     pub options: Vec<String>,
 }
 
+impl MountSpec {
+    /// A spec whose `options` are the `own` words of the filesystem followed by what `mode` and
+    /// `flags` ask for: `ro` (the mounter remounts a read-only bind), `nodev`. Never `nosuid`:
+    /// exported mounts are container roots, and containers run setuid programs.
+    pub fn new(
+        fstype: &str,
+        source: impl Into<String>,
+        own: impl IntoIterator<Item = String>,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> MountSpec {
+        let mut options: Vec<String> = own.into_iter().collect();
+        if mode == MountMode::ReadOnly {
+            options.push("ro".into());
+        }
+        if flags.nodev {
+            options.push("nodev".into());
+        }
+        MountSpec {
+            fstype: fstype.into(),
+            source: source.into(),
+            options,
+        }
+    }
+
+    /// A recursive bind mount of `dir`, as containerd's own native and overlayfs snapshotters
+    /// hand out: `rw` is spelled out, as they do, so the options always say the mode.
+    pub fn bind(dir: &std::path::Path, mode: MountMode, flags: MountFlags) -> MountSpec {
+        let own = ["rbind".to_string()]
+            .into_iter()
+            .chain((mode == MountMode::ReadWrite).then(|| "rw".to_string()));
+        MountSpec::new("bind", dir.display().to_string(), own, mode, flags)
+    }
+}
+
 /// A layer as a driver sees it: its object and the committed layers below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerChain {
@@ -186,4 +221,31 @@ pub struct Requirements {
     pub tools: Vec<&'static str>,
     /// Kernel features checked by a path that must exist (e.g. /dev/mapper/control).
     pub paths: Vec<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_options_say_mode_and_nodev_never_nosuid() {
+        let flags = MountFlags {
+            nodev: true,
+            nosuid: true,
+        };
+        let b = MountSpec::bind(std::path::Path::new("/d"), MountMode::ReadWrite, flags);
+        assert_eq!(b.fstype, "bind");
+        assert_eq!(b.source, "/d");
+        assert_eq!(b.options, ["rbind", "rw", "nodev"]);
+        let b = MountSpec::bind(std::path::Path::new("/d"), MountMode::ReadOnly, flags);
+        assert_eq!(b.options, ["rbind", "ro", "nodev"]);
+        let x = MountSpec::new(
+            "xfs",
+            "/dev/mapper/x",
+            ["nouuid".to_string()],
+            MountMode::ReadOnly,
+            MountFlags::default(),
+        );
+        assert_eq!(x.options, ["nouuid", "ro"]);
+    }
 }

@@ -8,7 +8,7 @@ use crate::sys::{mount, tree};
 use crate::{Backing, BenchHooks, Layers};
 use crate::{
     Bytes, Capabilities, Driver, DriverFactory, DriverOptions, Granularity, Identity, LayerChain,
-    MountFlags, MountMode, ObjectId, PoolContext, Requirements, Space, Usage,
+    MountFlags, MountMode, MountSpec, ObjectId, PoolContext, Requirements, Space, Usage,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -102,6 +102,24 @@ impl Layers for Vfs {
         flags: MountFlags,
     ) -> Result<()> {
         mount::bind(&self.dir(layer.id), target, flags.ms(mode))
+    }
+
+    // The layer is a plain directory on the backing, which is mounted in the host's namespace:
+    // a bind of it is what containerd's native snapshotter hands out too.
+    fn export(
+        &self,
+        layer: &LayerChain,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<Vec<MountSpec>> {
+        let dir = self.dir(layer.id);
+        if !dir.is_dir() {
+            return Err(DriverError::NotFound {
+                id: layer.id,
+                op: "export",
+            });
+        }
+        Ok(vec![MountSpec::bind(&dir, mode, flags)])
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {

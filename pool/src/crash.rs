@@ -21,12 +21,25 @@ pub const STEPS: &[&str] = &[
     "mount:mounted",
 ];
 
+/// The crash points of containerd's snapshot operations, apart from [`STEPS`] (whose cases
+/// drive each step through the CLI). Commit and remove reach the layer's own `commit:object`
+/// and `remove:object` too.
+pub const SNAPSHOT_STEPS: &[&str] = &[
+    "prepare:intent",
+    "prepare:object",
+    "snapshot-commit:intent",
+    "snapshot-remove:intent",
+];
+
 pub const ENV: &str = "BLKDRV_CRASH_AT";
 pub const ENV_STALL: &str = "BLKDRV_STALL_AT";
 
 /// Aborts the process if `BLKDRV_CRASH_AT` names `step`.
 pub fn point(step: &'static str) {
-    debug_assert!(STEPS.contains(&step), "unknown crash point {step}");
+    debug_assert!(
+        STEPS.contains(&step) || SNAPSHOT_STEPS.contains(&step),
+        "unknown crash point {step}"
+    );
     if std::env::var(ENV).is_ok_and(|v| v == step) {
         eprintln!("blkdrv: crash point {step} reached, aborting");
         std::process::abort();

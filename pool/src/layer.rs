@@ -169,6 +169,35 @@ impl fmt::Display for LayerKind {
     }
 }
 
+/// Who a layer belongs to, when not to the CLI's user. Layers with an owner have no name: the
+/// CLI's layer commands cannot reach them, and only their owner's API lists or removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerOwner {
+    /// A snapshot's layer, made and removed through containerd's snapshots API.
+    Containerd,
+}
+
+impl LayerOwner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerOwner::Containerd => "containerd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LayerOwner> {
+        [LayerOwner::Containerd]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+impl fmt::Display for LayerOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One row of the store's layer table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerRecord {

@@ -24,8 +24,11 @@ pub use blkdrv_drivers::{
 pub use config::{HostConfig, PoolConfig};
 pub use error::{PoolError, Result};
 pub use init::{DriverFlag, DriverInfo, InitRequest};
-pub use layer::{LayerKind, LayerName, LayerState, PoolName};
+pub use layer::{LayerKind, LayerName, LayerOwner, LayerState, PoolName};
 pub use layertar::DiffStats;
 pub use pool::{
     Access, BackingSpec, CreateOutcome, ExportPolicy, InitSpec, LayerInfo, Pool, Root, Source,
+};
+pub use snapshot::{
+    LabelUpdate, Labels, SnapshotInfo, SnapshotKind, SnapshotUsage, Timestamp, MAX_KEY_BYTES,
 };

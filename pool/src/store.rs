@@ -5,14 +5,17 @@
 //! a writer works, which an embedded store that locks the whole file per process cannot.
 
 use crate::error::{PoolError, Result};
-use crate::layer::{LayerKind, LayerRecord, LayerState};
+use crate::layer::{LayerKind, LayerOwner, LayerRecord, LayerState};
+use crate::snapshot::{Labels, SnapshotKind, SnapshotRecord, SnapshotUsage, Timestamp};
 use blkdrv_drivers::sys::mount::MountNs;
 use blkdrv_drivers::{Bytes, MountMode, ObjectId, Usage};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// 2: mounts carry the mount namespace they live in (`mntns`), keyed by (target, mntns).
-const SCHEMA_VERSION: i64 = 2;
+/// 3: containerd's snapshots (`snapshots`) and the owner of a layer (`layers.owner`).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,8 +33,10 @@ CREATE TABLE IF NOT EXISTS layers (
     size_bytes INTEGER,
     size_inodes INTEGER,
     size_referenced INTEGER,
-    -- Per-layer size limit given at create/snapshot.
-    size_limit INTEGER
+    -- Per-layer size limit given at create/snapshot; then the owner: NULL for the CLI's
+    -- layers, 'containerd' for snapshots' layers (no comment between: DROP COLUMN chokes).
+    size_limit INTEGER,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS layers_parent ON layers(parent);
 CREATE TABLE IF NOT EXISTS names (
@@ -51,6 +56,28 @@ CREATE TABLE IF NOT EXISTS mounts (
 );
 ";
 
+/// containerd's snapshots (schema 3), in their own table: their keys are not layer names.
+const SNAPSHOTS: &str = "
+CREATE TABLE IF NOT EXISTS snapshots (
+    -- containerd's key (or committed name): any text but NUL, up to 4096 bytes.
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    -- The snapshot's layer; a view points at its parent's layer.
+    layer INTEGER NOT NULL REFERENCES layers(id),
+    parent TEXT REFERENCES snapshots(key),
+    -- JSON object of string labels.
+    labels TEXT NOT NULL,
+    -- Nanoseconds since the epoch.
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    -- Usage measured at commit (committed snapshots).
+    usage_bytes INTEGER,
+    usage_inodes INTEGER
+);
+CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
+CREATE INDEX IF NOT EXISTS snapshots_layer ON snapshots(layer);
+";
+
 /// Schema 1 -> 2: the mounts table gains its namespace column and key. Old records keep
 /// namespace 0 (unknown): they are judged in every namespace.
 const MIGRATE_1_2: &str = "
@@ -68,6 +95,17 @@ DROP TABLE mounts;
 ALTER TABLE mounts_v2 RENAME TO mounts;
 UPDATE meta SET value='2' WHERE key='schema';
 ";
+
+/// Schema 2 -> 3: the snapshot table and layer owners. Every existing layer is the CLI's.
+const MIGRATE_2_3: &[&str] = &[
+    "ALTER TABLE layers ADD COLUMN owner TEXT;",
+    SNAPSHOTS,
+    "UPDATE meta SET value='3' WHERE key='schema';",
+];
+
+/// Each upgrade, by the version it reads: applied in order until [`SCHEMA_VERSION`], each in
+/// a transaction of its own (a crash between two leaves a store of the version in between).
+const MIGRATIONS: &[(i64, &[&str])] = &[(1, &[MIGRATE_1_2]), (2, MIGRATE_2_3)];
 
 /// A recorded mount of a layer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -116,6 +154,7 @@ impl Store {
         let s = Self::connect(path)?;
         s.conn
             .execute_batch(SCHEMA)
+            .and_then(|()| s.conn.execute_batch(SNAPSHOTS))
             .map_err(|e| s.err("create schema", e))?;
         s.set_meta("schema", &SCHEMA_VERSION.to_string())?;
         s.set_meta("next_id", "1")?;
@@ -154,28 +193,17 @@ impl Store {
             })
             .optional()
             .map_err(|e| corrupt("read schema version", e))?;
-        match v.as_deref().and_then(|v| v.parse::<i64>().ok()) {
+        let mut version = v.as_deref().and_then(|v| v.parse::<i64>().ok());
+        let mut s = s;
+        while let Some(from) = version.filter(|v| *v < SCHEMA_VERSION) {
+            let Some((_, steps)) = MIGRATIONS.iter().find(|(v, _)| *v == from) else {
+                break;
+            };
+            s.migrate(from, steps)?;
+            version = Some(from + 1);
+        }
+        match version {
             Some(SCHEMA_VERSION) => Ok(s),
-            Some(1) => {
-                let mut s = s;
-                let t = s
-                    .conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
-                // Another process may have upgraded it between our read and the lock.
-                let again: String = t
-                    .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
-                        r.get(0)
-                    })
-                    .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
-                if again == "1" {
-                    t.execute_batch(MIGRATE_1_2)
-                        .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
-                }
-                t.commit()
-                    .map_err(|e| corrupt("upgrade schema 1 to 2", e))?;
-                Ok(s)
-            }
             other => Err(corrupt(
                 "read schema version",
                 rusqlite::Error::InvalidParameterName(format!(
@@ -183,6 +211,34 @@ impl Store {
                 )),
             )),
         }
+    }
+
+    /// Upgrades the store from schema `from` to `from + 1` by `steps`, in one transaction.
+    fn migrate(&mut self, from: i64, steps: &[&str]) -> Result<()> {
+        let path = self.path.clone();
+        let corrupt = |e| PoolError::CorruptStore {
+            path: path.clone(),
+            op: "upgrade schema",
+            source: e,
+        };
+        let t = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(corrupt)?;
+        // Another process may have upgraded it between our read and the lock.
+        let again: String = t
+            .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
+                r.get(0)
+            })
+            .map_err(corrupt)?;
+        if again == from.to_string() {
+            for sql in steps {
+                t.execute_batch(sql).map_err(corrupt)?;
+            }
+        }
+        t.commit().map_err(corrupt)?;
+        tracing::info!(store = %self.path.display(), "upgraded schema {from} to {}", from + 1);
+        Ok(())
     }
 
     fn connect(path: &Path) -> Result<Store> {
@@ -289,6 +345,53 @@ impl Store {
             })
             .optional()
             .map_err(|e| self.err("look up content", e))
+    }
+
+    /// Every snapshot row, by key.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        read_snapshots(&self.conn, "", []).map_err(|e| self.err("list snapshots", e))
+    }
+
+    pub fn snapshot(&self, key: &str) -> Result<Option<SnapshotRecord>> {
+        read_snapshots(&self.conn, "WHERE key=?1", [key])
+            .map(|v| v.into_iter().next())
+            .map_err(|e| self.err("read snapshot", e))
+    }
+
+    /// Keys of the snapshots prepared or viewed on `key`.
+    pub fn snapshot_children(&self, key: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key FROM snapshots WHERE parent=?1 ORDER BY key")
+            .map_err(|e| self.err("list snapshot children", e))?;
+        let rows = st
+            .query_map([key], |r| r.get::<_, String>(0))
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| self.err("list snapshot children", e))?;
+        Ok(rows)
+    }
+
+    /// Layers and their owners, for the layers that have one (see [`LayerOwner`]).
+    pub fn owners(&self) -> Result<HashMap<ObjectId, LayerOwner>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, owner FROM layers WHERE owner IS NOT NULL")
+            .map_err(|e| self.err("list layer owners", e))?;
+        let rows = st
+            .query_map([], |r| {
+                let o: String = r.get(1)?;
+                let owner = LayerOwner::parse(&o).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        format!("owner {o:?}").into(),
+                    )
+                })?;
+                Ok((id_col(r, 0)?, owner))
+            })
+            .and_then(|it| it.collect::<std::result::Result<HashMap<_, _>, _>>())
+            .map_err(|e| self.err("list layer owners", e))?;
+        Ok(rows)
     }
 
     pub fn mounts(&self) -> Result<Vec<MountRecord>> {
@@ -457,9 +560,111 @@ impl Tx<'_> {
             .map_err(|e| self.err(e))
     }
 
-    /// Deletes a layer row with its names and mount records.
+    /// Marks layer `id` as made by `owner` (in the transaction that inserts it).
+    pub fn set_owner(&self, id: ObjectId, owner: LayerOwner) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE layers SET owner=?2 WHERE id=?1",
+                params![id.get(), owner.as_str()],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Inserts a snapshot row. A taken key is [`PoolError::SnapshotExists`].
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        self.t
+            .execute(
+                "INSERT INTO snapshots(key,kind,layer,parent,labels,created,updated,
+                                       usage_bytes,usage_inodes)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                params![
+                    s.key,
+                    s.kind.as_str(),
+                    s.layer.get(),
+                    s.parent,
+                    labels_json(&s.labels),
+                    s.created.0,
+                    s.updated.0,
+                    s.usage.map(|u| u.bytes as i64),
+                    s.usage.map(|u| u.inodes as i64),
+                ],
+            )
+            .map(drop)
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                {
+                    PoolError::SnapshotExists(s.key.clone())
+                }
+                e => self.err(e),
+            })
+    }
+
+    pub fn delete_snapshot(&self, key: &str) -> Result<()> {
+        self.t
+            .execute("DELETE FROM snapshots WHERE key=?1", [key])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Commit's row change: active `key` becomes committed `name` with `labels`, created and
+    /// updated `at`.
+    pub fn commit_snapshot(
+        &self,
+        key: &str,
+        name: &str,
+        labels: &Labels,
+        at: Timestamp,
+    ) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE snapshots SET key=?2, kind='committed', labels=?3, created=?4, updated=?4
+                 WHERE key=?1",
+                params![key, name, labels_json(labels), at.0],
+            )
+            .map(drop)
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                {
+                    PoolError::SnapshotExists(name.to_string())
+                }
+                e => self.err(e),
+            })
+    }
+
+    pub fn set_snapshot_labels(&self, key: &str, labels: &Labels, at: Timestamp) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE snapshots SET labels=?2, updated=?3 WHERE key=?1",
+                params![key, labels_json(labels), at.0],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the usage measured when layer `id` was committed on its committed snapshot.
+    pub fn set_snapshot_usage(&self, id: ObjectId, usage: Option<SnapshotUsage>) -> Result<()> {
+        self.t
+            .execute(
+                "UPDATE snapshots SET usage_bytes=?2, usage_inodes=?3
+                 WHERE layer=?1 AND kind='committed'",
+                params![
+                    id.get(),
+                    usage.map(|u| u.bytes as i64),
+                    usage.map(|u| u.inodes as i64)
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes a layer row with its names, mount records and snapshot rows (a
+    /// rolled-back Prepare's row goes with its layer).
     pub fn delete_layer(&self, id: ObjectId) -> Result<()> {
         for sql in [
+            "DELETE FROM snapshots WHERE layer=?1",
             "DELETE FROM names WHERE layer=?1",
             "DELETE FROM mounts WHERE layer=?1",
             "DELETE FROM layers WHERE id=?1",
@@ -515,6 +720,45 @@ impl Tx<'_> {
             .map(drop)
             .map_err(|e| self.err(e))
     }
+}
+
+fn labels_json(l: &Labels) -> String {
+    serde_json::to_string(l).expect("string maps serialize")
+}
+
+fn read_snapshots<P: rusqlite::Params>(
+    conn: &Connection,
+    filter: &str,
+    p: P,
+) -> rusqlite::Result<Vec<SnapshotRecord>> {
+    let sql = format!(
+        "SELECT key,kind,layer,parent,labels,created,updated,usage_bytes,usage_inodes
+         FROM snapshots {filter} ORDER BY key"
+    );
+    let mut st = conn.prepare(&sql)?;
+    let bad = |i: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into())
+    };
+    let rows = st.query_map(p, |r| {
+        let kind: String = r.get(1)?;
+        let labels: String = r.get(4)?;
+        let usage_bytes: Option<i64> = r.get(7)?;
+        let usage_inodes: Option<i64> = r.get(8)?;
+        Ok(SnapshotRecord {
+            key: r.get(0)?,
+            kind: SnapshotKind::parse(&kind).ok_or_else(|| bad(1, format!("kind {kind:?}")))?,
+            layer: id_col(r, 2)?,
+            parent: r.get(3)?,
+            labels: serde_json::from_str(&labels).map_err(|e| bad(4, e.to_string()))?,
+            created: Timestamp(r.get(5)?),
+            updated: Timestamp(r.get(6)?),
+            usage: usage_bytes.map(|b| SnapshotUsage {
+                bytes: b.max(0) as u64,
+                inodes: usage_inodes.unwrap_or(0).max(0) as u64,
+            }),
+        })
+    })?;
+    rows.collect()
 }
 
 fn id_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<ObjectId> {
@@ -661,6 +905,7 @@ mod tests {
                 Ok(a)
             })
             .unwrap();
+        downgrade_to_2(&s);
         s.conn
             .execute_batch(&format!(
                 "DROP TABLE mounts;
@@ -673,7 +918,7 @@ mod tests {
             .unwrap();
         drop(s);
         let mut s = Store::open(&p).unwrap();
-        assert_eq!(s.meta("schema").unwrap().as_deref(), Some("2"));
+        assert_eq!(s.meta("schema").unwrap().as_deref(), Some("3"));
         let m = s.mounts().unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!((m[0].target.as_path(), m[0].ns), (Path::new("/m"), None));
@@ -685,5 +930,199 @@ mod tests {
         s.tx("t", |t| t.remove_mount(Path::new("/m"), None))
             .unwrap();
         assert_eq!(s.mounts().unwrap()[0].ns, Some(MountNs(7)));
+    }
+
+    /// What schema 2 had: no snapshot table, no layer owners.
+    fn downgrade_to_2(s: &Store) {
+        s.conn
+            .execute_batch(
+                "DROP TABLE snapshots;
+                 ALTER TABLE layers DROP COLUMN owner;
+                 UPDATE meta SET value='2' WHERE key='schema';",
+            )
+            .unwrap();
+    }
+
+    fn snap(
+        key: &str,
+        kind: SnapshotKind,
+        layer: ObjectId,
+        parent: Option<&str>,
+    ) -> SnapshotRecord {
+        SnapshotRecord {
+            key: key.into(),
+            kind,
+            layer,
+            parent: parent.map(Into::into),
+            labels: [(
+                "containerd.io/snapshot.ref".to_string(),
+                "sha256:c".to_string(),
+            )]
+            .into(),
+            created: Timestamp(1_700_000_000_123_456_789),
+            updated: Timestamp(1_700_000_000_123_456_790),
+            usage: None,
+        }
+    }
+
+    /// A store of schema 2 opens as schema 3: its layers are kept, owned by nobody, and
+    /// snapshots can be recorded on them.
+    #[test]
+    fn schema_2_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let mut s = Store::create(&p).unwrap();
+        let id = s
+            .tx("t", |t| {
+                let a = t.allocate_id()?;
+                t.insert_layer(&rec(a, None))?;
+                t.bind_name("cli-layer", a)?;
+                Ok(a)
+            })
+            .unwrap();
+        downgrade_to_2(&s);
+        drop(s);
+        let mut s = Store::open(&p).unwrap();
+        assert_eq!(s.meta("schema").unwrap().as_deref(), Some("3"));
+        assert_eq!(s.resolve("cli-layer").unwrap(), Some(id));
+        assert!(s.owners().unwrap().is_empty());
+        assert!(s.snapshots().unwrap().is_empty());
+        s.tx("t", |t| {
+            t.insert_snapshot(&snap("k", SnapshotKind::Active, id, None))
+        })
+        .unwrap();
+        assert_eq!(s.snapshots().unwrap().len(), 1);
+        drop(s);
+        // Opening again is a no-op.
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.meta("schema").unwrap().as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_store_newer_than_this_blkdrv_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let s = Store::create(&p).unwrap();
+        s.set_meta("schema", "4").unwrap();
+        drop(s);
+        let e = Store::open(&p).err().expect("schema 4 must not open");
+        assert!(e.to_string().contains("schema version Some(4)"), "{e}");
+    }
+
+    /// Keys of any shape round-trip; labels and nanosecond times too; a taken key is
+    /// SnapshotExists; commit renames the row; the children of a key are found by it.
+    #[test]
+    fn snapshots_round_trip_with_odd_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&dir.path().join("s.db")).unwrap();
+        let long = format!("default/17/extract-123 sha256:{}", "ab\"c, ".repeat(60));
+        let (a, b) = s
+            .tx("t", |t| {
+                let a = t.allocate_id()?;
+                t.insert_layer(&rec(a, None))?;
+                t.set_owner(a, LayerOwner::Containerd)?;
+                let b = t.allocate_id()?;
+                t.insert_layer(&rec(b, Some(a)))?;
+                t.set_owner(b, LayerOwner::Containerd)?;
+                t.insert_snapshot(&snap(&long, SnapshotKind::Active, a, None))?;
+                Ok((a, b))
+            })
+            .unwrap();
+        let got = s.snapshot(&long).unwrap().unwrap();
+        assert_eq!(got, snap(&long, SnapshotKind::Active, a, None));
+        assert_eq!(
+            s.owners().unwrap(),
+            [(a, LayerOwner::Containerd), (b, LayerOwner::Containerd)].into()
+        );
+        let err = s
+            .tx("t", |t| {
+                t.insert_snapshot(&snap(&long, SnapshotKind::View, a, None))
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, PoolError::SnapshotExists(ref k) if *k == long),
+            "{err}"
+        );
+
+        let labels: Labels = [("x".to_string(), "y".to_string())].into();
+        s.tx("t", |t| {
+            t.commit_snapshot(&long, "sha256:chain", &labels, Timestamp(5))
+        })
+        .unwrap();
+        assert!(s.snapshot(&long).unwrap().is_none());
+        let c = s.snapshot("sha256:chain").unwrap().unwrap();
+        assert_eq!(
+            (c.kind, c.labels.clone(), c.created, c.updated),
+            (
+                SnapshotKind::Committed,
+                labels.clone(),
+                Timestamp(5),
+                Timestamp(5)
+            )
+        );
+        s.tx("t", |t| {
+            t.set_snapshot_usage(
+                a,
+                Some(SnapshotUsage {
+                    bytes: 4096,
+                    inodes: 3,
+                }),
+            )?;
+            t.insert_snapshot(&snap(
+                "child",
+                SnapshotKind::Active,
+                b,
+                Some("sha256:chain"),
+            ))?;
+            t.insert_snapshot(&snap("view", SnapshotKind::View, a, Some("sha256:chain")))
+        })
+        .unwrap();
+        assert_eq!(
+            s.snapshot("sha256:chain").unwrap().unwrap().usage,
+            Some(SnapshotUsage {
+                bytes: 4096,
+                inodes: 3
+            })
+        );
+        assert_eq!(
+            s.snapshot_children("sha256:chain").unwrap(),
+            vec!["child".to_string(), "view".to_string()]
+        );
+        // Committing onto a taken name fails as SnapshotExists and changes nothing.
+        let err = s
+            .tx("t", |t| {
+                t.commit_snapshot("child", "view", &labels, Timestamp(9))
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, PoolError::SnapshotExists(ref k) if k == "view"),
+            "{err}"
+        );
+        assert!(s.snapshot("child").unwrap().is_some());
+    }
+
+    /// A layer's deletion takes its snapshot rows with it (a rolled-back Prepare), and a parent
+    /// row cannot go while a child row names it.
+    #[test]
+    fn deleting_a_layer_deletes_its_rows_and_parents_stay_while_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::create(&dir.path().join("s.db")).unwrap();
+        let (a, b) = s
+            .tx("t", |t| {
+                let a = t.allocate_id()?;
+                t.insert_layer(&rec(a, None))?;
+                let b = t.allocate_id()?;
+                t.insert_layer(&rec(b, Some(a)))?;
+                t.insert_snapshot(&snap("p", SnapshotKind::Committed, a, None))?;
+                t.insert_snapshot(&snap("v", SnapshotKind::View, a, Some("p")))?;
+                t.insert_snapshot(&snap("c", SnapshotKind::Active, b, Some("p")))?;
+                Ok((a, b))
+            })
+            .unwrap();
+        assert!(s.tx("t", |t| t.delete_snapshot("p")).is_err());
+        s.tx("t", |t| t.delete_layer(b)).unwrap();
+        assert!(s.snapshot("c").unwrap().is_none());
+        s.tx("t", |t| t.delete_layer(a)).unwrap();
+        assert!(s.snapshots().unwrap().is_empty());
     }
 }

@@ -75,6 +75,14 @@ pub const CASES: &[Case] = &[
     Case::any("kill_9_during_import_and_remove", kill_9_at_random),
     Case::any("hostile_tar_corpus", crate::hostile::hostile_tar_corpus),
     Case::any(
+        "export::mounts_by_another_process",
+        crate::export::mounts_by_another_process,
+    ),
+    Case::any(
+        "export::chain_128_by_another_process",
+        crate::export::chain_128_by_another_process,
+    ),
+    Case::any(
         "backing::exclusive_usage_of_a_snapshot",
         crate::backing::exclusive_usage,
     ),
@@ -85,6 +93,31 @@ pub const CASES: &[Case] = &[
     Case::any(
         "backing::deactivate_then_activate_keeps_layers",
         crate::backing::deactivate_activate,
+    ),
+    Case::any(
+        "snapshot::prepare_commit_view_remove",
+        crate::snapshots::prepare_commit_view_remove,
+    ),
+    Case::any(
+        "snapshot::keys_as_containerd_sends_them",
+        crate::snapshots::keys_as_containerd_sends_them,
+    ),
+    Case::any("snapshot::update_labels", crate::snapshots::update_labels),
+    Case::any(
+        "snapshot::usage_is_the_own_delta",
+        crate::snapshots::usage_is_the_own_delta,
+    ),
+    Case::any(
+        "snapshot::cli_and_snapshot_layers_stay_apart",
+        crate::snapshots::cli_and_snapshot_layers_stay_apart,
+    ),
+    Case::any(
+        "snapshot::crash_between_steps",
+        crate::snapshots::crash_between_steps,
+    ),
+    Case::any(
+        "snapshot::busy_remove_is_deferred_to_cleanup",
+        crate::snapshots::busy_remove_is_deferred_to_cleanup,
     ),
 ];
 

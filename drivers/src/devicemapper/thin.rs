@@ -8,11 +8,15 @@ use crate::error::{DriverError, Result};
 use crate::fsbacked::FsType;
 use crate::sys::{blockdev, mount, signature};
 use crate::{
-    Bytes, Capabilities, Granularity, LayerChain, Layers, MountFlags, MountMode, ObjectId, Usage,
+    Bytes, Capabilities, Granularity, LayerChain, Layers, MountFlags, MountMode, MountSpec,
+    ObjectId, Usage,
 };
 use devicemapper as dmc;
 use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, ThinDev, ThinPoolDev, DM};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where udev (and `dmsetup` without udev) name dm devices.
+const MAPPER_DIR: &str = "/dev/mapper";
 
 /// Creates the base thin device, formats it and returns its filesystem UUID.
 pub(super) fn make_base(
@@ -119,9 +123,50 @@ impl DmThin {
             .dm
             .device_remove(&DevId::Name(&name), DmOptions::default())
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.drop_mapper_link(id);
+                Ok(true)
+            }
             Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) => Ok(false),
             Err(e) => Err(dm_err("deactivate thin device", &*name, e)),
+        }
+    }
+
+    /// `/dev/mapper/<name>` of thin `id`, the name containerd's devmapper snapshotter hands out
+    /// and users know from `dmsetup ls`, made to point at `node` (the device's `/dev/dm-N`).
+    /// udev makes these links; without udev (the VM, minimal hosts) the ioctls alone make none,
+    /// and a link left from an earlier activation may name a dm minor that is someone else's
+    /// now: so the link is checked against the device number, and replaced when it is wrong.
+    pub(super) fn mapper_link(&self, id: ThinId, node: &Path) -> Result<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let name = self.names.thin(id).to_string();
+        let link = Path::new(MAPPER_DIR).join(&name);
+        let want = std::fs::metadata(node)
+            .map_err(|e| DriverError::io("stat", node, e))?
+            .rdev();
+        if std::fs::metadata(&link).is_ok_and(|m| m.rdev() == want) {
+            return Ok(link);
+        }
+        // A new name renamed over the old: whoever opens the link meanwhile sees one or the
+        // other, never none (two exports at once write the same target).
+        let tmp = link.with_file_name(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(node, &tmp).map_err(|e| DriverError::io("link", &tmp, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            DriverError::io("rename into place", &link, e)
+        })?;
+        Ok(link)
+    }
+
+    /// Removes a `/dev/mapper` link of thin `id` once its device is gone, so that it cannot
+    /// name a reused dm minor. Nodes that are not symlinks are libdevmapper's: left alone.
+    fn drop_mapper_link(&self, id: ThinId) {
+        let link = Path::new(MAPPER_DIR).join(self.names.thin(id).to_string());
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            if let Err(e) = std::fs::remove_file(&link) {
+                tracing::warn!("remove stale {}: {e}", link.display());
+            }
         }
     }
 
@@ -207,6 +252,41 @@ impl Layers for DmThin {
             let _ = self.deactivate(&g, id);
         }
         r
+    }
+
+    // The device stays active for the other process's mounts; `remove` (or an `unmount` of
+    // the pool's own that finds it unused) deactivates it. Each snapshot carries the base's
+    // filesystem UUID, hence `nouuid` for xfs, as for the pool's own mounts.
+    fn export(
+        &self,
+        layer: &LayerChain,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<Vec<MountSpec>> {
+        let g = self.lock();
+        let id = ThinId::of(layer.id);
+        let was_active = self.is_active(&g.dm, id)?;
+        let mut dev = self.activate(&g, id)?;
+        let link = match self.mapper_link(id, &dev.devnode()) {
+            Ok(l) => l,
+            Err(e) => {
+                if !was_active {
+                    let _ = dev.teardown(&g.dm);
+                }
+                return Err(e);
+            }
+        };
+        let own = match self.settings.fs {
+            FsType::Xfs => vec!["nouuid".to_string()],
+            _ => vec![],
+        };
+        Ok(vec![MountSpec::new(
+            self.settings.fs.name(),
+            link.display().to_string(),
+            own,
+            mode,
+            flags,
+        )])
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {

@@ -27,9 +27,26 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
+/// Where overlay layers get short names for mounts made by other processes: symlinks
+/// `<SHORT_LINK_ROOT>/<pool tag>/<id>` to layer dirs (see the overlay driver's `export`). Fixed
+/// and short, so that 128 of them fit in one page of mount options wherever the pool lives.
+pub const SHORT_LINK_ROOT: &str = "/run/blkdrv/l";
+
+/// The directory an overlay layer path names: a short link is read (not followed further), so
+/// that a mount made through one is found by the layer dir it points at.
+fn overlay_layer_dir(p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.starts_with(SHORT_LINK_ROOT) {
+        if let Ok(target) = std::fs::read_link(p) {
+            return target;
+        }
+    }
+    p.to_path_buf()
+}
+
 impl MountInfo {
     /// Whether this is an overlay that has `dir`, or a directory below it, as a layer (lower,
-    /// upper, work or data dir).
+    /// upper, work or data dir), named directly or through a short link.
     pub fn overlay_uses(&self, dir: &Path) -> bool {
         self.fstype == "overlay"
             && self
@@ -43,7 +60,7 @@ impl MountInfo {
                     )
                 })
                 .flat_map(|(_, v)| v.split(':'))
-                .any(|p| Path::new(p).starts_with(dir))
+                .any(|p| Path::new(p).starts_with(dir) || overlay_layer_dir(p).starts_with(dir))
     }
 }
 

@@ -6,7 +6,8 @@ use crate::error::{DriverError, Result};
 use crate::sys::mount;
 use crate::sys::zfs::{self as z, Dataset, Failure};
 use crate::{
-    Bytes, Capabilities, Granularity, LayerChain, Layers, MountFlags, MountMode, ObjectId, Usage,
+    Bytes, Capabilities, Granularity, LayerChain, Layers, MountFlags, MountMode, MountSpec,
+    ObjectId, Usage,
 };
 use std::path::Path;
 
@@ -240,6 +241,39 @@ impl Layers for Zfs {
                 ),
             }),
         }
+    }
+
+    // Layers have mountpoint=legacy (`layer_props`), which is what lets anyone mount them with
+    // mount(2) by dataset name, as containerd's zfs snapshotter does. No `mntpoint=` hint: the
+    // target is the other process's to choose, and the kernel only needs it for .zfs/snapshot.
+    fn export(
+        &self,
+        layer: &LayerChain,
+        mode: MountMode,
+        flags: MountFlags,
+    ) -> Result<Vec<MountSpec>> {
+        let ds = self.dataset(layer.id);
+        match z::get(ds.as_str(), &["mountpoint"]) {
+            Ok(p) if p.get("mountpoint") != Some("legacy") => {
+                return Err(DriverError::Refused {
+                    id: layer.id,
+                    op: "export",
+                    reason: format!(
+                        "dataset {ds} has mountpoint={} (blkdrv makes layers with legacy)",
+                        p.get("mountpoint").unwrap_or("none")
+                    ),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if z::failure(&e) == Failure::Missing => {
+                return Err(DriverError::NotFound {
+                    id: layer.id,
+                    op: "export",
+                })
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(vec![MountSpec::new("zfs", ds.as_str(), [], mode, flags)])
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {

@@ -8,10 +8,24 @@ use crate::crash;
 use crate::error::{PoolError, Result};
 use crate::layer::{LayerKind, LayerName, LayerRecord, LayerState};
 use crate::signal;
-use crate::store::content_key;
+use crate::store::{content_key, Tx};
 use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::{Bytes, LayerChain, MountFlags, MountMode, ObjectId, Usage};
 use std::path::PathBuf;
+
+/// What [`Pool::begin_create`] makes.
+pub(super) struct NewLayer<'a> {
+    /// Names the layer in errors.
+    pub label: &'a str,
+    /// The name to bind when the create finishes (`None`: a layer with no name).
+    pub pending_name: Option<String>,
+    pub parent: Option<ObjectId>,
+    pub kind: LayerKind,
+    pub digest: Option<String>,
+    pub limit: Option<Bytes>,
+    /// Crash points after the intent and after the object.
+    pub steps: [&'static str; 2],
+}
 
 impl Pool {
     fn committed_parent(
@@ -101,12 +115,16 @@ impl Pool {
         self.ensure_space()?;
 
         let (rec, chain) = self.begin_create(
-            name,
-            parent_id,
-            LayerKind::Image,
-            Some(digested.digest.clone()),
-            limit,
-            ["create:intent", "create:object"],
+            NewLayer {
+                label: name.as_str(),
+                pending_name: Some(name.to_string()),
+                parent: parent_id,
+                kind: LayerKind::Image,
+                digest: Some(digested.digest.clone()),
+                limit,
+                steps: ["create:intent", "create:object"],
+            },
+            |_, _| Ok(()),
         )?;
         let work = (|| {
             let target = self.tmp_dir().join(format!("import-{}", rec.id));
@@ -160,17 +178,23 @@ impl Pool {
         })
     }
 
-    /// First half of every create: records the intent (a `creating` row), then makes the driver
-    /// object. A failure undoes the intent.
-    fn begin_create(
+    /// First half of every create: records the intent (a `creating` row, and whatever `also`
+    /// records with it in the same transaction), then makes the driver object. A failure
+    /// undoes the intent.
+    pub(super) fn begin_create(
         &mut self,
-        name: &LayerName,
-        parent: Option<ObjectId>,
-        kind: LayerKind,
-        digest: Option<String>,
-        limit: Option<Bytes>,
-        steps: [&'static str; 2],
+        new: NewLayer<'_>,
+        also: impl FnOnce(&Tx<'_>, &LayerRecord) -> Result<()>,
     ) -> Result<(LayerRecord, LayerChain)> {
+        let NewLayer {
+            label,
+            pending_name,
+            parent,
+            kind,
+            digest,
+            limit,
+            steps,
+        } = new;
         let rec = self.store.tx("record create intent", |t| {
             let rec = LayerRecord {
                 id: t.allocate_id()?,
@@ -178,12 +202,13 @@ impl Pool {
                 kind,
                 state: LayerState::Creating,
                 digest,
-                pending_name: Some(name.to_string()),
+                pending_name,
                 created: now(),
                 size: None,
                 limit,
             };
             t.insert_layer(&rec)?;
+            also(t, &rec)?;
             Ok(rec)
         })?;
         crash::point(steps[0]);
@@ -193,7 +218,7 @@ impl Pool {
             None => Ok(()),
         });
         if let Err(e) = made {
-            let e = PoolError::driver("create", name.as_str(), e);
+            let e = PoolError::driver("create", label, e);
             return Err(e.with_rollback(self.undo_create(rec.id)));
         }
         crash::point(steps[1]);
@@ -231,12 +256,16 @@ impl Pool {
         self.ensure_name_free(name)?;
         self.ensure_space()?;
         let (rec, _) = self.begin_create(
-            name,
-            Some(parent_rec.id),
-            LayerKind::Container,
-            None,
-            limit,
-            ["snapshot:intent", "snapshot:object"],
+            NewLayer {
+                label: name.as_str(),
+                pending_name: Some(name.to_string()),
+                parent: Some(parent_rec.id),
+                kind: LayerKind::Container,
+                digest: None,
+                limit,
+                steps: ["snapshot:intent", "snapshot:object"],
+            },
+            |_, _| Ok(()),
         )?;
         let done = self.store.tx("record snapshot done", |t| {
             t.set_state(rec.id, LayerState::Active)?;
@@ -281,12 +310,24 @@ impl Pool {
             });
         }
         self.refuse_while_mounted(rec.id, name, MountCheck::Commit)?;
-        self.store.tx("record commit intent", |t| {
-            t.set_state(rec.id, LayerState::Committing)
-        })?;
-        crash::point("commit:intent");
-        self.finish_commit(rec.id)?;
+        self.commit_record(&rec, "commit:intent", |_| Ok(()))?;
         self.info(rec.id)
+    }
+
+    /// The commit of an active layer: records the intent (with whatever `also` records in the
+    /// same transaction), then finishes it. From the intent on it is rolled forward.
+    pub(super) fn commit_record(
+        &mut self,
+        rec: &LayerRecord,
+        step: &'static str,
+        also: impl FnOnce(&Tx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        self.store.tx("record commit intent", |t| {
+            t.set_state(rec.id, LayerState::Committing)?;
+            also(t)
+        })?;
+        crash::point(step);
+        self.finish_commit(rec.id)
     }
 
     /// A committed layer's size to record. A driver that cannot measure (btrfs without quotas)
@@ -316,8 +357,11 @@ impl Pool {
             .map_err(|e| PoolError::driver("commit", id.to_string(), e))?;
         crash::point("commit:object");
         let usage = self.measure(&chain);
-        self.store
-            .tx("record commit done", |t| t.set_committed(id, usage, None))
+        self.store.tx("record commit done", |t| {
+            t.set_committed(id, usage, None)?;
+            // A snapshot's layer: containerd reads its usage from the snapshot row.
+            t.set_snapshot_usage(id, usage.map(Into::into))
+        })
     }
 
     /// `layer rm`. Refused while the layer has children or is mounted (`force` unmounts first).
@@ -347,10 +391,26 @@ impl Pool {
         } else if self.store.mounts()?.iter().any(|m| m.layer == rec.id) {
             self.umount(name, None)?;
         }
+        self.remove_record(&rec, name, "remove:intent", |_| Ok(()), |_| Ok(()))
+    }
+
+    /// The removal of a layer nothing depends on: records the intent (with `also` in the same
+    /// transaction), then removes the object. A busy object defers the removal (the layer stays
+    /// `removing` for the next writer or Cleanup); any other failure undoes the intent (and
+    /// runs `undo` in that transaction).
+    pub(super) fn remove_record(
+        &mut self,
+        rec: &LayerRecord,
+        name: &str,
+        step: &'static str,
+        also: impl FnOnce(&Tx<'_>) -> Result<()>,
+        undo: impl FnOnce(&Tx<'_>) -> Result<()>,
+    ) -> Result<RemoveOutcome> {
         self.store.tx("record remove intent", |t| {
-            t.set_state(rec.id, LayerState::Removing)
+            t.set_state(rec.id, LayerState::Removing)?;
+            also(t)
         })?;
-        crash::point("remove:intent");
+        crash::point(step);
         match self.finish_remove(rec.id) {
             Ok(()) => {}
             Err(PoolError::Driver { source, .. })
@@ -364,9 +424,10 @@ impl Pool {
             Err(e) => {
                 // The driver refused or failed (a mount blkdrv does not know of, EBUSY): the layer
                 // stays as it was rather than half-removed; `pool check` reports any damage.
-                let back = self
-                    .store
-                    .tx("undo remove intent", |t| t.set_state(rec.id, rec.state));
+                let back = self.store.tx("undo remove intent", |t| {
+                    t.set_state(rec.id, rec.state)?;
+                    undo(t)
+                });
                 return Err(e.with_rollback(back));
             }
         }

@@ -3,7 +3,7 @@
 use super::types::{LayerInfo, PoolStatus};
 use super::Pool;
 use crate::error::{PoolError, Result};
-use crate::layer::{LayerRecord, LayerState};
+use crate::layer::{LayerOwner, LayerRecord, LayerState};
 use crate::store::MountRecord;
 use blkdrv_drivers::{LayerChain, ObjectId, Usage};
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +36,9 @@ impl Pool {
         names: &BTreeMap<ObjectId, Vec<String>>,
         mounts: &[MountRecord],
         live: &HashMap<ObjectId, Usage>,
+        owners: &HashMap<ObjectId, LayerOwner>,
     ) -> LayerInfo {
+        let owner = owners.get(&rec.id).copied();
         let chain = self.chain_of(rec, all);
         let size = match rec.size {
             Some(s) => Some(s),
@@ -46,7 +48,11 @@ impl Pool {
             .get(&rec.id)
             .and_then(|n| n.first().cloned())
             .or_else(|| rec.pending_name.clone())
-            .unwrap_or_else(|| format!("<layer {}>", rec.id));
+            .unwrap_or_else(|| match owner {
+                // containerd's keys are its own business (and hundreds of bytes long).
+                Some(o) => format!("<{o} {}>", rec.id),
+                None => format!("<layer {}>", rec.id),
+            });
         LayerInfo {
             name,
             names: names.get(&rec.id).cloned().unwrap_or_default(),
@@ -67,6 +73,7 @@ impl Pool {
                 .filter(|m| m.layer == rec.id)
                 .cloned()
                 .collect(),
+            owner,
         }
     }
 
@@ -79,9 +86,10 @@ impl Pool {
         // Ids grow over time and a parent always exists before its child.
         recs.sort_by_key(|r| r.id);
         let live = self.live_usage(&recs, &all);
+        let owners = self.store.owners()?;
         Ok(recs
             .into_iter()
-            .map(|r| self.info_of(r, &all, &names, &mounts, &live))
+            .map(|r| self.info_of(r, &all, &names, &mounts, &live, &owners))
             .collect())
     }
 
@@ -95,6 +103,7 @@ impl Pool {
             &self.names_by_layer()?,
             &self.store.mounts()?,
             &live,
+            &self.store.owners()?,
         ))
     }
 
@@ -121,6 +130,7 @@ impl Pool {
             &self.names_by_layer()?,
             &self.store.mounts()?,
             &live,
+            &self.store.owners()?,
         ))
     }
 

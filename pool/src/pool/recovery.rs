@@ -41,7 +41,34 @@ impl Pool {
                 Presence::Mounted | Presence::Unknown => {}
             }
         }
-        for rec in self.store.layers()? {
+        // Creates and commits first, in id order; then removals, children before parents (a
+        // parent's object cannot go while a child's is there: it waits for the next writer).
+        let mut in_flight = self.store.layers()?;
+        in_flight.sort_by_key(|r| {
+            let removing = r.state == LayerState::Removing;
+            (
+                removing,
+                if removing {
+                    u32::MAX - r.id.get()
+                } else {
+                    r.id.get()
+                },
+            )
+        });
+        for rec in in_flight {
+            if rec.state == LayerState::Removing
+                && self
+                    .store
+                    .layers()?
+                    .iter()
+                    .any(|c| c.parent == Some(rec.id))
+            {
+                done.push(format!(
+                    "kept removal of layer {} for later: layers on it are still there",
+                    rec.id
+                ));
+                continue;
+            }
             let label = rec
                 .pending_name
                 .clone()

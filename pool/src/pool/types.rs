@@ -1,7 +1,7 @@
 //! What callers hand the pool and what it hands back: requests, outcomes, reports.
 
 use crate::config::{AutoExtend, Backing};
-use crate::layer::{LayerKind, LayerState, PoolName};
+use crate::layer::{LayerKind, LayerOwner, LayerState, PoolName};
 use crate::store::MountRecord;
 use blkdrv_drivers::Identity;
 use blkdrv_drivers::{Bytes, Capabilities, DriverOptions, Space};
@@ -98,6 +98,9 @@ pub struct LayerInfo {
     pub limit_bytes: Option<u64>,
     pub depth: usize,
     pub mounts: Vec<MountRecord>,
+    /// Who the layer belongs to when not to the CLI's user: `containerd` for a snapshot's
+    /// layer, which only containerd's snapshots API lists or removes.
+    pub owner: Option<LayerOwner>,
 }
 
 #[derive(Debug, Clone, Serialize)]
