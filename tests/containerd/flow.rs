@@ -435,21 +435,43 @@ pub fn report_timings() {
             median(&x.run_ms)
         );
     }
+    let path = timings_path();
+    let mut results: Vec<serde_json::Value> = t
+        .iter()
+        .map(|x| {
+            serde_json::json!({
+                "driver": x.driver,
+                "snapshotter": x.snapshotter,
+                "import_ms": x.import_ms,
+                "run_ms": x.run_ms,
+                "import_median_ms": median(&x.import_ms),
+                "run_median_ms": median(&x.run_ms),
+            })
+        })
+        .collect();
+    // Runs of other drivers in the same place (the VM runs one process per driver into one
+    // result directory) stay in the file; this run's drivers replace their old entries.
+    let ours: Vec<&str> = t.iter().map(|x| x.driver.as_str()).collect();
+    if let Some(old) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        if let Some(prev) = old["results"].as_array() {
+            let kept: Vec<serde_json::Value> = prev
+                .iter()
+                .filter(|r| !r["driver"].as_str().is_some_and(|d| ours.contains(&d)))
+                .cloned()
+                .collect();
+            results.splice(0..0, kept);
+        }
+    }
     let json = serde_json::json!({
         "containerd": version,
         "in_vm": kit::config::get().in_vm,
         "rounds": rounds(),
         "image": ociimage::IMAGE_NAME,
-        "results": t.iter().map(|x| serde_json::json!({
-            "driver": x.driver,
-            "snapshotter": x.snapshotter,
-            "import_ms": x.import_ms,
-            "run_ms": x.run_ms,
-            "import_median_ms": median(&x.import_ms),
-            "run_median_ms": median(&x.run_ms),
-        })).collect::<Vec<_>>(),
+        "results": results,
     });
-    let path = timings_path();
     match serde_json::to_vec_pretty(&json)
         .map_err(|e| e.to_string())
         .and_then(|b| std::fs::write(&path, b).map_err(|e| e.to_string()))
