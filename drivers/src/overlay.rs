@@ -364,7 +364,7 @@ impl Layers for Overlay {
             ),
         };
         if lowers.is_empty() || (upper.is_none() && lowers.len() == 1) {
-            let only = upper.unwrap_or(lowers[0]);
+            let only = upper.unwrap_or_else(|| lowers[0]);
             let dir = self.diff(only);
             if !dir.is_dir() {
                 return Err(DriverError::NotFound {

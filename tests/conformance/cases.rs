@@ -116,8 +116,8 @@ pub const CASES: &[Case] = &[
         crate::snapshots::crash_between_steps,
     ),
     Case::any(
-        "snapshot::busy_remove_is_deferred_to_cleanup",
-        crate::snapshots::busy_remove_is_deferred_to_cleanup,
+        "snapshot::busy_remove_is_deferred",
+        crate::snapshots::busy_remove_is_deferred,
     ),
 ];
 

@@ -8,6 +8,15 @@ use crate::store::MountRecord;
 use blkdrv_drivers::{LayerChain, ObjectId, Usage};
 use std::collections::{BTreeMap, HashMap};
 
+/// How a layer without a name is shown: containerd's keys are its own business (and hundreds
+/// of bytes long), so its layers show as `<containerd ID>`.
+fn unnamed(id: ObjectId, owner: Option<LayerOwner>) -> String {
+    match owner {
+        Some(o) => format!("<{o} {id}>"),
+        None => format!("<layer {id}>"),
+    }
+}
+
 impl Pool {
     /// Live usage of the active layers among `recs` (their size changes, so it is measured now
     /// rather than recorded), in one driver call; a failure shows as an unknown size.
@@ -48,16 +57,17 @@ impl Pool {
             .get(&rec.id)
             .and_then(|n| n.first().cloned())
             .or_else(|| rec.pending_name.clone())
-            .unwrap_or_else(|| match owner {
-                // containerd's keys are its own business (and hundreds of bytes long).
-                Some(o) => format!("<{o} {}>", rec.id),
-                None => format!("<layer {}>", rec.id),
-            });
+            .unwrap_or_else(|| unnamed(rec.id, owner));
         LayerInfo {
             name,
             names: names.get(&rec.id).cloned().unwrap_or_default(),
             id: rec.id.get(),
-            parent: rec.parent.map(|p| Self::display_name(names, p)),
+            parent: rec
+                .parent
+                .map(|p| match names.get(&p).and_then(|n| n.first()) {
+                    Some(n) => n.clone(),
+                    None => unnamed(p, owners.get(&p).copied()),
+                }),
             parent_id: rec.parent.map(ObjectId::get),
             kind: rec.kind,
             state: rec.state,
