@@ -306,9 +306,10 @@ fn exercise(
     }
     // Usage is what each layer holds on its own. With copy-on-write (containerd's overlayfs,
     // every blkdrv driver but vfs) that is its delta: the two busybox copies are in layers 1
-    // and 2, layer 3 holds a few small files. vfs layers are full copies, as containerd's
-    // native snapshotter's are, and a full copy is what one holds: layer 3 has both busybox
-    // copies.
+    // and 2, layer 3 holds a few small files, which dm-thin rounds up to its blocks and to the
+    // filesystem metadata they touch (2.5 MB measured in the VM, 20 KB on overlay): less than
+    // the two busybox copies a full copy holds. vfs layers are full copies, as containerd's
+    // native snapshotter's are, and a full copy is what one holds: layer 3 has both.
     let busybox = std::fs::metadata(ociimage::BUSYBOX)
         .map(|m| m.len())
         .map_err(|e| format!("stat {}: {e}", ociimage::BUSYBOX))?;
@@ -327,8 +328,8 @@ fn exercise(
                 i + 1
             ),
             (_, false) => kit::ensure!(
-                size < busybox / 2,
-                "{tag}: usage of layer 3 is {size}: not its own delta (busybox is {busybox})"
+                size < 2 * busybox,
+                "{tag}: usage of layer 3 is {size}: not its own delta (a full copy holds two busybox of {busybox})"
             ),
             (_, true) => kit::ensure!(
                 size >= 2 * busybox,
