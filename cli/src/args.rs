@@ -59,6 +59,9 @@ pub enum Cmd {
     /// Compare every driver on the same workloads (table, JSON with every sample, SVG chart).
     #[command(long_about = bench::LONG_ABOUT)]
     Bench(bench::BenchArgs),
+    /// Serve pools to containerd as a proxy snapshotter.
+    #[command(subcommand)]
+    Snapshotter(crate::snapshotter_cmd::SnapshotterCmd),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -10,6 +10,7 @@ mod layer_cmd;
 mod output;
 mod pool_cmd;
 mod report;
+mod snapshotter_cmd;
 
 use args::{Cli, Cmd, DriverFlagValues};
 use blkdrv_pool::config::{self, HostConfig};
@@ -48,7 +49,16 @@ where
             return code;
         }
     };
-    init_tracing(cli.verbose);
+    // A server logs what it serves by default; commands stay quiet unless asked.
+    let server = matches!(cli.cmd, Cmd::Snapshotter(_));
+    init_tracing(if server {
+        cli.verbose.max(1)
+    } else {
+        cli.verbose
+    });
+    if let Cmd::Snapshotter(c) = &cli.cmd {
+        return snapshotter_cmd::main(cli.root.clone(), &cli.config, c, err);
+    }
     // The bench needs no state dir or host config: it makes and destroys its own pools.
     if let Cmd::Bench(b) = &cli.cmd {
         return match bench::bench(b, cli.json, out, err) {
@@ -97,6 +107,8 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Escape codes only for a terminal: a server's log usually goes to a file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -131,7 +143,9 @@ fn dispatch(
         Cmd::Pool(c) => emit(pool_cmd::pool_cmd(&ctx, c, err)?, ctx.json, out),
         Cmd::Layer(c) => emit(layer_cmd::layer_cmd(&ctx, c, err)?, ctx.json, out),
         Cmd::Info => output::info(&ctx.root, &cli.config, ctx.json, out),
-        Cmd::Bench(_) => unreachable!("handled before the state dir is read"),
+        Cmd::Bench(_) | Cmd::Snapshotter(_) => {
+            unreachable!("handled before the state dir is read")
+        }
     }
 }
 

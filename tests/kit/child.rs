@@ -26,7 +26,8 @@ pub fn maybe_run_child() {
     };
     let args: Vec<String> = serde_json::from_str(&args).expect("child args are JSON");
     let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    // Unlocked, as in cli/src/main.rs: a server child logs from other threads.
+    let mut err = std::io::stderr();
     let code = blkdrv_cli::run(args, &mut out, &mut err);
     std::process::exit(code);
 }

@@ -8,6 +8,8 @@
 //! - [`trial`]: the one wrapper that turns a case (panicking or `Result`) into a libtest-mimic
 //!   trial, and the VM gate that reports cases this kernel cannot run as ignored;
 //! - [`leaks`]: mounts and loop devices a test left behind;
+//! - [`snapshotter`]: `blkdrv snapshotter serve` as a child, stopped on drop, and a gRPC
+//!   client on its socket;
 //! - [`rng`]: the one seeded PRNG (`BLKDRV_TEST_SEED` replays a run);
 //! - [`config`]: the environment the suite reads, read once at start;
 //! - [`ociimage`]: a test OCI image archive built locally (no registry), for containerd;
@@ -24,6 +26,7 @@ pub mod leaks;
 pub mod ociimage;
 pub mod pool;
 pub mod rng;
+pub mod snapshotter;
 pub mod trial;
 
 pub use libtest_mimic::Failed;

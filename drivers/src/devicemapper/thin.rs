@@ -111,6 +111,9 @@ impl DmThin {
     pub(super) fn deactivate(&self, g: &Inner, id: ThinId) -> Result<bool> {
         let name = self.names.thin(id);
         if !self.is_active(&g.dm, id)? {
+            // Gone already (a deferred remove the kernel completed at the last close): a link
+            // export made for it is stale now.
+            self.drop_mapper_link(id);
             return Ok(true);
         }
         let info =
