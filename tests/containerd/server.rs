@@ -1,16 +1,14 @@
 //! `blkdrv snapshotter serve` on a test pool, as this target needs it: started before containerd,
-//! stopped (by pid) after it. The kit's guard does the work; this is the one place that names it.
+//! stopped (by pid) after it. The kit's guard ([`kit::snapshotter::Server`]) does the work;
+//! this is the one place in the target that names it.
 
 use kit::pool::TestPool;
-use std::path::PathBuf;
+use kit::snapshotter::{Server, ServerSpec};
 
-/// A running server; dropping it stops it.
-pub struct Server {
-    pub socket: PathBuf,
-}
-
-/// Starts the server on `tp`'s pool, as snapshotter `name`.
+/// Starts the server on `tp`'s pool as snapshotter `name` (`--pool t=NAME`), its socket and
+/// log in the pool's scratch space.
 pub fn start(tp: &TestPool, name: &str) -> Result<Server, String> {
-    let _ = (tp, name);
-    Err("blkdrv snapshotter serve: not in this branch yet (the server helper's branch)".into())
+    let mut spec = ServerSpec::for_pool(tp, &tp.path("srv"));
+    spec.pools = vec![format!("{}={name}", tp.name)];
+    Server::start(spec).map_err(|e| format!("blkdrv snapshotter serve: {e}"))
 }
