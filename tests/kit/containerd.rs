@@ -224,29 +224,9 @@ impl Containerd {
         })
     }
 
-    /// Remembers the container id of `ctr run ... IMAGE ID ...` (the second positional
-    /// argument after `run`) or `ctr containers create`, for cleanup.
+    /// Remembers the container a `ctr` command starts, for cleanup.
     fn note_container(&self, ns: &str, args: &[&str]) {
-        let sub = match args {
-            ["run", rest @ ..] => rest,
-            ["containers" | "c", "create", rest @ ..] => rest,
-            _ => return,
-        };
-        // Flags of ctr run that take a value (the ones the tests use); the rest are booleans.
-        const WITH_VALUE: &[&str] = &["--snapshotter", "--env", "--mount", "--cwd", "--label"];
-        let mut positional = Vec::new();
-        let mut it = sub.iter();
-        while let Some(a) = it.next() {
-            if WITH_VALUE.contains(a) {
-                it.next();
-            } else if !a.starts_with('-') {
-                positional.push(*a);
-            }
-            if positional.len() == 2 {
-                break;
-            }
-        }
-        if let [_, id] = positional[..] {
+        if let Some(id) = started_container(args) {
             if let Ok(mut set) = self.containers.lock() {
                 set.insert((ns.to_string(), id.to_string()));
             }
@@ -502,6 +482,28 @@ pub fn run_captured(
     Ok((status, stdout, stderr, took))
 }
 
+/// The container id of `ctr run [flags] IMAGE ID ...` or `ctr containers create [flags] IMAGE
+/// ID`: the second positional argument.
+fn started_container<'a>(args: &[&'a str]) -> Option<&'a str> {
+    let sub = match args {
+        ["run", rest @ ..] => rest,
+        ["containers" | "c", "create", rest @ ..] => rest,
+        _ => return None,
+    };
+    // Flags of ctr run that take a value (the ones the tests use); the rest are booleans.
+    const WITH_VALUE: &[&str] = &["--snapshotter", "--env", "--mount", "--cwd", "--label"];
+    let mut positional = Vec::new();
+    let mut it = sub.iter();
+    while let Some(a) = it.next() {
+        if WITH_VALUE.contains(a) {
+            it.next();
+        } else if !a.starts_with('-') {
+            positional.push(*a);
+        }
+    }
+    positional.get(1).copied()
+}
+
 /// Whether / is the initramfs (`rootfs`), as in the test VM, where pivot_root(2) cannot work.
 pub fn root_is_initramfs() -> bool {
     std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
@@ -599,6 +601,29 @@ mod tests {
     fn toml_strings_are_escaped() {
         assert_eq!(toml_string(r#"a"b\c"#), r#""a\"b\\c""#);
         assert_eq!(toml_string("a\nb"), "\"a\\u000ab\"");
+    }
+
+    #[test]
+    fn the_started_container_is_the_second_positional_argument() {
+        let run = [
+            "run",
+            "--rm",
+            "--snapshotter",
+            "blkdrv",
+            "-d",
+            "img:1",
+            "c1",
+            "sh",
+            "-c",
+            "x",
+        ];
+        assert_eq!(started_container(&run), Some("c1"));
+        assert_eq!(
+            started_container(&["containers", "create", "img", "c2"]),
+            Some("c2")
+        );
+        assert_eq!(started_container(&["images", "import", "a", "b"]), None);
+        assert_eq!(started_container(&["run", "img"]), None);
     }
 
     #[test]
