@@ -40,7 +40,8 @@ const APPLETS: &[&str] = &[
 ];
 
 /// Run in a container of the image as `sh -c CHECK_SCRIPT`: checks what the layers hold and
-/// writes into the rootfs. Each line names what it shows; [`CHECK_EXPECTED`] is the output when
+/// writes into the rootfs, and that the container's devices work on a `nodev` rootfs (runc
+/// mounts its own /dev). Each line names what it shows; [`CHECK_EXPECTED`] is the output when
 /// everything came through. The capability is checked the way the kernel uses it: a process of
 /// uid 1000 (no capabilities of its own) that executes the file gets CAP_NET_BIND_SERVICE as
 /// its permitted set (needs `ctr run --allow-new-privs`: ctr sets no_new_privs by default, which
@@ -53,7 +54,8 @@ echo "symlink: $(readlink /data/sym) -> $(cat /data/sym)"
 [ -e /etc/gone ] || echo "whiteout: /etc/gone is gone"
 echo "opaque: $(ls -A /opq | tr '\n' ' ')"
 echo "capability as uid 1000: $(su tester -c '/opt/caps/busybox grep CapPrm /proc/self/status')"
-echo "rootfs is writable" > /written && cat /written"#;
+echo "rootfs is writable" > /written && cat /written
+[ -c /dev/null ] && echo x > /dev/null && echo "devices: /dev/null works (runc's /dev tmpfs)""#;
 
 /// The output of [`CHECK_SCRIPT`] on an intact image.
 pub const CHECK_EXPECTED: &str = "blkdrv test image: unpacked by containerd onto a blkdrv pool
@@ -66,6 +68,7 @@ whiteout: /etc/gone is gone
 opaque: new.txt 
 capability as uid 1000: CapPrm:\t0000000000000400
 rootfs is writable
+devices: /dev/null works (runc's /dev tmpfs)
 ";
 
 /// The built archive and what containerd will make of it.
