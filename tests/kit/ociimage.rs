@@ -362,7 +362,10 @@ pub fn build_from(dir: &Path, busybox: &[u8]) -> Result<TestImage, String> {
 mod tests {
     use super::*;
 
-    fn entries(tar_bytes: &[u8]) -> Vec<(String, tar::EntryType, u32, Vec<(String, Vec<u8>)>)> {
+    /// An entry as the tests look at it: path, type, mode, PAX records.
+    type Seen = (String, tar::EntryType, u32, Vec<(String, Vec<u8>)>);
+
+    fn entries(tar_bytes: &[u8]) -> Vec<Seen> {
         let mut a = tar::Archive::new(tar_bytes);
         a.entries()
             .unwrap()
@@ -404,7 +407,7 @@ mod tests {
         let l = layers(b"not really busybox").unwrap();
         assert_eq!(l.len(), 3);
         let (l1, l2, l3) = (entries(&l[0]), entries(&l[1]), entries(&l[2]));
-        let find = |es: &[(String, tar::EntryType, u32, Vec<(String, Vec<u8>)>)], p: &str| {
+        let find = |es: &[Seen], p: &str| {
             es.iter()
                 .find(|e| e.0 == p)
                 .cloned()
