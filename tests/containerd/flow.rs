@@ -549,12 +549,3 @@ pub fn report_timings() {
         Err(e) => eprintln!("containerd: write {}: {e}", path.display()),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn median_of_even_and_odd() {
-        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-    }
-}
