@@ -17,11 +17,15 @@ cd "$(dirname "$0")/.."
 #   them and their libraries into the guest; build-essential compiles the ZFS module for the
 #   VM kernel; mkzfs installs the matching linux-headers itself, it depends on the kernel ABI);
 #   debian-archive-keyring: signs the Debian contrib lists mkzfs fetches for OpenZFS;
-#   protobuf-compiler: protoc, which containerd-snapshots runs at build time for the gRPC API.
+#   protobuf-compiler: protoc, which containerd-snapshots runs at build time for the gRPC API;
+#   containerd, runc: the containerd tests (tests/containerd) run a private containerd with
+#   blkdrv as its proxy snapshotter, and tests/vm/mkimage copies both (with ctr and
+#   containerd-shim-runc-v2) into the VM.
 PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-essential tar
       libdevmapper-dev thin-provisioning-tools lvm2 dmsetup
       qemu-system-x86 busybox-static kmod cpio xz-utils
-      fdisk libtirpc3 libssl3 zlib1g debian-archive-keyring protobuf-compiler)
+      fdisk libtirpc3 libssl3 zlib1g debian-archive-keyring protobuf-compiler
+      containerd runc)
 
 # OpenZFS for the VM comes from Debian `contrib`: tests/vm/mkzfs fetches it through an apt
 # source list of its own, so the host's apt sources are left as they are. Earlier versions of

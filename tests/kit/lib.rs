@@ -11,7 +11,9 @@
 //! - [`snapshotter`]: `blkdrv snapshotter serve` as a child, stopped on drop, and a gRPC
 //!   client on its socket;
 //! - [`rng`]: the one seeded PRNG (`BLKDRV_TEST_SEED` replays a run);
-//! - [`config`]: the environment the suite reads, read once at start.
+//! - [`config`]: the environment the suite reads, read once at start;
+//! - [`ociimage`]: a test OCI image archive built locally (no registry), for containerd;
+//! - [`containerd`]: a private containerd with proxy snapshotters, and `ctr` against it.
 //!
 //! A library rather than `#[path]`-included modules: every binary links the same code, and
 //! nothing is dead code in one binary and used in another.
@@ -19,7 +21,9 @@
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod containerd;
 pub mod leaks;
+pub mod ociimage;
 pub mod pool;
 pub mod rng;
 pub mod snapshotter;
