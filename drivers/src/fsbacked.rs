@@ -251,6 +251,9 @@ pub fn mkfs_with(dev: &Path, fs: FsType, extra: &[String]) -> Result<()> {
 #[derive(Debug)]
 pub struct FsBacking {
     pub mnt: PathBuf,
+    /// A second mount of the same filesystem with `nodev`, made by the first export that asks
+    /// for nodev (see [`FsBacking::export_source`]).
+    export_mnt: PathBuf,
     pub fs: FsType,
     pub device: PathBuf,
     /// The filesystem UUID recorded at format and found on the device.
@@ -290,6 +293,7 @@ impl FsBacking {
         let sub = mnt.join(subdir);
         std::fs::create_dir_all(&sub).map_err(|e| DriverError::io("create", &sub, e))?;
         Ok(FsBacking {
+            export_mnt: ctx.state_dir.join("export"),
             mnt,
             fs,
             device: dev,
@@ -324,7 +328,36 @@ impl FsBacking {
     }
 
     pub fn deactivate(&self) -> Result<()> {
+        if mount::is_mountpoint(&self.export_mnt).unwrap_or(false) {
+            mount::unmount(&self.export_mnt)?;
+        }
         mount::unmount(&self.mnt)
+    }
+
+    /// Where another process binds `path` (a dir under [`FsBacking::mnt`]) from. A bind mount
+    /// takes the per-mount flags of the mount it is made from, and containerd makes read-write
+    /// binds in one mount(2) that ignores `nodev`: so a `nodev` export names the dir through a
+    /// second mount of the same filesystem (same superblock, same files) that is `nodev`
+    /// itself. Never `nosuid`: containers run setuid programs.
+    pub fn export_source(&self, path: &Path, flags: crate::MountFlags) -> Result<PathBuf> {
+        if !flags.nodev {
+            return Ok(path.to_path_buf());
+        }
+        let rel = path.strip_prefix(&self.mnt).map_err(|_| {
+            DriverError::io("export", path, std::io::Error::other("not in the backing"))
+        })?;
+        if !mount::is_mountpoint(&self.export_mnt)? {
+            std::fs::create_dir_all(&self.export_mnt)
+                .map_err(|e| DriverError::io("create", &self.export_mnt, e))?;
+            mount::mount(
+                &self.device,
+                &self.export_mnt,
+                self.fs.name(),
+                nix::mount::MsFlags::MS_NODEV,
+                None,
+            )?;
+        }
+        Ok(self.export_mnt.join(rel))
     }
 
     /// Takes up a grown device online: xfs_growfs works on the mount point, resize2fs on the

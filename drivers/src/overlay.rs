@@ -367,7 +367,8 @@ impl Layers for Overlay {
                     op: "export",
                 });
             }
-            return Ok(vec![MountSpec::bind(&dir, mode, flags)]);
+            let source = self.backing.export_source(&dir, flags)?;
+            return Ok(vec![MountSpec::bind(&source, mode, flags)]);
         }
         self.ensure_link_dir(layer.id)?;
         let lower = lowers

@@ -119,7 +119,8 @@ impl Layers for Vfs {
                 op: "export",
             });
         }
-        Ok(vec![MountSpec::bind(&dir, mode, flags)])
+        let source = self.backing.export_source(&dir, flags)?;
+        Ok(vec![MountSpec::bind(&source, mode, flags)])
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
