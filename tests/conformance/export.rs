@@ -9,14 +9,13 @@ use blkdrv_pool::pool::RemoveOutcome;
 use blkdrv_pool::{ExportPolicy, MountSpec, Pool};
 use kit::ensure;
 use kit::pool::*;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Set in the child's environment: `[spec, target]` as JSON.
 const ENV_MOUNT: &str = "BLKDRV_TEST_EXPORT_MOUNT";
-/// One page, what mount(2) copies of the data (containerd refuses longer data itself).
-const PAGE: usize = 4096;
+use kit::ctrmount::PAGE;
 
 /// In mount-child mode, performs the mount passed in the environment and exits; otherwise
 /// returns.
@@ -35,54 +34,9 @@ pub fn maybe_mount_child() {
     }
 }
 
-/// The flags and data containerd 1.6 makes of a spec's options, and its mount(2) calls.
+/// containerd's mount(2) calls for `spec` (the kit's one imitation of its mount package).
 fn mount_like_containerd(spec: &MountSpec, target: &Path) -> Result<(), String> {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in &spec.options {
-        let (set, f) = match o.as_str() {
-            "ro" => (true, MsFlags::MS_RDONLY),
-            "rw" => (false, MsFlags::MS_RDONLY),
-            "bind" => (true, MsFlags::MS_BIND),
-            "rbind" => (true, MsFlags::MS_BIND | MsFlags::MS_REC),
-            "nodev" => (true, MsFlags::MS_NODEV),
-            "dev" => (false, MsFlags::MS_NODEV),
-            "nosuid" => (true, MsFlags::MS_NOSUID),
-            "suid" => (false, MsFlags::MS_NOSUID),
-            "noexec" => (true, MsFlags::MS_NOEXEC),
-            "exec" => (false, MsFlags::MS_NOEXEC),
-            _ => {
-                data.push(o.as_str());
-                continue;
-            }
-        };
-        flags.set(f, set);
-    }
-    let data = data.join(",");
-    if data.len() >= PAGE {
-        return Err(format!("mount options are too long ({} bytes)", data.len()));
-    }
-    let d = (!data.is_empty()).then_some(data.as_str());
-    nix::mount::mount(
-        Some(spec.source.as_str()),
-        target,
-        Some(spec.fstype.as_str()),
-        flags,
-        d,
-    )
-    .map_err(|e| format!("mount(2): {e}"))?;
-    let bind_ro = MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-    if flags.contains(bind_ro) {
-        nix::mount::mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            flags | MsFlags::MS_REMOUNT,
-            None::<&str>,
-        )
-        .map_err(|e| format!("remount read-only: {e}"))?;
-    }
-    Ok(())
+    kit::ctrmount::mount_like_containerd(&spec.fstype, &spec.source, &spec.options, target)
 }
 
 /// A mount made by the child, unmounted when dropped (detached if busy), so that a failed case

@@ -4,16 +4,15 @@
 //! each other, and that a crash between an operation's steps leaves a consistent pool.
 //!
 //! Mounts are performed here the way containerd performs them: from the specs alone, in this
-//! process, by mount(2) (see [`SpecMount`]).
+//! process, by mount(2) (see [`spec_mount`]).
 
-use blkdrv_drivers::sys::mount;
 use blkdrv_pool::{
     Access, ExportPolicy, Granularity, LabelUpdate, Labels, LayerOwner, MountSpec, Pool, PoolError,
     SnapshotKind, Source, MAX_KEY_BYTES,
 };
+use kit::ctrmount::ContainerMount;
 use kit::ensure;
 use kit::pool::*;
-use nix::mount::{MntFlags, MsFlags};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -119,73 +118,12 @@ fn run_child(
     Ok(out.status.code().unwrap_or(128 + 6))
 }
 
-/// A snapshot's mounts made from its specs alone, as containerd makes them (mount options
-/// `ro`, `rw`, `bind`, `rbind`, `nodev`, `nosuid` are flags; the rest is filesystem data; a
-/// read-only bind is remounted read-only). Unmounted (lazily, if need be) when dropped.
-struct SpecMount {
-    target: PathBuf,
-}
-
-impl SpecMount {
-    fn new(specs: &[MountSpec], target: &Path) -> Result<SpecMount, String> {
-        let [spec] = specs else {
-            return Err(format!("expected one mount, got {specs:?}"));
-        };
-        fs::create_dir_all(target).map_err(|e| e.to_string())?;
-        let mut flags = MsFlags::empty();
-        let mut data = Vec::new();
-        for o in &spec.options {
-            match o.as_str() {
-                "ro" => flags |= MsFlags::MS_RDONLY,
-                "rw" => {}
-                "bind" => flags |= MsFlags::MS_BIND,
-                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-                "nodev" => flags |= MsFlags::MS_NODEV,
-                "nosuid" => return Err(format!("nosuid on a container mount: {spec:?}")),
-                "loop" => return Err(format!("loop mounts are not expected: {spec:?}")),
-                d => data.push(d),
-            }
-        }
-        if spec.fstype == "bind" {
-            flags |= MsFlags::MS_BIND;
-        }
-        let data = data.join(",");
-        let fstype = (spec.fstype != "bind").then_some(spec.fstype.as_str());
-        nix::mount::mount(
-            Some(spec.source.as_str()),
-            target,
-            fstype,
-            flags,
-            (!data.is_empty()).then_some(data.as_str()),
-        )
-        .map_err(|e| format!("mount {spec:?} at {}: {e}", target.display()))?;
-        let guard = SpecMount {
-            target: target.to_path_buf(),
-        };
-        // The kernel ignores flags on a new bind mount; containerd remounts to apply them.
-        if flags.contains(MsFlags::MS_BIND)
-            && flags.intersects(MsFlags::MS_RDONLY | MsFlags::MS_NODEV)
-        {
-            let re = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | (flags & (MsFlags::MS_RDONLY | MsFlags::MS_NODEV));
-            nix::mount::mount(None::<&str>, target, None::<&str>, re, None::<&str>)
-                .map_err(|e| format!("remount {spec:?}: {e}"))?;
-        }
-        Ok(guard)
-    }
-
-    fn path(&self) -> &Path {
-        &self.target
-    }
-}
-
-impl Drop for SpecMount {
-    fn drop(&mut self) {
-        if mount::unmount(&self.target).is_err() {
-            let _ = nix::mount::umount2(&self.target, MntFlags::MNT_DETACH);
-        }
-    }
+/// A snapshot's one mount made from its specs alone, as containerd makes it.
+fn spec_mount(specs: &[MountSpec], target: &Path) -> Result<ContainerMount, String> {
+    let [spec] = specs else {
+        return Err(format!("expected one mount, got {specs:?}"));
+    };
+    ContainerMount::new(&spec.fstype, &spec.source, &spec.options, target)
 }
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
@@ -240,14 +178,14 @@ pub fn prepare_commit_view_remove(driver: &str) -> TestResult {
         "created == updated at prepare: {info:?}"
     );
     {
-        let m = SpecMount::new(&specs, &tp.path("m-base"))?;
+        let m = spec_mount(&specs, &tp.path("m-base"))?;
         fs::write(m.path().join("a"), "base").map_err(|e| e.to_string())?;
         fs::create_dir_all(m.path().join("etc")).map_err(|e| e.to_string())?;
     }
     // Mounts of an active snapshot: the same layer again, read-write.
     {
         let again = pool.snapshot_mounts(base_key, NO_POLICY)?;
-        let m = SpecMount::new(&again, &tp.path("m-base2"))?;
+        let m = spec_mount(&again, &tp.path("m-base2"))?;
         ensure!(
             read(&m.path().join("a"))? == "base",
             "Mounts shows the written file"
@@ -373,7 +311,7 @@ pub fn prepare_commit_view_remove(driver: &str) -> TestResult {
         v.parent
     );
     {
-        let m = SpecMount::new(&vspecs, &tp.path("m-view"))?;
+        let m = spec_mount(&vspecs, &tp.path("m-view"))?;
         ensure!(
             read(&m.path().join("a"))? == "base",
             "view shows the parent's file"
@@ -385,7 +323,7 @@ pub fn prepare_commit_view_remove(driver: &str) -> TestResult {
     }
     {
         let again = pool.snapshot_mounts("view 1", NO_POLICY)?;
-        let m = SpecMount::new(&again, &tp.path("m-view2"))?;
+        let m = spec_mount(&again, &tp.path("m-view2"))?;
         ensure!(
             is_erofs(fs::write(m.path().join("a"), "x")),
             "Mounts of a view is read-only"
@@ -415,7 +353,7 @@ pub fn prepare_commit_view_remove(driver: &str) -> TestResult {
         "child's parent"
     );
     {
-        let m = SpecMount::new(&cspecs, &tp.path("m-child"))?;
+        let m = spec_mount(&cspecs, &tp.path("m-child"))?;
         ensure!(
             read(&m.path().join("a"))? == "base",
             "child sees the parent's file"
@@ -425,7 +363,7 @@ pub fn prepare_commit_view_remove(driver: &str) -> TestResult {
     }
     {
         let again = pool.snapshot_mounts("view 1", NO_POLICY)?;
-        let m = SpecMount::new(&again, &tp.path("m-view3"))?;
+        let m = spec_mount(&again, &tp.path("m-view3"))?;
         ensure!(
             read(&m.path().join("a"))? == "base",
             "child's write leaked into the parent"
@@ -628,7 +566,7 @@ pub fn usage_is_the_own_delta(driver: &str) -> TestResult {
     };
     let specs = pool.snapshot_prepare("base-key", None, Labels::new(), NO_POLICY)?;
     {
-        let m = SpecMount::new(&specs, &tp.path("m-base"))?;
+        let m = spec_mount(&specs, &tp.path("m-base"))?;
         kit::cli::write_file(&m.path().join("big"), 4 << 20).map_err(|e| e.to_string())?;
     }
     pool.snapshot_commit("base", "base-key", Labels::new())?;
@@ -654,7 +592,7 @@ pub fn usage_is_the_own_delta(driver: &str) -> TestResult {
     let fresh = pool.snapshot_usage("child")?;
     within("a fresh child", fresh.bytes, copied, slack)?;
     {
-        let m = SpecMount::new(&cspecs, &tp.path("m-child"))?;
+        let m = spec_mount(&cspecs, &tp.path("m-child"))?;
         kit::cli::write_file(&m.path().join("own"), MIB).map_err(|e| e.to_string())?;
     }
     let active = pool.snapshot_usage("child")?;
@@ -858,7 +796,7 @@ pub fn crash_between_steps(driver: &str) -> TestResult {
         let mut pool = tp.open()?;
         let specs = pool.snapshot_prepare("base-key", None, Labels::new(), NO_POLICY)?;
         {
-            let m = SpecMount::new(&specs, &tp.path("m"))?;
+            let m = spec_mount(&specs, &tp.path("m"))?;
             fs::write(m.path().join("f"), "base").map_err(|e| e.to_string())?;
         }
         pool.snapshot_commit("base", "base-key", Labels::new())?;
@@ -939,7 +877,7 @@ pub fn crash_between_steps(driver: &str) -> TestResult {
         // The base is intact.
         let specs = pool.snapshot_view("look", "base", Labels::new(), NO_POLICY)?;
         {
-            let m = SpecMount::new(&specs, &tp.path("look"))?;
+            let m = spec_mount(&specs, &tp.path("look"))?;
             ensure!(read(&m.path().join("f"))? == "base", "{step}: base content");
         }
         pool.snapshot_remove("look")?;
@@ -1022,7 +960,7 @@ pub fn busy_remove_is_deferred(driver: &str) -> TestResult {
     pool.snapshot_commit("base", "base-key", Labels::new())?;
 
     let specs = pool.snapshot_prepare("k", Some("base"), Labels::new(), NO_POLICY)?;
-    let m = SpecMount::new(&specs, &tp.path("here"))?;
+    let m = spec_mount(&specs, &tp.path("here"))?;
     match pool.snapshot_remove("k") {
         // Refused (a mount blkdrv did not make, in its own namespace): the snapshot stays whole.
         Err(e) => {
@@ -1053,7 +991,7 @@ pub fn busy_remove_is_deferred(driver: &str) -> TestResult {
 
     for round in ["cleanup", "reopen"] {
         let specs = pool.snapshot_prepare("c", Some("base"), Labels::new(), NO_POLICY)?;
-        let m = SpecMount::new(&specs, &tp.path(&format!("held-{round}")))?;
+        let m = spec_mount(&specs, &tp.path(&format!("held-{round}")))?;
         let holder = NsHolder::start()?;
         drop(m);
         pool.snapshot_remove("c")?;

@@ -51,59 +51,29 @@ fn serial(case: impl FnOnce() -> kit::TestResult + std::panic::UnwindSafe) -> ki
 fn main() {
     kit::child::maybe_run_child();
     let args = Arguments::from_args();
-    let cfg = kit::config::get();
     let mut trials = vec![Trial::test("reference::overlayfs", || {
         needs_root()?;
         serial(flow::reference)
     })];
-    for f in blkdrv_drivers::registry::all() {
-        let name = f.name().to_string();
-        if cfg.drivers.as_ref().is_some_and(|s| !s.contains(&name)) {
-            continue;
-        }
-        let missing = f.check_host().err().map(|e| e.to_string());
-        let vm_only = kit::trial::vm_only(!blkdrv_drivers::sys::host::only_kernel_missing(
-            &f.requirements(),
+    for d in &kit::trial::suite_drivers(
+        &args,
+        "containerd",
+        1,
+        |_| "containerd".into(),
+        " (scripts/test.sh does)",
+    ) {
+        let name = d.name;
+        trials.push(kit::trial::driver_trial(
+            d,
+            format!("blkdrv::{name}"),
+            move || serial(move || flow::blkdrv(name)),
         ));
-        if vm_only {
-            kit::trial::announce_vm_only(
-                &args,
-                &format!("containerd: {name}"),
-                1,
-                &format!(
-                    "kernel support this host lacks ({})",
-                    missing.clone().unwrap_or_default()
-                ),
-                "containerd",
-                " (scripts/test.sh does)",
-            );
-        }
-        let driver = name.clone();
-        trials.push(
-            Trial::test(format!("blkdrv::{name}"), move || {
-                needs_root()?;
-                if let Some(e) = &missing {
-                    return Err(Failed::from(e.as_str()));
-                }
-                let driver = driver.clone();
-                serial(move || flow::blkdrv(&driver))
-            })
-            .with_ignored_flag(vm_only),
-        );
     }
     let conclusion = libtest_mimic::run(&args, trials);
     if !args.list {
         flow::report_timings();
     }
-    let leaks = kit::pool::leaks();
-    if !leaks.is_empty() && !args.list {
-        eprintln!(
-            "containerd: left behind after the run:\n  {}",
-            leaks.join("\n  ")
-        );
-        std::process::exit(101);
-    }
-    conclusion.exit();
+    kit::trial::conclude(&args, "containerd", conclusion);
 }
 
 fn needs_root() -> Result<(), Failed> {

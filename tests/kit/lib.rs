@@ -22,6 +22,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod containerd;
+pub mod ctrmount;
 pub mod leaks;
 pub mod ociimage;
 pub mod pool;

@@ -107,3 +107,94 @@ impl VmTarget {
         libtest_mimic::run(&args, trials).exit()
     }
 }
+
+/// A driver of the registry as a per-driver suite sees it.
+pub struct SuiteDriver {
+    pub name: &'static str,
+    /// What this host lacks for it (`check_host`), if anything.
+    pub missing: Option<String>,
+    /// Its cases are reported as ignored here: only the VM has its kernel support.
+    pub vm_only: bool,
+}
+
+/// The registry's drivers a per-driver suite runs on (`BLKDRV_TEST_DRIVERS` selects), with the
+/// one line for each whose `cases` run only in the VM (`tests/vm/run {filter(name)}{note}`).
+pub fn suite_drivers(
+    args: &Arguments,
+    suite: &str,
+    cases: usize,
+    filter: impl Fn(&str) -> String,
+    note: &str,
+) -> Vec<SuiteDriver> {
+    let cfg = crate::config::get();
+    let mut out = Vec::new();
+    for f in blkdrv_drivers::registry::all() {
+        let name = f.name();
+        if cfg
+            .drivers
+            .as_ref()
+            .is_some_and(|s| !s.iter().any(|d| d == name))
+        {
+            continue;
+        }
+        let missing = f.check_host().err().map(|e| e.to_string());
+        let vm_only = vm_only(!blkdrv_drivers::sys::host::only_kernel_missing(
+            &f.requirements(),
+        ));
+        if vm_only {
+            announce_vm_only(
+                args,
+                &format!("{suite}: {name}"),
+                cases,
+                &format!(
+                    "kernel support this host lacks ({})",
+                    missing.clone().unwrap_or_default()
+                ),
+                &filter(name),
+                note,
+            );
+        }
+        out.push(SuiteDriver {
+            name,
+            missing,
+            vm_only,
+        });
+    }
+    out
+}
+
+/// A case of driver `d` as a trial: fails without root or when the host lacks what the driver
+/// needs; ignored where `d` runs only in the VM.
+pub fn driver_trial(
+    d: &SuiteDriver,
+    name: String,
+    run: impl FnOnce() -> TestResult + UnwindSafe + Send + 'static,
+) -> Trial {
+    let missing = d.missing.clone();
+    Trial::test(name, move || {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Failed::from(
+                "needs root (loop devices, mounts): run as root",
+            ));
+        }
+        if let Some(e) = &missing {
+            return Err(Failed::from(e.as_str()));
+        }
+        guarded(run)
+    })
+    .with_ignored_flag(d.vm_only)
+}
+
+/// Ends a suite: cleanup must hold even for failed cases, so anything left behind (mounts,
+/// loop devices of the kit's pools) fails the run.
+pub fn conclude(args: &Arguments, suite: &str, conclusion: libtest_mimic::Conclusion) -> ! {
+    let leaks = crate::pool::leaks();
+    if !leaks.is_empty() && !args.list {
+        eprintln!(
+            "{suite}: left behind after the run:\n  {}",
+            leaks.join("\n  ")
+        );
+        std::process::exit(101);
+    }
+    conclusion.exit()
+}

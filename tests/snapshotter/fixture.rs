@@ -4,9 +4,9 @@
 use blkdrv_snapshotter::api::snapshots::v1 as pb;
 use blkdrv_snapshotter::api::types::Mount;
 use blkdrv_snapshotter::tonic::{Code, Request, Status};
+use kit::ctrmount::ContainerMount;
 use kit::pool::TestPool;
 use kit::snapshotter::{Client, Server, ServerSpec};
-use nix::mount::MsFlags;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -261,69 +261,18 @@ pub fn expect_code<T: std::fmt::Debug>(
     }
 }
 
-/// The mounts of a snapshot, mounted as containerd mounts them (one mount; a bind mount with
-/// `ro` is remounted read-only), unmounted on drop.
-pub struct Mounted {
-    target: PathBuf,
-}
+/// The one mount of a snapshot, mounted as containerd mounts it, unmounted on drop.
+pub struct Mounted(ContainerMount);
 
 impl Mounted {
     pub fn new(mounts: &[Mount], target: &Path) -> Result<Mounted, String> {
         let [m] = mounts else {
             return Err(format!("expected one mount, got {mounts:?}"));
         };
-        std::fs::create_dir_all(target).map_err(|e| e.to_string())?;
-        let mut flags = MsFlags::empty();
-        let mut data = Vec::new();
-        for o in &m.options {
-            match o.as_str() {
-                "ro" => flags |= MsFlags::MS_RDONLY,
-                "rw" => {}
-                "bind" => flags |= MsFlags::MS_BIND,
-                "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
-                "nodev" => flags |= MsFlags::MS_NODEV,
-                "nosuid" => return Err(format!("nosuid on a container mount: {m:?}")),
-                d => data.push(d),
-            }
-        }
-        if m.r#type == "bind" {
-            flags |= MsFlags::MS_BIND;
-        }
-        let data = data.join(",");
-        let fstype = (m.r#type != "bind").then_some(m.r#type.as_str());
-        nix::mount::mount(
-            Some(m.source.as_str()),
-            target,
-            fstype,
-            flags,
-            (!data.is_empty()).then_some(data.as_str()),
-        )
-        .map_err(|e| format!("mount {m:?} at {}: {e}", target.display()))?;
-        let g = Mounted {
-            target: target.to_path_buf(),
-        };
-        if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
-            nix::mount::mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                flags | MsFlags::MS_REMOUNT,
-                None::<&str>,
-            )
-            .map_err(|e| format!("remount {} ro: {e}", target.display()))?;
-        }
-        Ok(g)
+        ContainerMount::new(&m.r#type, &m.source, &m.options, target).map(Mounted)
     }
 
     pub fn path(&self) -> &Path {
-        &self.target
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH) {
-            eprintln!("test cleanup: umount {}: {e}", self.target.display());
-        }
+        self.0.path()
     }
 }
