@@ -106,6 +106,34 @@ impl BenchSetup for Factory {
     }
 }
 
+/// How a layer in a mode is stacked: one directory needs no overlay (a bind; overlayfs refuses
+/// an upper without a lower), else an optional upper on lower dirs, nearest parent first.
+enum Stack {
+    Single(ObjectId),
+    Overlay {
+        upper: Option<ObjectId>,
+        lowers: Vec<ObjectId>,
+    },
+}
+
+impl Stack {
+    fn of(layer: &LayerChain, mode: MountMode) -> Stack {
+        let (upper, lowers): (Option<ObjectId>, Vec<ObjectId>) = match mode {
+            MountMode::ReadWrite => (Some(layer.id), layer.ancestors.clone()),
+            MountMode::ReadOnly => (
+                None,
+                std::iter::once(layer.id)
+                    .chain(layer.ancestors.iter().copied())
+                    .collect(),
+            ),
+        };
+        match (upper, lowers.as_slice()) {
+            (Some(only), []) | (None, &[only]) => Stack::Single(only),
+            _ => Stack::Overlay { upper, lowers },
+        }
+    }
+}
+
 pub struct Overlay {
     backing: FsBacking,
     /// This pool's dir of short layer names (see the module doc).
@@ -291,20 +319,10 @@ impl Layers for Overlay {
         mode: MountMode,
         flags: MountFlags,
     ) -> Result<()> {
-        let (upper, mut lowers): (Option<ObjectId>, Vec<ObjectId>) = match mode {
-            MountMode::ReadWrite => (Some(layer.id), layer.ancestors.clone()),
-            MountMode::ReadOnly => (
-                None,
-                std::iter::once(layer.id)
-                    .chain(layer.ancestors.iter().copied())
-                    .collect(),
-            ),
+        let (upper, lowers) = match Stack::of(layer, mode) {
+            Stack::Single(only) => return mount::bind(&self.diff(only), target, flags.ms(mode)),
+            Stack::Overlay { upper, lowers } => (upper, lowers),
         };
-        // A single directory needs no overlay: bind it (overlayfs needs a lower for an upper).
-        if lowers.is_empty() || (upper.is_none() && lowers.len() == 1) {
-            let only = upper.or_else(|| lowers.pop()).expect("one layer");
-            return mount::bind(&self.diff(only), target, flags.ms(mode));
-        }
         let lower_paths: Vec<PathBuf> = lowers.iter().map(|id| self.diff(*id)).collect();
         let up = upper.map(|u| (self.diff(u), self.work(u)));
         let flags = flags.ms(mode);
@@ -349,27 +367,20 @@ impl Layers for Overlay {
         mode: MountMode,
         flags: MountFlags,
     ) -> Result<Vec<MountSpec>> {
-        let (upper, lowers): (Option<ObjectId>, Vec<ObjectId>) = match mode {
-            MountMode::ReadWrite => (Some(layer.id), layer.ancestors.clone()),
-            MountMode::ReadOnly => (
-                None,
-                std::iter::once(layer.id)
-                    .chain(layer.ancestors.iter().copied())
-                    .collect(),
-            ),
-        };
-        if lowers.is_empty() || (upper.is_none() && lowers.len() == 1) {
-            let only = upper.unwrap_or_else(|| lowers[0]);
-            let dir = self.diff(only);
-            if !dir.is_dir() {
-                return Err(DriverError::NotFound {
-                    id: only,
-                    op: "export",
-                });
+        let (upper, lowers) = match Stack::of(layer, mode) {
+            Stack::Single(only) => {
+                let dir = self.diff(only);
+                if !dir.is_dir() {
+                    return Err(DriverError::NotFound {
+                        id: only,
+                        op: "export",
+                    });
+                }
+                let source = self.backing.export_source(&dir, flags)?;
+                return Ok(vec![MountSpec::bind(&source, mode, flags)]);
             }
-            let source = self.backing.export_source(&dir, flags)?;
-            return Ok(vec![MountSpec::bind(&source, mode, flags)]);
-        }
+            Stack::Overlay { upper, lowers } => (upper, lowers),
+        };
         self.ensure_link_dir(layer.id)?;
         let lower = lowers
             .iter()
