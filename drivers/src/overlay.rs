@@ -191,7 +191,10 @@ impl Overlay {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DriverError::io("read", &marker, e)),
         }
-        std::fs::create_dir_all(&self.links)
+        // Root's alone (0700), like the pool's own dirs and the snapshotter's socket dir: the
+        // links name every layer's directory.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&self.links)
             .map_err(|e| DriverError::io("create", &self.links, e))?;
         std::fs::write(&marker, format!("{}\n", self.backing.uuid))
             .map_err(|e| DriverError::io("write", &marker, e))
