@@ -74,6 +74,16 @@ impl DmThin {
         set_txid(&g.dm, &self.names, t, t + 1)
     }
 
+    /// Filesystem mount options of every layer's mount, the pool's own and exported: each
+    /// snapshot carries the base filesystem's UUID, and xfs refuses duplicates without
+    /// `nouuid`.
+    fn fs_options(&self) -> Option<&'static str> {
+        match self.settings.fs {
+            FsType::Xfs => Some("nouuid"),
+            _ => None,
+        }
+    }
+
     pub(super) fn is_active(&self, dm: &DM, id: ThinId) -> Result<bool> {
         dmc::device_exists(dm, &self.names.thin(id))
             .map_err(|e| dm_err("list devices for", &*self.names.thin(id), e))
@@ -245,11 +255,7 @@ impl Layers for DmThin {
         let id = ThinId::of(layer.id);
         let dev = self.activate(&g, id)?;
         let ms = flags.ms(mode);
-        // Every snapshot carries the base filesystem's UUID; xfs refuses duplicates otherwise.
-        let data = match self.settings.fs {
-            FsType::Xfs => Some("nouuid"),
-            _ => None,
-        };
+        let data = self.fs_options();
         let r = mount::mount(&dev.devnode(), target, self.settings.fs.name(), ms, data);
         if r.is_err() {
             let _ = self.deactivate(&g, id);
@@ -259,7 +265,7 @@ impl Layers for DmThin {
 
     // The device stays active for the other process's mounts; `remove` (or an `unmount` of
     // the pool's own that finds it unused) deactivates it. Each snapshot carries the base's
-    // filesystem UUID, hence `nouuid` for xfs, as for the pool's own mounts.
+    // filesystem UUID, hence the same `fs_options` as the pool's own mounts.
     fn export(
         &self,
         layer: &LayerChain,
@@ -279,14 +285,10 @@ impl Layers for DmThin {
                 return Err(e);
             }
         };
-        let own = match self.settings.fs {
-            FsType::Xfs => vec!["nouuid".to_string()],
-            _ => vec![],
-        };
         Ok(vec![MountSpec::new(
             self.settings.fs.name(),
             link.display().to_string(),
-            own,
+            self.fs_options().map(str::to_string),
             mode,
             flags,
         )])

@@ -4,9 +4,24 @@ use super::mounts::{presence, tables_for, Presence};
 use super::types::CheckReport;
 use super::Pool;
 use crate::error::{PoolError, Result};
-use crate::layer::LayerState;
+use crate::layer::{LayerRecord, LayerState};
 use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::ObjectId;
+use std::collections::HashMap;
+
+/// What [`Pool::finish_removals`] did with one layer.
+pub(super) enum Removal {
+    Done,
+    /// Layers on it are still there.
+    Waiting,
+    Failed(PoolError),
+}
+
+fn label(rec: &LayerRecord) -> String {
+    rec.pending_name
+        .clone()
+        .unwrap_or_else(|| format!("layer {}", rec.id))
+}
 
 impl Pool {
     /// Finishes or undoes what a dead process left in flight. Returns what it did.
@@ -41,57 +56,40 @@ impl Pool {
                 Presence::Mounted | Presence::Unknown => {}
             }
         }
-        // Creates and commits first, in id order; then removals, children before parents (a
-        // parent's object cannot go while a child's is there: it waits for the next writer).
+        // Creates and commits first, in id order; then removals (`finish_removals`).
         let mut in_flight = self.store.layers()?;
-        in_flight.sort_by_key(|r| {
-            let removing = r.state == LayerState::Removing;
-            (
-                removing,
-                if removing {
-                    u32::MAX - r.id.get()
-                } else {
-                    r.id.get()
-                },
-            )
-        });
+        in_flight.sort_by_key(|r| r.id);
         for rec in in_flight {
-            if rec.state == LayerState::Removing
-                && self
-                    .store
-                    .layers()?
-                    .iter()
-                    .any(|c| c.parent == Some(rec.id))
-            {
-                done.push(format!(
-                    "kept removal of layer {} for later: layers on it are still there",
-                    rec.id
-                ));
-                continue;
-            }
-            let label = rec
-                .pending_name
-                .clone()
-                .unwrap_or_else(|| format!("layer {}", rec.id));
             // One layer that cannot be finished must not keep the pool closed: report it, leave
             // it in flight for the next writer, and go on with the others.
             let result = match rec.state {
                 LayerState::Creating => self
                     .undo_create(rec.id)
-                    .map(|()| format!("rolled back interrupted create of {label}")),
+                    .map(|()| format!("rolled back interrupted create of {}", label(&rec))),
                 LayerState::Committing => self
                     .finish_commit(rec.id)
-                    .map(|()| format!("finished interrupted commit of {label}")),
-                LayerState::Removing => self
-                    .finish_remove(rec.id)
-                    .map(|()| format!("finished interrupted remove of {label}")),
-                LayerState::Active | LayerState::Committed => continue,
+                    .map(|()| format!("finished interrupted commit of {}", label(&rec))),
+                _ => continue,
             };
-            done.push(match result {
-                Ok(msg) => msg,
-                Err(e) => format!(
-                    "could not finish {} of {label} (will retry): {e}",
-                    rec.state
+            done.push(result.unwrap_or_else(|e| {
+                format!(
+                    "could not finish {} of {} (will retry): {e}",
+                    rec.state,
+                    label(&rec)
+                )
+            }));
+        }
+        for (rec, removal) in self.finish_removals()? {
+            done.push(match removal {
+                Removal::Done => format!("finished interrupted remove of {}", label(&rec)),
+                Removal::Waiting => format!(
+                    "kept removal of layer {} for later: layers on it are still there",
+                    rec.id
+                ),
+                Removal::Failed(e) => format!(
+                    "could not finish {} of {} (will retry): {e}",
+                    rec.state,
+                    label(&rec)
                 ),
             });
         }
@@ -109,6 +107,41 @@ impl Pool {
             tracing::info!(pool = %self.name, "{d}");
         }
         Ok(done)
+    }
+
+    /// Finishes the removals in flight (left by a dead process, or deferred while the driver
+    /// found the object busy), children before parents: a parent's object cannot go while a
+    /// child's is there, so it waits (for Cleanup or the next writer) until theirs are done.
+    pub(super) fn finish_removals(&mut self) -> Result<Vec<(LayerRecord, Removal)>> {
+        let layers = self.store.layers()?;
+        let mut children: HashMap<ObjectId, usize> = HashMap::new();
+        for p in layers.iter().filter_map(|l| l.parent) {
+            *children.entry(p).or_default() += 1;
+        }
+        let mut removing: Vec<LayerRecord> = layers
+            .into_iter()
+            .filter(|l| l.state == LayerState::Removing)
+            .collect();
+        // Children have higher ids than their parents (made after them).
+        removing.sort_by_key(|l| std::cmp::Reverse(l.id));
+        let mut out = Vec::new();
+        for rec in removing {
+            let removal = if children.get(&rec.id).copied().unwrap_or(0) > 0 {
+                Removal::Waiting
+            } else {
+                match self.finish_remove(rec.id) {
+                    Ok(()) => {
+                        if let Some(n) = rec.parent.and_then(|p| children.get_mut(&p)) {
+                            *n -= 1;
+                        }
+                        Removal::Done
+                    }
+                    Err(e) => Removal::Failed(e),
+                }
+            };
+            out.push((rec, removal));
+        }
+        Ok(out)
     }
 
     /// `pool check [--repair]`: drift between the store and what is on disk.

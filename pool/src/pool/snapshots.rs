@@ -12,6 +12,7 @@
 //! CLI's layer commands never reach them, and the snapshot table is the only way to them.
 
 use super::layers::NewLayer;
+use super::recovery::Removal;
 use super::types::RemoveOutcome;
 use super::Pool;
 use crate::error::{PoolError, Result};
@@ -229,23 +230,18 @@ impl Pool {
 
     /// Cleanup: finish deferred removals.
     pub fn snapshot_cleanup(&mut self) -> Result<()> {
-        let mut layers = self.store.layers()?;
-        // Children before parents: a parent's removal waits for its children's.
-        layers.sort_by_key(|l| std::cmp::Reverse(l.id));
         let mut first_error = None;
-        for l in layers.iter().filter(|l| l.state == LayerState::Removing) {
-            if self.store.layers()?.iter().any(|c| c.parent == Some(l.id)) {
-                continue;
-            }
-            match self.finish_remove(l.id) {
-                Ok(()) => tracing::info!(layer = %l.id, "finished deferred removal"),
-                Err(PoolError::Driver { source, .. })
+        for (rec, removal) in self.finish_removals()? {
+            match removal {
+                Removal::Done => tracing::info!(layer = %rec.id, "finished deferred removal"),
+                Removal::Waiting => {}
+                Removal::Failed(PoolError::Driver { source, .. })
                     if matches!(*source, DriverError::Busy { .. }) =>
                 {
-                    tracing::info!(layer = %l.id, "removal still deferred: {source}");
+                    tracing::info!(layer = %rec.id, "removal still deferred: {source}");
                 }
-                Err(e) => {
-                    tracing::warn!(layer = %l.id, "deferred removal failed: {e}");
+                Removal::Failed(e) => {
+                    tracing::warn!(layer = %rec.id, "deferred removal failed: {e}");
                     first_error.get_or_insert(e);
                 }
             }
