@@ -12,7 +12,7 @@ use crate::{
     ObjectId, Usage,
 };
 use devicemapper as dmc;
-use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, ThinDev, ThinPoolDev, DM};
+use devicemapper::{DevId, DmDevice, DmError, DmFlags, DmOptions, ThinDev, ThinPoolDev, DM};
 use std::path::{Path, PathBuf};
 
 /// Where udev (and `dmsetup` without udev) name dm devices.
@@ -120,15 +120,21 @@ impl DmThin {
     /// Removes the dm device of thin `id` if it is active and unused. Busy: Ok(false).
     pub(super) fn deactivate(&self, g: &Inner, id: ThinId) -> Result<bool> {
         let name = self.names.thin(id);
-        if !self.is_active(&g.dm, id)? {
-            // Gone already (a deferred remove the kernel completed at the last close): a link
-            // export made for it is stale now.
+        // Gone already: a deferred remove the kernel completed at the last close, which may
+        // happen between any two of these calls (ENXIO). A link export made for it is stale.
+        let gone = || {
             self.drop_mapper_link(id);
-            return Ok(true);
+            Ok(true)
+        };
+        let enxio = |e: &DmError| dm_errno(e) == Some(nix::errno::Errno::ENXIO);
+        if !self.is_active(&g.dm, id)? {
+            return gone();
         }
-        let info =
-            g.dm.device_info(&DevId::Name(&name))
-                .map_err(|e| dm_err("read device info of", &*name, e))?;
+        let info = match g.dm.device_info(&DevId::Name(&name)) {
+            Ok(info) => info,
+            Err(e) if enxio(&e) => return gone(),
+            Err(e) => return Err(dm_err("read device info of", &*name, e)),
+        };
         if info.open_count() > 0 {
             return Ok(false);
         }
@@ -136,10 +142,8 @@ impl DmThin {
             .dm
             .device_remove(&DevId::Name(&name), DmOptions::default())
         {
-            Ok(_) => {
-                self.drop_mapper_link(id);
-                Ok(true)
-            }
+            Ok(_) => gone(),
+            Err(e) if enxio(&e) => gone(),
             Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) => Ok(false),
             Err(e) => Err(dm_err("deactivate thin device", &*name, e)),
         }
