@@ -5,8 +5,8 @@
 use crate::error::{DriverError, Result};
 use crate::plan::{self, BackingPlan, BackingRequest, LoopbackFile, OptionSpec};
 use crate::types::{
-    Capabilities, DriverOptions, LayerChain, MountFlags, MountMode, MountSpec, PoolContext,
-    Requirements, Space, Usage,
+    Capabilities, DriverOptions, HostFacts, LayerChain, MountFlags, MountMode, MountSpec,
+    PoolContext, Requirements, Space, Suitability, Usage,
 };
 use crate::{sys, Bytes, Identity, ObjectId};
 use std::path::Path;
@@ -65,6 +65,14 @@ pub trait DriverFactory: Send + Sync {
     /// Whether this host can run the driver; `Err` says what is missing.
     fn check_host(&self) -> Result<()> {
         sys::host::check(self.name(), &self.requirements())
+    }
+
+    /// Whether `pool init --driver auto` should pick this driver on `host`, and why; `None`:
+    /// never picked automatically. Only asked of drivers whose [`DriverFactory::check_host`]
+    /// passed. The pool picks the highest rank (see [`Suitability`]).
+    fn suits(&self, host: &HostFacts) -> Option<Suitability> {
+        let _ = host;
+        None
     }
 
     /// What `blkdrv bench` may ask of this driver kind beyond the layer operations; `None`:
@@ -134,6 +142,34 @@ pub trait Layers: Send + Sync {
     /// per call (dm: a metadata snapshot and a thin_ls run) answer all of them in one pass.
     fn usage_many(&self, layers: &[LayerChain]) -> Vec<Result<Usage>> {
         layers.iter().map(|l| self.usage(l)).collect()
+    }
+
+    /// Creates the empty, writable object of a volume (named data outside every layer chain,
+    /// `blkdrv volume create`): mounted, measured and removed like an active layer of
+    /// [`LayerChain::volume`], never committed. Natively where the driver has an object for
+    /// it: a thin device formatted with the pool's filesystem, a dataset, a subvolume, a
+    /// directory. `limit` is the most data it may hold, enforced where the driver can (the thin
+    /// device's size, refquota, a qgroup); drivers without limits refuse one. Like `create`,
+    /// replaces a half-made object a crash left behind.
+    fn create_volume(&self, id: ObjectId, limit: Option<Bytes>) -> Result<()> {
+        self.create(&LayerChain::volume(id))?;
+        match limit {
+            Some(l) => self.set_limit(id, l),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes `new` a writable object holding what the active object `source` holds now, on the
+    /// same ancestors (`volume create --from`, and `container commit`, which commits the copy):
+    /// copy-on-write in constant time where the driver can (a thin snapshot, a zfs clone, a
+    /// btrfs snapshot), a full copy otherwise. `source` may be mounted read-write meanwhile and
+    /// stays writable; afterwards either can be removed first, whatever the order. Replaces a
+    /// half-made `new` a crash left behind.
+    fn clone_active(&self, source: &LayerChain, new: ObjectId) -> Result<()> {
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            what: format!("copies of a writable object (layer {} to {new})", source.id),
+        })
     }
 
     /// Limits how much data a layer can hold. Drivers without per-layer limits refuse.

@@ -137,6 +137,37 @@ impl LayerChain {
     pub fn parent(&self) -> Option<ObjectId> {
         self.ancestors.first().copied()
     }
+
+    /// A volume's object as the layer operations see it: writable, with no ancestors (see
+    /// [`crate::Layers::create_volume`]).
+    pub fn volume(id: ObjectId) -> LayerChain {
+        LayerChain {
+            id,
+            active: true,
+            ancestors: Vec::new(),
+        }
+    }
+}
+
+/// What a driver factory gets to know about the host when `pool init --driver auto` asks it
+/// whether it suits (see [`crate::DriverFactory::suits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The state directory the pool would live under.
+    pub state_dir: PathBuf,
+    /// The type of the filesystem holding it, as /proc/self/mountinfo names it (`btrfs`,
+    /// `zfs`, `ext4`, ...); `None` when it could not be read.
+    pub state_fs: Option<String>,
+}
+
+/// How well a driver suits a host, and why, for `--driver auto`: the highest rank wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Suitability {
+    /// 100: the state directory's own filesystem; 50: a block-level driver the kernel has;
+    /// 10: a file-level driver that works everywhere its filesystem does; 1: a fallback.
+    pub rank: u8,
+    /// One line for `pool init` and `blkdrv info` ("the state directory is on btrfs").
+    pub why: String,
 }
 
 /// The unit in which a driver copies data when a shared file is first written.

@@ -31,13 +31,33 @@ pub const SNAPSHOT_STEPS: &[&str] = &[
     "snapshot-remove:intent",
 ];
 
+/// The crash points of volumes and containers, apart from [`STEPS`]. Their layers reach the
+/// layer steps too (`commit:object`, `remove:object`).
+pub const CONTAINER_STEPS: &[&str] = &[
+    "volume-create:intent",
+    "volume-create:object",
+    "volume-remove:intent",
+    "container-create:intent",
+    "container-create:object",
+    "container-create:volumes",
+    "container-create:filled",
+    "container-mount:intent",
+    "container-mount:partial",
+    "container-umount:intent",
+    "container-umount:partial",
+    "container-commit:intent",
+    "container-commit:object",
+    "container-remove:intent",
+    "container-remove:layer",
+];
+
 pub const ENV: &str = "BLKDRV_CRASH_AT";
 pub const ENV_STALL: &str = "BLKDRV_STALL_AT";
 
 /// Aborts the process if `BLKDRV_CRASH_AT` names `step`.
 pub fn point(step: &'static str) {
     debug_assert!(
-        STEPS.contains(&step) || SNAPSHOT_STEPS.contains(&step),
+        STEPS.contains(&step) || SNAPSHOT_STEPS.contains(&step) || CONTAINER_STEPS.contains(&step),
         "unknown crash point {step}"
     );
     if std::env::var(ENV).is_ok_and(|v| v == step) {

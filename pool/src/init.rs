@@ -56,6 +56,36 @@ pub fn drivers() -> Vec<DriverInfo> {
         .collect()
 }
 
+/// What `pool init --driver auto` picks on this host, and why (also shown by `blkdrv info`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutoPick {
+    pub driver: &'static str,
+    pub why: String,
+    /// Every compiled-in driver as `auto` judged it, in registry order.
+    pub considered: Vec<AutoCandidate>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutoCandidate {
+    pub driver: &'static str,
+    /// How well it suits (`None`: never picked automatically, or unavailable).
+    pub suits: Option<blkdrv_drivers::Suitability>,
+    /// Why it cannot run here.
+    pub unavailable: Option<String>,
+}
+
+/// The driver `--driver auto` picks for pools under `state_dir` (which need not exist yet:
+/// its nearest existing ancestor's filesystem counts): the highest-ranked available driver
+/// by [`DriverFactory::suits`].
+pub fn auto_pick(state_dir: &std::path::Path) -> AutoPick {
+    let _ = state_dir;
+    AutoPick {
+        driver: config::DEFAULT_DRIVER,
+        why: "not implemented yet".into(),
+        considered: Vec::new(),
+    }
+}
+
 /// Every compiled-in driver's option table, without checking the host (for help texts).
 pub fn drivers_options() -> Vec<(&'static str, &'static [OptionSpec])> {
     registry::all()

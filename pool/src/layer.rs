@@ -90,6 +90,34 @@ fn validate_name(what: &str, s: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// A layer's comment (`layer create --comment "RUN pip install flask"`), shown by `history`
+/// like `docker history`'s CREATED BY. Any text up to 1024 bytes but NUL; printed escaped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct LayerComment(String);
+
+impl LayerComment {
+    pub const MAX_BYTES: usize = 1024;
+
+    pub fn new(s: &str) -> Result<LayerComment> {
+        if s.len() > Self::MAX_BYTES {
+            return Err(PoolError::Invalid(format!(
+                "comment is {} bytes, the limit is {}",
+                s.len(),
+                Self::MAX_BYTES
+            )));
+        }
+        if s.contains('\0') {
+            return Err(PoolError::Invalid("comment contains NUL".into()));
+        }
+        Ok(LayerComment(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Where a layer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod container;
 pub mod crash;
 pub mod error;
 pub mod init;
@@ -22,12 +23,15 @@ pub use blkdrv_drivers::{
     OptionRole, OptionSpec, ParseSizeError, Space, Usage,
 };
 pub use config::{HostConfig, PoolConfig};
+pub use container::{ContainerName, ContainerPath, MountEntry, MountSource, VolumeName};
 pub use error::{PoolError, Result};
 pub use init::{DriverFlag, DriverInfo, InitRequest};
-pub use layer::{LayerKind, LayerName, LayerOwner, LayerState, PoolName};
+pub use layer::{LayerComment, LayerKind, LayerName, LayerOwner, LayerState, PoolName};
 pub use layertar::DiffStats;
 pub use pool::{
-    Access, BackingSpec, CreateOutcome, ExportPolicy, InitSpec, LayerInfo, Pool, Root, Source,
+    Access, BackingSpec, ContainerInfo, ContainerMounted, ContainerRemoved, ContainerSpec,
+    ContainerState, CreateOutcome, ExportPolicy, HistoryEntry, InitSpec, LayerInfo, Pool, Root,
+    Source, VolumeInfo, VolumeSpec,
 };
 pub use snapshot::{
     LabelUpdate, Labels, SnapshotInfo, SnapshotKind, SnapshotUsage, Timestamp, MAX_KEY_BYTES,

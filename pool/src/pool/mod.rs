@@ -14,6 +14,7 @@
 //! (reconcile, check), `spool` and the public `types`.
 
 mod backing;
+mod containers;
 mod export;
 mod layers;
 mod mounts;
@@ -23,14 +24,16 @@ mod snapshots;
 mod space;
 mod spool;
 mod types;
+mod volumes;
 
 pub use backing::{force_destroy, teardown_dir};
 pub use snapshots::ExportPolicy;
 pub use spool::Spooled;
 pub(crate) use types::Planned;
 pub use types::{
-    BackingSpec, CheckReport, CreateOutcome, InitSpec, LayerInfo, MountRequest, PoolStatus,
-    RemoveOutcome, Source,
+    BackingSpec, CheckReport, ContainerInfo, ContainerMounted, ContainerRemoved, ContainerSpec,
+    ContainerState, CreateOutcome, HistoryEntry, InitSpec, LayerInfo, MountRequest, PoolStatus,
+    RemoveOutcome, Source, VolumeInfo, VolumeSpec,
 };
 
 use crate::config::{Backing, PoolConfig};

@@ -5,7 +5,7 @@ use crate::layer::{LayerKind, LayerOwner, LayerState, PoolName};
 use crate::store::MountRecord;
 use blkdrv_drivers::Identity;
 use blkdrv_drivers::{Bytes, Capabilities, DriverOptions, Space};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// What to back a new pool with.
@@ -143,4 +143,121 @@ impl CheckReport {
     pub fn is_clean(&self) -> bool {
         self.orphans.is_empty() && self.missing.is_empty() && self.stale_mounts.is_empty()
     }
+}
+
+/// What `volume create` makes.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeSpec {
+    /// The most data the volume may hold (`--size`), where the driver can enforce it.
+    pub limit: Option<Bytes>,
+    /// Another volume to clone natively (`--from`): copy-on-write, in constant time where
+    /// the driver has snapshots.
+    pub from: Option<String>,
+    /// `--label KEY=VALUE`, as `docker volume create` takes them.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A volume as users see it (`volume ls`, `volume inspect`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// The volume's object in the pool (a layer id no layer has).
+    pub id: u32,
+    pub state: LayerState,
+    /// Unix seconds.
+    pub created: i64,
+    /// Made for one container by `-v /path` (removed with it by `container rm --volumes`).
+    pub anonymous: bool,
+    /// The volume it was cloned from, if it still exists.
+    pub origin: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub limit_bytes: Option<u64>,
+    /// Bytes exclusive to the volume, measured live (`None` in `volume ls` unless measured, or
+    /// where the driver cannot tell).
+    pub size_bytes: Option<u64>,
+    pub referenced_bytes: Option<u64>,
+    /// Containers that mount it.
+    pub users: Vec<String>,
+}
+
+/// Lifecycle of a container. `Creating` and `Removing` are intents a crash may leave behind
+/// (the next writer undoes or finishes them); a container is `Mounted` while `container mount`
+/// has its root filesystem assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Creating,
+    Created,
+    Mounting,
+    Mounted,
+    Unmounting,
+    Removing,
+}
+
+/// What `container create` makes.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// The committed layer the container's writable layer goes on.
+    pub image: String,
+    /// Volumes, binds and tmpfs, as parsed from `-v` and `--mount`.
+    pub mounts: Vec<crate::container::MountEntry>,
+    /// Size limit of the writable layer, where the driver has per-layer limits.
+    pub limit: Option<Bytes>,
+}
+
+/// A container as users see it (`container ls`, `container inspect`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub state: ContainerState,
+    /// The image layer it was created on.
+    pub image: String,
+    pub image_id: u32,
+    /// Its writable layer's object.
+    pub layer_id: u32,
+    /// Unix seconds.
+    pub created: i64,
+    /// Its mounts as recorded (anonymous volumes named).
+    pub mounts: Vec<crate::container::MountEntry>,
+    /// Where `container mount` assembled its root, while mounted.
+    pub root: Option<PathBuf>,
+    /// Bytes exclusive to the writable layer (measured by `container inspect`).
+    pub size_bytes: Option<u64>,
+}
+
+/// What `container mount` assembled.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerMounted {
+    pub name: String,
+    pub root: PathBuf,
+    /// Every mount made, in order: the writable layer at `root`, then each volume, bind and
+    /// tmpfs at the host path its target resolved to inside the root, parents first.
+    pub mounts: Vec<PathBuf>,
+}
+
+/// What `container rm` removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerRemoved {
+    pub name: String,
+    /// Anonymous volumes removed with it (`--volumes`).
+    pub volumes_removed: Vec<String>,
+    /// Whether the writable layer's removal was deferred (busy object; the next writer
+    /// finishes it).
+    pub deferred: bool,
+}
+
+/// One line of `blkdrv history`: a layer of the chain, top first.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// Its first name, or `<layer ID>` for a layer with none.
+    pub layer: String,
+    pub id: u32,
+    pub kind: LayerKind,
+    pub state: LayerState,
+    /// Unix seconds.
+    pub created: i64,
+    /// The layer's own size (bytes exclusive to it).
+    pub size_bytes: Option<u64>,
+    /// Given at create (`layer create --comment`, `container commit --comment`).
+    pub comment: Option<String>,
 }
