@@ -7,6 +7,7 @@ pub mod host;
 pub mod loopdev;
 pub mod lvm;
 pub mod mount;
+pub mod rootpath;
 pub mod signature;
 pub mod tree;
 pub mod zfs;

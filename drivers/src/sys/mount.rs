@@ -530,6 +530,35 @@ pub fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
     Ok(())
 }
 
+/// Bind-mounts `source` (a directory or file) recursively at `target` (a container's bind
+/// mount: submounts of `source` come along), with `flags` (MS_RDONLY, MS_NODEV, MS_NOSUID)
+/// applied to it and to every submount it brings.
+pub fn bind_recursive(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
+    let _ = (source, flags);
+    Err(DriverError::io(
+        "recursive bind mount",
+        target,
+        std::io::Error::other("not implemented yet"),
+    ))
+}
+
+/// Mounts a fresh tmpfs at `target`: at most `size` bytes (the kernel's default, half of RAM,
+/// without), its root directory's permission bits `mode` (default 1777, as Docker's), with
+/// `flags` (MS_RDONLY, MS_NODEV, MS_NOSUID).
+pub fn tmpfs(
+    target: &Path,
+    size: Option<crate::Bytes>,
+    mode: Option<u32>,
+    flags: MsFlags,
+) -> Result<()> {
+    let _ = (size, mode, flags);
+    Err(DriverError::io(
+        "mount tmpfs",
+        target,
+        std::io::Error::other("not implemented yet"),
+    ))
+}
+
 /// umount2(2). EINVAL (not a mount point) counts as already unmounted.
 ///
 /// EBUSY is retried for a short while: a child process forked by another thread holds copies
