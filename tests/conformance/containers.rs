@@ -148,14 +148,13 @@ fn redo_and_check(
         }
         let live = mounts_under(target)?;
         match c.state {
-            ContainerState::Mounted => {
-                if c.root.as_deref() != Some(target) || live.is_empty() {
-                    return Err(format!(
-                        "{step}: recorded mounted at {:?}, mounts under the target {live:?}",
-                        c.root
-                    ));
-                }
+            ContainerState::Mounted if c.root.as_deref() != Some(target) || live.is_empty() => {
+                return Err(format!(
+                    "{step}: recorded mounted at {:?}, mounts under the target {live:?}",
+                    c.root
+                ));
             }
+            ContainerState::Mounted => {}
             _ if !live.is_empty() => {
                 return Err(format!(
                     "{step}: container not mounted but mounts left under the target: {live:?}"
