@@ -23,6 +23,13 @@ impl DriverFactory for Factory {
         NAME
     }
 
+    fn suits(&self, _host: &crate::HostFacts) -> Option<crate::Suitability> {
+        Some(crate::Suitability {
+            rank: 50,
+            why: "the kernel has dm-thin: block-level copy-on-write".into(),
+        })
+    }
+
     fn description(&self) -> &'static str {
         "device-mapper thin provisioning (block copy-on-write, thin snapshots)"
     }

@@ -95,6 +95,14 @@ impl DriverFactory for Factory {
         NAME
     }
 
+    // Layers on the state directory's own filesystem: its copy-on-write, no second one.
+    fn suits(&self, host: &crate::HostFacts) -> Option<crate::Suitability> {
+        (host.state_fs.as_deref() == Some("zfs")).then(|| crate::Suitability {
+            rank: 100,
+            why: "the state directory is on zfs: its own copy-on-write".into(),
+        })
+    }
+
     fn description(&self) -> &'static str {
         "ZFS datasets, snapshots and clones (record copy-on-write, native space accounting)"
     }
