@@ -721,10 +721,10 @@ pub fn rm_in_use_refused(driver: &str) -> kit::TestResult {
     let mut pool = tp.open()?;
     image(&tp, &mut pool)?;
     pool.container_create(
-        &cn("user"),
+        &cn("holder"),
         &spec("img", vec![named("busy", "/data", false)]),
     )?;
-    with_container(&tp, &mut pool, "user", |root| {
+    with_container(&tp, &mut pool, "holder", |root| {
         write(&root.join("data/f"), "kept")
     })?;
     let err = pool
@@ -733,23 +733,23 @@ pub fn rm_in_use_refused(driver: &str) -> kit::TestResult {
         .ok_or("volume rm of a volume in use succeeded")?;
     ensure!(err.is_user_error(), "refusal is a user error: {err}");
     ensure!(
-        err.to_string().contains("user"),
+        err.to_string().contains("holder"),
         "the refusal names the user container: {err}"
     );
     ensure!(
-        pool.volume_inspect("busy")?.users == ["user"],
+        pool.volume_inspect("busy")?.users == ["holder"],
         "volume kept with its user"
     );
-    with_container(&tp, &mut pool, "user", |root| {
+    with_container(&tp, &mut pool, "holder", |root| {
         ensure_s(read(&root.join("data/f"))? == "kept", "data kept")
     })?;
     // Mounted, the refusal holds too.
     let target = tp.path("mounted");
-    pool.container_mount("user", &target)?;
+    pool.container_mount("holder", &target)?;
     let refused = pool.volume_remove("busy").is_err();
-    pool.container_umount("user")?;
+    pool.container_umount("holder")?;
     ensure!(refused, "volume rm of a mounted volume succeeded");
-    pool.container_remove("user", false, false)?;
+    pool.container_remove("holder", false, false)?;
     pool.volume_remove("busy")?;
     ensure!(volume_names(&pool)?.is_empty(), "removed");
     match pool.volume_remove("busy") {
