@@ -66,6 +66,14 @@ impl DriverFactory for Factory {
         NAME
     }
 
+    // Layers on the state directory's own filesystem: its copy-on-write, no second one.
+    fn suits(&self, host: &crate::HostFacts) -> Option<crate::Suitability> {
+        (host.state_fs.as_deref() == Some("btrfs")).then(|| crate::Suitability {
+            rank: 100,
+            why: "the state directory is on btrfs: its own copy-on-write".into(),
+        })
+    }
+
     fn description(&self) -> &'static str {
         "btrfs subvolumes and snapshots (extent copy-on-write, qgroup accounting)"
     }
@@ -141,6 +149,13 @@ impl Btrfs {
             Mode::empty(),
         )
         .map_err(|e| DriverError::sys("open", p.display(), e))
+    }
+
+    fn no_quota(&self, id: ObjectId) -> DriverError {
+        DriverError::Unsupported {
+            driver: NAME,
+            what: format!("size limits on a pool made with quotas off (object {id})"),
+        }
     }
 
     fn sysfs(&self) -> PathBuf {
@@ -280,6 +295,35 @@ impl Layers for Btrfs {
         }
     }
 
+    // A subvolume; the limit is its qgroup's, as for layers. A pool with quotas off refuses a
+    // limit before anything is made. A failed limit leaves the subvolume for the pool's undo.
+    fn create_volume(&self, id: ObjectId, limit: Option<Bytes>) -> Result<()> {
+        if limit.is_some() && !self.quota {
+            return Err(self.no_quota(id));
+        }
+        self.create(&LayerChain::volume(id))?;
+        match limit {
+            Some(l) => self.set_limit(id, l),
+            None => Ok(()),
+        }
+    }
+
+    // A writable snapshot of the source subvolume, mounted or not: btrfs flushes its dirty
+    // data and shares every extent. The copy is a subvolume of its own (own qgroup, no limit):
+    // either can be deleted first.
+    fn clone_active(&self, source: &LayerChain, new: ObjectId) -> Result<()> {
+        let dest = self.path(new);
+        if dest.exists() {
+            self.remove(new)?;
+        }
+        let dir = self.open_dir(&self.layers_dir())?;
+        let src = self.open_dir(&self.path(source.id))?;
+        nix::unistd::syncfs(src.as_fd())
+            .map_err(|e| DriverError::sys("sync layer", source.id, e))?;
+        subvolume::snapshot_create(dir.as_fd(), src.as_fd(), &cname(new), false, &[])
+            .map_err(|e| DriverError::sys("snapshot writable layer", source.id, e))
+    }
+
     fn commit(&self, layer: &LayerChain) -> Result<()> {
         let fd = self.open_dir(&self.path(layer.id))?;
         subvolume::subvolume_flags_set(fd.as_fd(), subvolume::SubvolumeFlags::RDONLY)
@@ -405,10 +449,7 @@ impl Layers for Btrfs {
 
     fn set_limit(&self, id: ObjectId, limit: Bytes) -> Result<()> {
         if !self.quota {
-            return Err(DriverError::Unsupported {
-                driver: NAME,
-                what: "size limits on a pool made with quotas off".into(),
-            });
+            return Err(self.no_quota(id));
         }
         let subvol = self.subvol_id(id)?;
         let fd = self.open_dir(&self.backing.mnt)?;

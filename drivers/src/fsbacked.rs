@@ -408,3 +408,16 @@ pub fn list_ids(dir: &Path) -> Result<Vec<crate::ObjectId>> {
     ids.dedup();
     Ok(ids)
 }
+
+/// What the directory drivers (vfs, overlay) answer a volume limit: their volumes are plain
+/// directories on the shared backing, which has no per-directory quota (as Docker's `local`
+/// volumes without options). Asked before anything is made, so a refused create leaves nothing.
+pub fn refuse_volume_limit(driver: &'static str, id: crate::ObjectId, limit: Bytes) -> DriverError {
+    DriverError::Unsupported {
+        driver,
+        what: format!(
+            "a size limit of {limit} on volume object {id}: {driver} volumes are plain \
+             directories without per-volume limits, like Docker's local volumes"
+        ),
+    }
+}

@@ -45,6 +45,13 @@ impl DriverFactory for Factory {
         NAME
     }
 
+    fn suits(&self, _host: &crate::HostFacts) -> Option<crate::Suitability> {
+        Some(crate::Suitability {
+            rank: 10,
+            why: "overlayfs works on any host with xfs or ext4: file-level copy-up".into(),
+        })
+    }
+
     fn description(&self) -> &'static str {
         "overlayfs stack of layer directories (file-level copy-up baseline)"
     }
@@ -309,6 +316,34 @@ impl Layers for Overlay {
         // No short link here: only exports need one and each export makes any that is missing,
         // so pools no container engine uses leave nothing in /run.
         Ok(())
+    }
+
+    fn create_volume(&self, id: ObjectId, limit: Option<Bytes>) -> Result<()> {
+        if let Some(limit) = limit {
+            return Err(fsbacked::refuse_volume_limit(NAME, id, limit));
+        }
+        self.create(&LayerChain::volume(id))
+    }
+
+    // The new layer sits on the source's ancestors, so a copy of the upper dir is the whole
+    // difference: whiteouts (0:0 char devices), opaque and redirect xattrs, owners, modes,
+    // hardlinks and file data (reflinked on xfs) all come along with copy_tree. A fresh work
+    // dir: the kernel's scratch space belongs to one mount.
+    fn clone_active(&self, source: &LayerChain, new: ObjectId) -> Result<()> {
+        let from = self.diff(source.id);
+        if !from.is_dir() {
+            return Err(DriverError::NotFound {
+                id: source.id,
+                op: "clone",
+            });
+        }
+        fsbacked::create_atomically(&self.dir(new), |tmp| {
+            for sub in ["diff", "work"] {
+                let d = tmp.join(sub);
+                std::fs::create_dir(&d).map_err(|e| DriverError::io("create", &d, e))?;
+            }
+            tree::copy_tree(&from, &tmp.join("diff"))
+        })
     }
 
     fn commit(&self, _layer: &LayerChain) -> Result<()> {

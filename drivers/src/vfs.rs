@@ -22,6 +22,13 @@ impl DriverFactory for Factory {
         NAME
     }
 
+    fn suits(&self, _host: &crate::HostFacts) -> Option<crate::Suitability> {
+        Some(crate::Suitability {
+            rank: 1,
+            why: "the fallback: a full copy per layer, no copy-on-write".into(),
+        })
+    }
+
     fn description(&self) -> &'static str {
         "full directory copy per layer (baseline, no copy-on-write)"
     }
@@ -87,6 +94,26 @@ impl Layers for Vfs {
             Some(p) => tree::copy_tree(p, tmp),
             None => Ok(()),
         })
+    }
+
+    fn create_volume(&self, id: ObjectId, limit: Option<Bytes>) -> Result<()> {
+        if let Some(limit) = limit {
+            return Err(fsbacked::refuse_volume_limit(NAME, id, limit));
+        }
+        self.create(&LayerChain::volume(id))
+    }
+
+    // A full copy, as every vfs layer is (reflinked file data on xfs). A source mounted
+    // read-write meanwhile is copied as the walk finds it, like `cp -a` of a live tree.
+    fn clone_active(&self, source: &LayerChain, new: ObjectId) -> Result<()> {
+        let from = self.dir(source.id);
+        if !from.is_dir() {
+            return Err(DriverError::NotFound {
+                id: source.id,
+                op: "clone",
+            });
+        }
+        fsbacked::create_atomically(&self.dir(new), |tmp| tree::copy_tree(&from, tmp))
     }
 
     // Nothing to freeze on disk: the pool mounts committed layers read-only.

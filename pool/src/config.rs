@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/blkdrv";
 pub const DEFAULT_CONFIG: &str = "/etc/blkdrv/blkdrv.toml";
-pub const DEFAULT_DRIVER: &str = "overlay";
+/// `pool init`'s driver when neither `--driver` nor the host config names one: the pick of
+/// [`crate::init::auto_pick`]. Pools record the driver picked, never this word.
+pub const DEFAULT_DRIVER: &str = AUTO_DRIVER;
+/// The driver name that asks for [`crate::init::auto_pick`].
+pub const AUTO_DRIVER: &str = "auto";
 pub const DEFAULT_SIZE: Bytes = Bytes(20 << 30);
 pub const DEFAULT_MIN_FREE_PCT: u8 = 10;
 
@@ -17,7 +21,7 @@ pub const DEFAULT_MIN_FREE_PCT: u8 = 10;
 /// ```toml
 /// root = "/var/lib/blkdrv"
 /// [pool]
-/// driver = "overlay"
+/// driver = "auto"
 /// size = "20G"
 /// fs = "xfs"
 /// min_free = 10

@@ -7,7 +7,8 @@ use crate::error::{PoolError, Result};
 use crate::layer::PoolName;
 use crate::pool::{factory, Planned, Pool, Root};
 use blkdrv_drivers::{
-    registry, BackingPlan, BackingRequest, Bytes, DriverFactory, DriverOptions, OptionSpec,
+    registry, sys, BackingPlan, BackingRequest, Bytes, DriverError, DriverFactory, DriverOptions,
+    HostFacts, OptionSpec,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +17,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct InitRequest {
     pub name: PoolName,
-    /// `--driver`; default from the host config, else [`config::DEFAULT_DRIVER`].
+    /// `--driver`; default from the host config, else [`config::DEFAULT_DRIVER`]. `auto`
+    /// (either way) is [`auto_pick`]'s driver for the root.
     pub driver: Option<String>,
     /// `--size` of a loopback pool.
     pub size: Option<Bytes>,
@@ -76,13 +78,72 @@ pub struct AutoCandidate {
 
 /// The driver `--driver auto` picks for pools under `state_dir` (which need not exist yet:
 /// its nearest existing ancestor's filesystem counts): the highest-ranked available driver
-/// by [`DriverFactory::suits`].
+/// by [`DriverFactory::suits`], the first in registry order among equals.
 pub fn auto_pick(state_dir: &std::path::Path) -> AutoPick {
-    let _ = state_dir;
+    pick_among(registry::all(), &sys::host::facts(state_dir))
+}
+
+fn pick_among(factories: &[&'static dyn DriverFactory], host: &HostFacts) -> AutoPick {
+    let considered: Vec<AutoCandidate> = factories
+        .iter()
+        .map(|f| match f.check_host() {
+            Ok(()) => AutoCandidate {
+                driver: f.name(),
+                suits: f.suits(host),
+                unavailable: None,
+            },
+            Err(e) => AutoCandidate {
+                driver: f.name(),
+                suits: None,
+                unavailable: Some(match e {
+                    DriverError::Unavailable { reason, .. } => reason,
+                    other => other.to_string(),
+                }),
+            },
+        })
+        .collect();
+    let fs = match &host.state_fs {
+        Some(fs) => format!("the state directory is on {fs}"),
+        None => "the state directory's filesystem is unknown".to_string(),
+    };
+    let best = considered
+        .iter()
+        .filter_map(|c| c.suits.as_ref().map(|s| (c.driver, s)))
+        // max_by_key keeps the last of equals: compare reversed positions for the first.
+        .enumerate()
+        .max_by_key(|(i, (_, s))| (s.rank, std::cmp::Reverse(*i)))
+        .map(|(_, (d, s))| (d, s.why.clone()));
+    let (driver, why) = match best {
+        Some((d, why)) => (d, format!("{why} ({fs})")),
+        // Nothing runs here: name the usual driver, whose check then says what is missing.
+        None => (
+            "overlay",
+            format!("no driver is available on this host ({fs})"),
+        ),
+    };
     AutoPick {
-        driver: config::DEFAULT_DRIVER,
-        why: "not implemented yet".into(),
-        considered: Vec::new(),
+        driver,
+        why,
+        considered,
+    }
+}
+
+impl AutoPick {
+    /// One line for the user: what was picked, why, and why each better-ranked kind was not
+    /// (`driver auto: overlay (devicemapper is unavailable: missing ...; the state ...)`).
+    pub fn notice(&self) -> String {
+        let mut reasons: Vec<String> = self
+            .considered
+            .iter()
+            .filter(|c| c.driver != self.driver)
+            .filter_map(|c| match (&c.unavailable, &c.suits) {
+                (Some(u), _) => Some(format!("{} is unavailable: {u}", c.driver)),
+                (None, None) => Some(format!("{} does not suit this host", c.driver)),
+                (None, Some(_)) => None,
+            })
+            .collect();
+        reasons.insert(0, self.why.clone());
+        format!("driver auto: {} ({})", self.driver, reasons.join("; "))
     }
 }
 
@@ -146,7 +207,11 @@ impl Pool {
             .clone()
             .or_else(|| defaults.driver.clone())
             .unwrap_or_else(|| config::DEFAULT_DRIVER.to_string());
-        let f = factory(&driver)?;
+        let auto = (driver == config::AUTO_DRIVER).then(|| auto_pick(&root.path));
+        let f = match &auto {
+            Some(pick) => factory(pick.driver)?,
+            None => factory(&driver)?,
+        };
         let (options, option_devices) = driver_options(f, defaults, &req)?;
         f.check_host().map_err(|e| PoolError::backing(&name, e))?;
         let options = f.validate_options(&options).map_err(invalid)?;
@@ -186,7 +251,11 @@ impl Pool {
             force: req.force,
             autoextend,
         };
-        Pool::provision(root, &planned, f, options, plan)
+        let mut pool = Pool::provision(root, &planned, f, options, plan)?;
+        if let Some(pick) = auto {
+            pool.push_notice(pick.notice());
+        }
+        Ok(pool)
     }
 }
 
@@ -296,6 +365,142 @@ mod tests {
 
         let e = driver_options(dm, &host, &request(&[("mkfs-arg", &["a b"])], &[])).unwrap_err();
         assert!(e.to_string().contains("one word per --mkfs-arg"), "{e}");
+    }
+
+    /// A driver kind that suits with `rank` (or never), available unless `missing`.
+    struct Fake {
+        name: &'static str,
+        rank: Option<u8>,
+        missing: bool,
+    }
+
+    impl DriverFactory for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn description(&self) -> &'static str {
+            "fake"
+        }
+        fn requirements(&self) -> blkdrv_drivers::Requirements {
+            blkdrv_drivers::Requirements::default()
+        }
+        fn options(&self) -> &'static [OptionSpec] {
+            &[]
+        }
+        fn validate_options(&self, o: &DriverOptions) -> blkdrv_drivers::Result<DriverOptions> {
+            Ok(o.clone())
+        }
+        fn format(
+            &self,
+            _: &blkdrv_drivers::PoolContext,
+        ) -> blkdrv_drivers::Result<blkdrv_drivers::Identity> {
+            unreachable!()
+        }
+        fn open(
+            &self,
+            _: &blkdrv_drivers::PoolContext,
+            _: &blkdrv_drivers::Identity,
+        ) -> blkdrv_drivers::Result<Box<dyn blkdrv_drivers::Driver>> {
+            unreachable!()
+        }
+        fn check_host(&self) -> blkdrv_drivers::Result<()> {
+            match self.missing {
+                true => Err(DriverError::Unavailable {
+                    driver: self.name.into(),
+                    reason: "missing thin_ls".into(),
+                }),
+                false => Ok(()),
+            }
+        }
+        fn suits(&self, host: &HostFacts) -> Option<blkdrv_drivers::Suitability> {
+            self.rank.map(|rank| blkdrv_drivers::Suitability {
+                rank,
+                why: format!("{} suits {:?}", self.name, host.state_fs),
+            })
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_highest_available_rank_and_says_why_not_the_others() {
+        static DM: Fake = Fake {
+            name: "dm",
+            rank: Some(50),
+            missing: true,
+        };
+        static BTRFS: Fake = Fake {
+            name: "btrfs",
+            rank: None,
+            missing: false,
+        };
+        static OVL: Fake = Fake {
+            name: "ovl",
+            rank: Some(10),
+            missing: false,
+        };
+        static OVL2: Fake = Fake {
+            name: "ovl2",
+            rank: Some(10),
+            missing: false,
+        };
+        static VFS: Fake = Fake {
+            name: "vfs",
+            rank: Some(1),
+            missing: false,
+        };
+        let host = HostFacts {
+            state_dir: "/var/lib/blkdrv".into(),
+            state_fs: Some("ext4".into()),
+        };
+        let all: [&'static dyn DriverFactory; 5] = [&DM, &BTRFS, &OVL, &OVL2, &VFS];
+        let pick = pick_among(&all, &host);
+        assert_eq!(
+            pick.driver, "ovl",
+            "highest available rank, first among equals"
+        );
+        assert_eq!(pick.considered.len(), 5);
+        assert!(
+            pick.considered[0].suits.is_none(),
+            "unavailable: never asked"
+        );
+        assert_eq!(
+            pick.considered[0].unavailable.as_deref(),
+            Some("missing thin_ls")
+        );
+        let n = pick.notice();
+        assert!(
+            n.starts_with("driver auto: ovl (ovl suits Some(\"ext4\")"),
+            "{n}"
+        );
+        assert!(n.contains("the state directory is on ext4"), "{n}");
+        assert!(n.contains("dm is unavailable: missing thin_ls"), "{n}");
+        assert!(n.contains("btrfs does not suit this host"), "{n}");
+        assert!(!n.contains("vfs"), "{n}");
+
+        let none = pick_among(
+            &[&DM],
+            &HostFacts {
+                state_fs: None,
+                ..host
+            },
+        );
+        assert_eq!(none.driver, "overlay");
+        assert!(none.why.contains("no driver is available"), "{}", none.why);
+    }
+
+    #[test]
+    fn real_drivers_rank_as_documented() {
+        let host = |fs: &str| HostFacts {
+            state_dir: "/x".into(),
+            state_fs: Some(fs.into()),
+        };
+        let rank = |d: &str, fs: &str| registry::get(d).unwrap().suits(&host(fs)).map(|s| s.rank);
+        assert_eq!(rank("btrfs", "btrfs"), Some(100));
+        assert_eq!(rank("btrfs", "ext4"), None);
+        assert_eq!(rank("zfs", "zfs"), Some(100));
+        assert_eq!(rank("zfs", "xfs"), None);
+        assert_eq!(rank("devicemapper", "ext4"), Some(50));
+        assert_eq!(rank("overlay", "ext4"), Some(10));
+        assert_eq!(rank("vfs", "ext4"), Some(1));
     }
 
     #[test]

@@ -23,6 +23,13 @@ impl DriverFactory for Factory {
         NAME
     }
 
+    fn suits(&self, _host: &crate::HostFacts) -> Option<crate::Suitability> {
+        Some(crate::Suitability {
+            rank: 50,
+            why: "the kernel has dm-thin: block-level copy-on-write".into(),
+        })
+    }
+
     fn description(&self) -> &'static str {
         "device-mapper thin provisioning (block copy-on-write, thin snapshots)"
     }
@@ -180,6 +187,7 @@ blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
             names,
             settings: s,
             base_size,
+            sizes: super::sizes::Sizes::new(&ctx.state_dir),
             devices: ctx.devices.clone(),
             home,
         };

@@ -73,10 +73,72 @@ pub fn on_pseudo_filesystem(path: &std::path::Path) -> std::io::Result<bool> {
         || OTHERS.contains(&(ty.0 as i64)))
 }
 
+/// What `--driver auto` asks the drivers about: `state_dir` and the type of the filesystem
+/// holding it (see [`filesystem_of`]).
+pub fn facts(state_dir: &std::path::Path) -> crate::HostFacts {
+    crate::HostFacts {
+        state_dir: state_dir.to_path_buf(),
+        state_fs: filesystem_of(state_dir),
+    }
+}
+
+/// The type of the filesystem `path` would be made on: that of its nearest existing ancestor,
+/// as /proc/self/mountinfo names it. `None` when no ancestor can be resolved or the mount
+/// table cannot be read.
+pub fn filesystem_of(path: &std::path::Path) -> Option<String> {
+    let existing = path
+        .ancestors()
+        .find_map(|a| std::fs::canonicalize(a).ok())?;
+    let mounts = super::mount::mountinfo().ok()?;
+    mount_holding(&mounts, &existing).map(|m| m.fstype.clone())
+}
+
+/// The mount holding the canonical `path`: the longest mount point above it, the last one
+/// listed where mounts are stacked on the same point (the one on top, which path lookups see).
+fn mount_holding<'a>(
+    mounts: &'a [super::mount::MountInfo],
+    path: &std::path::Path,
+) -> Option<&'a super::mount::MountInfo> {
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| path.starts_with(&m.target))
+        .max_by_key(|(i, m)| (m.target.components().count(), *i))
+        .map(|(_, m)| m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_deepest_topmost_mount_holds_a_path() {
+        let mounts = super::super::mount::parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             2 1 0:30 / /var/lib rw - btrfs /dev/sdb rw\n\
+             3 1 0:31 / /var/lib rw - zfs tank/lib rw\n\
+             4 1 0:32 / /var/libx rw - xfs /dev/sdc rw\n",
+        );
+        let fs = |p: &str| mount_holding(&mounts, Path::new(p)).map(|m| m.fstype.as_str());
+        assert_eq!(fs("/var/lib/blkdrv"), Some("zfs"), "stacked: the top one");
+        assert_eq!(fs("/var/libx/a"), Some("xfs"));
+        assert_eq!(
+            fs("/var/li"),
+            Some("ext4"),
+            "components, not string prefixes"
+        );
+        assert_eq!(fs("/"), Some("ext4"));
+        assert_eq!(mount_holding(&[], Path::new("/")), None);
+    }
+
+    #[test]
+    fn a_missing_path_counts_as_its_nearest_existing_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        assert_eq!(filesystem_of(&deep), filesystem_of(dir.path()));
+        assert!(filesystem_of(&deep).is_some());
+    }
 
     #[test]
     fn proc_and_sys_are_pseudo_filesystems() {

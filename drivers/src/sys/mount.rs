@@ -531,15 +531,141 @@ pub fn bind(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
 }
 
 /// Bind-mounts `source` (a directory or file) recursively at `target` (a container's bind
-/// mount: submounts of `source` come along), with `flags` (MS_RDONLY, MS_NODEV, MS_NOSUID)
-/// applied to it and to every submount it brings.
+/// mount: submounts of `source` come along), with `flags` (MS_RDONLY, MS_NODEV, MS_NOSUID,
+/// MS_NOEXEC) applied to it and to every submount it brings. The new mounts are made private
+/// (rprivate, as Docker's binds): a mount made later below `target` (a volume inside a bind)
+/// must not propagate back into the host's `source`. On failure nothing is left mounted.
 pub fn bind_recursive(source: &Path, target: &Path, flags: MsFlags) -> Result<()> {
-    let _ = (source, flags);
-    Err(DriverError::io(
-        "recursive bind mount",
+    tracing::debug!(source = %source.display(), target = %target.display(), ?flags, "recursive bind mount");
+    let attrs = mount_attrs(flags).ok_or_else(|| {
+        DriverError::sys(
+            "recursive bind mount",
+            target.display(),
+            nix::errno::Errno::EINVAL,
+        )
+    })?;
+    nix::mount::mount(
+        Some(source),
         target,
-        std::io::Error::other("not implemented yet"),
-    ))
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| DriverError::sys("recursive bind mount", target.display(), e))?;
+    let rest = nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| DriverError::sys("make private", target.display(), e))
+    .and_then(|()| {
+        if flags.is_empty() {
+            Ok(())
+        } else {
+            set_attrs_recursive(target, flags, attrs)
+        }
+    });
+    if let Err(e) = rest {
+        // Detaching the top takes every submount the bind brought with it.
+        if let Err(u) = nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+            return Err(DriverError::Kernel {
+                op: "recursive bind mount",
+                target: target.display().to_string(),
+                message: format!("{e}; and detaching it again failed: {u}"),
+            });
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// mount_setattr(2)'s struct mount_attr (linux/mount.h); not in libc yet.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// The per-mount flags bind_recursive takes, as mount_setattr attributes; None for any other.
+fn mount_attrs(flags: MsFlags) -> Option<u64> {
+    let map = [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ];
+    let known = map.iter().fold(MsFlags::empty(), |a, (f, _)| a | *f);
+    if !known.contains(flags) {
+        return None;
+    }
+    Some(
+        map.iter()
+            .filter(|(f, _)| flags.contains(*f))
+            .fold(0, |a, (_, m)| a | m),
+    )
+}
+
+/// Sets `attrs` on the mount at `target` and every mount below it: mount_setattr(2) with
+/// AT_RECURSIVE (one call, all or nothing), or where the kernel lacks it (before 5.12) a
+/// bind remount of each mount found under `target` in mountinfo, top first.
+fn set_attrs_recursive(target: &Path, flags: MsFlags, attrs: u64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(|_| {
+        DriverError::sys(
+            "set mount flags",
+            target.display(),
+            nix::errno::Errno::EINVAL,
+        )
+    })?;
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `c` is a NUL-terminated path, `attr` a mount_attr of the size passed.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            (nix::libc::AT_RECURSIVE | nix::libc::AT_SYMLINK_NOFOLLOW) as nix::libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    match nix::errno::Errno::result(r) {
+        Ok(_) => return Ok(()),
+        Err(nix::errno::Errno::ENOSYS) => {}
+        Err(e) => return Err(DriverError::sys("set mount flags", target.display(), e)),
+    }
+    let top = canonical_or_self(target);
+    let mut under: Vec<PathBuf> = mountinfo()?
+        .into_iter()
+        .map(|m| m.target)
+        .filter(|t| t.starts_with(&top))
+        .collect();
+    under.dedup();
+    for t in under {
+        nix::mount::mount(
+            None::<&str>,
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None::<&str>,
+        )
+        .map_err(|e| DriverError::sys("remount with flags", t.display(), e))?;
+    }
+    Ok(())
 }
 
 /// Mounts a fresh tmpfs at `target`: at most `size` bytes (the kernel's default, half of RAM,
@@ -551,12 +677,19 @@ pub fn tmpfs(
     mode: Option<u32>,
     flags: MsFlags,
 ) -> Result<()> {
-    let _ = (size, mode, flags);
-    Err(DriverError::io(
-        "mount tmpfs",
+    let mut data = format!("mode={:o}", mode.unwrap_or(0o1777) & 0o7777);
+    if let Some(size) = size {
+        data = format!("size={},{data}", size.0);
+    }
+    tracing::debug!(target = %target.display(), ?flags, data, "mount tmpfs");
+    nix::mount::mount(
+        Some("tmpfs"),
         target,
-        std::io::Error::other("not implemented yet"),
-    ))
+        Some("tmpfs"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| DriverError::sys("mount tmpfs", target.display(), e))
 }
 
 /// umount2(2). EINVAL (not a mount point) counts as already unmounted.
@@ -606,6 +739,112 @@ pub fn detach_mounts(targets: &[PathBuf]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Detaches everything under a test's tempdir, even when the test fails.
+    struct Unmounter(PathBuf);
+    impl Drop for Unmounter {
+        fn drop(&mut self) {
+            let _ = detach_all_under(&self.0);
+        }
+    }
+
+    fn errno_of(e: std::io::Error) -> Option<i32> {
+        e.raw_os_error()
+    }
+
+    #[test]
+    fn recursive_ro_bind_is_read_only_in_submounts_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _g = Unmounter(tmp.path().canonicalize().unwrap());
+        let src = tmp.path().join("src");
+        let dst = tmp.path().join("dst");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        tmpfs(&src.join("sub"), None, None, MsFlags::empty()).unwrap();
+        bind_recursive(&src, &dst, MsFlags::MS_RDONLY | MsFlags::MS_NODEV).unwrap();
+        assert!(
+            is_mountpoint(&dst.join("sub")).unwrap(),
+            "the submount came along"
+        );
+        for f in [dst.join("top"), dst.join("sub/inner")] {
+            let e = std::fs::write(&f, b"x").unwrap_err();
+            assert_eq!(errno_of(e), Some(nix::libc::EROFS), "{}", f.display());
+        }
+        // The source itself stays writable, and what is written shows through.
+        std::fs::write(src.join("sub/inner"), b"x").unwrap();
+        assert_eq!(std::fs::read(dst.join("sub/inner")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn recursive_bind_without_flags_is_writable_and_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _g = Unmounter(tmp.path().canonicalize().unwrap());
+        let src = tmp.path().join("src");
+        let dst = tmp.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        // A shared source: without rprivate, a mount under dst would appear in src too.
+        tmpfs(&src, None, None, MsFlags::empty()).unwrap();
+        nix::mount::mount(
+            None::<&str>,
+            &src,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+        std::fs::create_dir(src.join("later")).unwrap();
+        bind_recursive(&src, &dst, MsFlags::empty()).unwrap();
+        std::fs::write(dst.join("f"), b"y").unwrap();
+        assert_eq!(std::fs::read(src.join("f")).unwrap(), b"y");
+        tmpfs(&dst.join("later"), None, None, MsFlags::empty()).unwrap();
+        assert!(is_mountpoint(&dst.join("later")).unwrap());
+        assert!(
+            !is_mountpoint(&src.join("later")).unwrap(),
+            "propagated back into the source"
+        );
+    }
+
+    #[test]
+    fn recursive_bind_refuses_unknown_flags_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _g = Unmounter(tmp.path().canonicalize().unwrap());
+        let dst = tmp.path().join("dst");
+        std::fs::create_dir_all(&dst).unwrap();
+        assert!(bind_recursive(tmp.path(), &dst, MsFlags::MS_SYNCHRONOUS).is_err());
+        assert!(!is_mountpoint(&dst).unwrap());
+        assert!(bind_recursive(&tmp.path().join("missing"), &dst, MsFlags::MS_RDONLY).is_err());
+        assert!(!is_mountpoint(&dst).unwrap());
+    }
+
+    #[test]
+    fn tmpfs_size_and_mode_are_applied() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let _g = Unmounter(tmp.path().canonicalize().unwrap());
+        let t = tmp.path().join("t");
+        std::fs::create_dir(&t).unwrap();
+        tmpfs(
+            &t,
+            Some(crate::Bytes(64 * 1024)),
+            Some(0o700),
+            MsFlags::MS_NOSUID,
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&t).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        let e = std::fs::write(t.join("big"), vec![0u8; 1024 * 1024]).unwrap_err();
+        assert_eq!(errno_of(e), Some(nix::libc::ENOSPC));
+        // What the failed write got in fills it: gone, a small file fits.
+        std::fs::remove_file(t.join("big")).unwrap();
+        std::fs::write(t.join("small"), vec![0u8; 4096]).unwrap();
+        let d = tmp.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        tmpfs(&d, None, None, MsFlags::empty()).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777, "Docker's default");
+        std::fs::write(d.join("big"), vec![0u8; 1024 * 1024]).unwrap();
+    }
 
     #[test]
     fn parses_mountinfo_lines() {

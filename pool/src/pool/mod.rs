@@ -247,6 +247,11 @@ impl Pool {
         std::mem::take(&mut self.notices)
     }
 
+    /// Adds a line for [`Pool::take_notices`] (`pool init --driver auto`'s pick).
+    pub(crate) fn push_notice(&mut self, notice: String) {
+        self.notices.push(notice);
+    }
+
     fn tmp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
     }
