@@ -40,7 +40,7 @@ pub(super) enum Make {
 }
 
 impl Pool {
-    fn committed_parent(
+    pub(super) fn committed_parent(
         &self,
         parent: Option<&str>,
         op: &'static str,
@@ -68,7 +68,7 @@ impl Pool {
         Ok(Some(rec))
     }
 
-    fn ensure_name_free(&self, name: &LayerName) -> Result<()> {
+    pub(super) fn ensure_name_free(&self, name: &LayerName) -> Result<()> {
         if self.store.resolve(name.as_str())?.is_some() {
             return Err(PoolError::LayerExists(name.to_string()));
         }
@@ -355,7 +355,7 @@ impl Pool {
 
     /// A committed layer's size to record. A driver that cannot measure (btrfs without quotas)
     /// must not make the commit fail: the size is then unknown.
-    fn measure(&self, chain: &LayerChain) -> Option<Usage> {
+    pub(super) fn measure(&self, chain: &LayerChain) -> Option<Usage> {
         match self.driver.usage(chain) {
             Ok(u) => Some(u),
             Err(e) => {

@@ -49,7 +49,7 @@ pub(super) fn users_of(containers: &[ContainerRecord], name: &str) -> Vec<String
 
 /// A driver's refusal of what the user asked (a limit it cannot enforce, no native clone) is
 /// the user's error; the rest stays a failure of the operation.
-fn user_refusal(op: &'static str, name: &str, e: PoolError) -> PoolError {
+pub(super) fn user_refusal(op: &'static str, name: &str, e: PoolError) -> PoolError {
     match e {
         PoolError::Driver { source, .. } if matches!(*source, DriverError::Unsupported { .. }) => {
             PoolError::Refused {
