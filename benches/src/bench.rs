@@ -53,6 +53,8 @@ pub(crate) struct Bench {
     /// Committed layers made on demand, by key ("blob-<bytes>", "image").
     pub(crate) parents: HashMap<String, String>,
     pub(crate) mounts: Vec<(String, PathBuf)>,
+    /// Containers mounted by the volume workload, unmounted and removed at teardown.
+    pub(crate) containers: Vec<String>,
     pub(crate) rows: Vec<ResultRow>,
     /// (workload/phase, why a phase has no row): e.g. no raw kernel operation for overlay.
     pub(crate) notes: Vec<(String, String)>,
@@ -119,6 +121,7 @@ impl Bench {
             seq: 0,
             parents: HashMap::new(),
             mounts: Vec::new(),
+            containers: Vec::new(),
             rows: Vec::new(),
             notes: Vec::new(),
             rng: Rng::new(7),
@@ -185,6 +188,9 @@ impl Bench {
         };
         while let Some((layer, t)) = self.mounts.pop() {
             let _ = pool.umount(&layer, Some(&t));
+        }
+        while let Some(c) = self.containers.pop() {
+            let _ = pool.container_remove(&c, true, true);
         }
     }
 

@@ -17,6 +17,7 @@ pub mod gen;
 pub mod report;
 pub mod run;
 pub mod scale;
+mod volumes;
 pub mod workload;
 
 pub use report::{Environment, Report, ResultRow, RunConfig, Stats, Unit};
@@ -323,6 +324,12 @@ const PHASE_RATIOS: &[(&str, &str, &str, &str)] = &[
         "sequential read of a {param}, through a layer vs a host file:",
     ),
     (
+        "volume",
+        "copy",
+        "clone",
+        "volume of {param}: plain copy vs native clone (volume create --from):",
+    ),
+    (
         "deep_chain",
         "read_via_top",
         "read_via_bottom",
@@ -388,6 +395,18 @@ pub fn ratios(report: &Report) -> Vec<(String, Vec<(String, String)>)> {
             ))
         });
         out.push((format!("layer create, {big} vs {small}:"), per));
+    }
+    // Is a volume's clone constant-time (~1x for native clones)?
+    let ps = params("volume", "clone");
+    if ps.len() >= 2 {
+        let (small, big) = (&ps[0], &ps[ps.len() - 1]);
+        let per = per_driver(Unit::Seconds, &|d| {
+            Some((
+                median(report, d, "volume", "clone", big)?,
+                median(report, d, "volume", "clone", small)?,
+            ))
+        });
+        out.push((format!("volume clone, {big} vs {small}:"), per));
     }
     for (w, pa, pb, heading) in PHASE_RATIOS {
         for param in params(w, pa) {

@@ -31,6 +31,9 @@ pub struct Sizes {
     pub chain_depth: usize,
     pub chain_file: Bytes,
     pub remove_write: Bytes,
+    /// The volume workload's small and large volume (clone time of one vs the other).
+    pub volume_small: Bytes,
+    pub volume_large: Bytes,
 }
 
 impl Scale {
@@ -64,6 +67,8 @@ impl Scale {
                 chain_depth: 64,
                 chain_file: Bytes::mib(64),
                 remove_write: Bytes::mib(256),
+                volume_small: Bytes::mib(1),
+                volume_large: Bytes::gib(1),
             },
             Scale::Quick => Sizes {
                 pool: Bytes::gib(6),
@@ -79,6 +84,8 @@ impl Scale {
                 chain_depth: 32,
                 chain_file: Bytes::mib(16),
                 remove_write: Bytes::mib(64),
+                volume_small: Bytes::mib(1),
+                volume_large: Bytes::mib(256),
             },
             Scale::Smoke => Sizes {
                 pool: Bytes::gib(2),
@@ -94,6 +101,8 @@ impl Scale {
                 chain_depth: 4,
                 chain_file: Bytes::mib(1),
                 remove_write: Bytes::mib(4),
+                volume_small: Bytes(256 << 10),
+                volume_large: Bytes::mib(4),
             },
         }
     }
@@ -110,6 +119,9 @@ mod tests {
             assert!(z.big_parent > z.small_parent);
             assert!(z.scale_window * 2 <= z.scale_layers);
             assert!(z.cow_file.0 * 2 < z.pool.0);
+            // Source, clone (worst case a full copy), plain copy.
+            assert!(z.volume_large > z.volume_small);
+            assert!(z.volume_large.0 * 4 < z.pool.0);
         }
     }
 }

@@ -86,6 +86,13 @@ pub static WORKLOADS: &[Workload] = &[
         uses_rootfs: true,
         run: Bench::remove,
     },
+    Workload {
+        name: "volume",
+        about: "volume create, fill, native clone (small vs large) vs a plain copy, first write into a clone",
+        phases: &["create", "fill", "clone", "copy", "first_write"],
+        uses_rootfs: false,
+        run: Bench::volumes,
+    },
 ];
 
 /// The workload called `name`.

@@ -21,7 +21,8 @@ density      container layers on one image, each writing 1 MiB: pool space used 
 scale        many layers in one pool: create of the first vs the last, layer ls\n  \
 seq_read     sequential read of a large file through a layer vs a host file\n  \
 deep_chain   read a file from the bottom of a long chain, via the bottom and the top layer\n  \
-remove       layer removal time; when and whether the space comes back\n\n\
+remove       layer removal time; when and whether the space comes back\n  \
+volume       volume create and fill; native clone (--from) of 1 MiB vs 256 MiB vs a plain copy; first write into a clone\n\n\
 Sizes: full (default) uses 1 GiB files, 100 density layers, 1,000 layers, a 64-layer chain; \
 --quick a quarter of that and finishes in minutes; --smoke is tiny (CI).\n\n\
 Output: a table of medians and the ratios that matter on stdout (--json: the whole report), \

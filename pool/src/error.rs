@@ -38,6 +38,18 @@ pub enum PoolError {
     #[error("layer {0:?} already exists")]
     LayerExists(String),
 
+    #[error("volume {0:?} not found")]
+    VolumeNotFound(String),
+
+    #[error("volume {0:?} already exists")]
+    VolumeExists(String),
+
+    #[error("container {0:?} not found")]
+    ContainerNotFound(String),
+
+    #[error("container {0:?} already exists")]
+    ContainerExists(String),
+
     /// containerd's NotFound: no snapshot has this key.
     #[error("snapshot {0:?} not found")]
     SnapshotNotFound(String),
@@ -175,6 +187,10 @@ impl PoolError {
                 | PoolError::PoolExists { .. }
                 | PoolError::LayerNotFound(_)
                 | PoolError::LayerExists(_)
+                | PoolError::VolumeNotFound(_)
+                | PoolError::VolumeExists(_)
+                | PoolError::ContainerNotFound(_)
+                | PoolError::ContainerExists(_)
                 | PoolError::Refused { .. }
                 | PoolError::Config { .. }
         ) || matches!(self, PoolError::Tar(e) if e.is_input_error())

@@ -126,6 +126,8 @@ pub enum LayerKind {
     Image,
     /// Snapshot of a committed layer, writable until committed (a container's layer).
     Container,
+    /// A volume's object: writable, no parent, never committed.
+    Volume,
 }
 
 /// Lifecycle of a layer. The in-flight states (`Creating`, `Committing`, `Removing`) are the
@@ -146,11 +148,12 @@ impl LayerKind {
         match self {
             LayerKind::Image => "image",
             LayerKind::Container => "container",
+            LayerKind::Volume => "volume",
         }
     }
 
     pub fn parse(s: &str) -> Option<LayerKind> {
-        [LayerKind::Image, LayerKind::Container]
+        [LayerKind::Image, LayerKind::Container, LayerKind::Volume]
             .into_iter()
             .find(|k| k.as_str() == s)
     }
@@ -204,19 +207,29 @@ impl fmt::Display for LayerKind {
 pub enum LayerOwner {
     /// A snapshot's layer, made and removed through containerd's snapshots API.
     Containerd,
+    /// A volume's object (`blkdrv volume`).
+    Volume,
+    /// A container's writable layer (`blkdrv container`).
+    Container,
 }
 
 impl LayerOwner {
     pub fn as_str(self) -> &'static str {
         match self {
             LayerOwner::Containerd => "containerd",
+            LayerOwner::Volume => "volume",
+            LayerOwner::Container => "container",
         }
     }
 
     pub fn parse(s: &str) -> Option<LayerOwner> {
-        [LayerOwner::Containerd]
-            .into_iter()
-            .find(|o| o.as_str() == s)
+        [
+            LayerOwner::Containerd,
+            LayerOwner::Volume,
+            LayerOwner::Container,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
     }
 }
 

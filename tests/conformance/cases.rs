@@ -119,6 +119,50 @@ pub const CASES: &[Case] = &[
         "snapshot::busy_remove_is_deferred",
         crate::snapshots::busy_remove_is_deferred,
     ),
+    Case::any(
+        "volume::data_survives_container_rm",
+        crate::volumes::data_survives_container_rm,
+    ),
+    Case::any(
+        "volume::readonly_refuses_writes",
+        crate::volumes::readonly_refuses_writes,
+    ),
+    Case::any(
+        "volume::filled_from_image",
+        crate::volumes::filled_from_image,
+    ),
+    Case::any(
+        "volume::limit_enforced_or_refused",
+        crate::volumes::limit_enforced_or_refused,
+    ),
+    Case::any(
+        "volume::clone_shares_blocks",
+        crate::volumes::clone_shares_blocks,
+    ),
+    Case::any(
+        "volume::rm_in_use_refused",
+        crate::volumes::rm_in_use_refused,
+    ),
+    Case::any(
+        "container::bind_and_tmpfs_at_targets",
+        crate::volumes::bind_and_tmpfs_at_targets,
+    ),
+    Case::any(
+        "container::symlink_at_mount_path_stays_inside_root",
+        crate::volumes::symlink_at_mount_path_stays_inside_root,
+    ),
+    Case::any(
+        "container::commit_excludes_volumes",
+        crate::volumes::commit_excludes_volumes,
+    ),
+    Case::any(
+        "container::rm_volumes_removes_anonymous_only",
+        crate::volumes::rm_volumes_removes_anonymous_only,
+    ),
+    Case::any(
+        "container::crash_at_every_step",
+        crate::containers::crash_at_every_step,
+    ),
 ];
 
 fn ln(s: &str) -> LayerName {

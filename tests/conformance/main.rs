@@ -8,9 +8,11 @@
 mod backing;
 mod campaign;
 mod cases;
+mod containers;
 mod export;
 mod hostile;
 mod snapshots;
+mod volumes;
 
 use cases::Needs;
 use libtest_mimic::Arguments;
@@ -19,6 +21,7 @@ fn main() {
     kit::child::maybe_run_child();
     snapshots::maybe_run_child();
     export::maybe_mount_child();
+    containers::maybe_run_child();
     let args = Arguments::from_args();
     let on_loopback = kit::pool::on_loopback();
     let not_here = cases::CASES

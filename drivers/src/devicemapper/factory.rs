@@ -187,6 +187,7 @@ blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
             names,
             settings: s,
             base_size,
+            sizes: super::sizes::Sizes::new(&ctx.state_dir),
             devices: ctx.devices.clone(),
             home,
         };

@@ -15,7 +15,7 @@
 //! Files: `settings` (options, sizes), `names` (dm names by role, thin ids), `record` (the
 //! identity kept at init), `factory` (plan, format, open), `pool_target` (the thin-pool target,
 //! its status, transaction id and metadata snapshots), `thin` (thin devices: the layers),
-//! `lvm` (init on an LVM thin-pool LV), `backing` and `status` (the pool's lifecycle and space),
+//! `lvm` (init on an LVM thin-pool LV), `sizes` (thin devices not of the base's size), `backing` and `status` (the pool's lifecycle and space),
 //! `bench` (bench hooks). This file: the driver's state and dm error mapping.
 
 mod backing;
@@ -26,6 +26,7 @@ mod names;
 mod pool_target;
 mod record;
 mod settings;
+mod sizes;
 mod status;
 mod thin;
 
@@ -118,6 +119,8 @@ pub struct DmThin {
     /// Data block size, from the pool's table (an adopted LVM pool has its own).
     block: Bytes,
     base_size: Bytes,
+    /// Sizes of the thin devices made with a size of their own (sized volumes, their copies).
+    sizes: sizes::Sizes,
     devices: Vec<PathBuf>,
     home: Home,
 }

@@ -89,6 +89,11 @@ impl DmThin {
             .map_err(|e| dm_err("list devices for", &*self.names.thin(id), e))
     }
 
+    /// The virtual size of thin `id`: its own where it was made with one, else the base's.
+    pub(super) fn size_of(&self, id: ThinId) -> Result<Bytes> {
+        Ok(self.sizes.get(id)?.unwrap_or(self.base_size))
+    }
+
     /// Activates a thin device (or attaches to it if active).
     pub(super) fn activate(&self, g: &Inner, id: ThinId) -> Result<ThinDev> {
         clear_tableless(&g.dm, &self.names.thin(id))?;
@@ -96,7 +101,7 @@ impl DmThin {
             &g.dm,
             &self.names.thin(id),
             None,
-            sectors(self.base_size),
+            sectors(self.size_of(id)?),
             &g.pool,
             id.dev_id(),
         )
@@ -192,8 +197,53 @@ impl DmThin {
         thin_ls(&g.dm, &self.names, &g.pool)
     }
 
-    pub(super) fn discard_all(&self, node: &Path) -> Result<()> {
-        blockdev::discard(node, self.base_size)
+    pub(super) fn discard_all(&self, id: ThinId, node: &Path) -> Result<()> {
+        blockdev::discard(node, self.size_of(id)?)
+    }
+
+    /// Sends `msg` (`create_snap N O`, `create_thin N`) making thin `new`, replacing a `new`
+    /// a crash left before the store recorded it; `origin`, when active, is suspended around
+    /// it (kernel thin-provisioning.txt), which also freezes a filesystem mounted on it so the
+    /// snapshot is consistent. Advances the transaction id.
+    fn make_thin(&self, new: ThinId, msg: &str, origin: Option<ThinId>) -> Result<()> {
+        let g = self.lock();
+        let pool = DevId::Name(&self.names.pool());
+        let suspend = match origin {
+            Some(o) if self.is_active(&g.dm, o)? => Some(self.names.thin(o)),
+            _ => None,
+        };
+        if let Some(name) = &suspend {
+            g.dm.device_suspend(
+                &DevId::Name(name),
+                DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+            )
+            .map_err(|e| dm_err("suspend origin", &**name, e))?;
+        }
+        let mut sent = g.dm.target_msg(&pool, None, msg);
+        if let Err(e) = &sent {
+            if dm_errno(e) == Some(nix::errno::Errno::EEXIST) {
+                // Left by a crash before the store recorded it: replace it.
+                let _ = g.dm.target_msg(&pool, None, &format!("delete {new}"));
+                sent = g.dm.target_msg(&pool, None, msg);
+            }
+        }
+        // Resume whatever happened, or every later I/O to the origin would hang.
+        if let Some(name) = &suspend {
+            g.dm.device_suspend(&DevId::Name(name), DmOptions::default())
+                .map_err(|e| dm_err("resume origin", &**name, e))?;
+        }
+        sent.map_err(|e| dm_err("create thin device in", &*self.names.pool(), e))?;
+        drop(g);
+        self.bump()
+    }
+
+    /// The smallest volume the pool's filesystem can be made on (mkfs.xfs refuses under
+    /// 300 MiB).
+    fn min_volume(&self) -> Bytes {
+        match self.settings.fs {
+            FsType::Ext4 => Bytes::mib(32),
+            _ => Bytes::mib(300),
+        }
     }
 }
 
@@ -212,35 +262,57 @@ impl Layers for DmThin {
     fn create(&self, layer: &LayerChain) -> Result<()> {
         let new = ThinId::of(layer.id);
         let origin = layer.parent().map_or(ThinId::BASE, ThinId::of);
-        let g = self.lock();
-        let msg = format!("create_snap {new} {origin}");
-        let pool = DevId::Name(&self.names.pool());
-        // An active origin must be suspended around create_snap (kernel thin-provisioning.txt).
-        let suspend = self.is_active(&g.dm, origin)?;
-        let origin_name = self.names.thin(origin);
-        if suspend {
-            g.dm.device_suspend(
-                &DevId::Name(&origin_name),
-                DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
-            )
-            .map_err(|e| dm_err("suspend origin", &*origin_name, e))?;
+        // A size left by a crashed volume create of this id is not this layer's.
+        self.sizes.forget(new)?;
+        self.make_thin(new, &format!("create_snap {new} {origin}"), Some(origin))
+    }
+
+    // No limit: a snapshot of the formatted base, as an empty layer. A limit: a thin device of
+    // that virtual size with the pool's filesystem made on it, as the base was (same mkfs and
+    // arguments), so the filesystem itself ends at the limit (ENOSPC). Its size is recorded
+    // before the device is made, for activation after a reboot.
+    fn create_volume(&self, id: ObjectId, limit: Option<Bytes>) -> Result<()> {
+        let Some(limit) = limit else {
+            return self.create(&LayerChain::volume(id));
+        };
+        let min = self.min_volume();
+        if limit < min {
+            return Err(DriverError::Refused {
+                id,
+                op: "create volume",
+                reason: format!(
+                    "a size of {limit} is below the smallest {} filesystem ({min})",
+                    self.settings.fs.name()
+                ),
+            });
         }
-        let mut sent = g.dm.target_msg(&pool, None, &msg);
-        if let Err(e) = &sent {
-            if dm_errno(e) == Some(nix::errno::Errno::EEXIST) {
-                // Left by a crash before the store recorded it: replace it.
-                let _ = g.dm.target_msg(&pool, None, &format!("delete {new}"));
-                sent = g.dm.target_msg(&pool, None, &msg);
-            }
+        // Whole 4 KiB blocks: the filesystems' block size, and a whole number of sectors.
+        let size = Bytes(limit.div_ceil(Bytes::kib(4)) * 4096);
+        let new = ThinId::of(id);
+        self.sizes.set(new, size)?;
+        self.make_thin(new, &format!("create_thin {new}"), None)?;
+        self.with_thin(new, |node| {
+            crate::fsbacked::mkfs_with(node, self.settings.fs, &self.settings.mkfs_args)
+        })
+    }
+
+    // `create_snap NEW SOURCE`: the copy shares every block and has the source's size. A
+    // mounted source is frozen for the instant of the snapshot (the suspend) and stays
+    // writable. Either can be deleted first: thin devices share blocks, not ancestry.
+    fn clone_active(&self, source: &LayerChain, new: ObjectId) -> Result<()> {
+        let (from, to) = (ThinId::of(source.id), ThinId::of(new));
+        match self.sizes.get(from)? {
+            Some(size) => self.sizes.set(to, size)?,
+            None => self.sizes.forget(to)?,
         }
-        // Resume whatever happened, or every later I/O to the origin would hang.
-        if suspend {
-            g.dm.device_suspend(&DevId::Name(&origin_name), DmOptions::default())
-                .map_err(|e| dm_err("resume origin", &*origin_name, e))?;
-        }
-        sent.map_err(|e| dm_err("create snapshot in", &*self.names.pool(), e))?;
-        drop(g);
-        self.bump()
+        self.make_thin(to, &format!("create_snap {to} {from}"), Some(from))
+            .map_err(|e| match e.errno() {
+                Some(nix::errno::Errno::ENODATA) => DriverError::NotFound {
+                    id: source.id,
+                    op: "clone",
+                },
+                _ => e,
+            })
     }
 
     // The pool mounts committed layers read-only; nothing to freeze at the block level.
@@ -335,7 +407,7 @@ impl Layers for DmThin {
             // Discard while the device is unused, so the pool and the loopback file get the
             // space back (deleting a thin id frees pool blocks but passes no discard down).
             if let Ok(mut dev) = self.activate(&g, n) {
-                let r = self.discard_all(&dev.devnode());
+                let r = self.discard_all(n, &dev.devnode());
                 let _ = dev.teardown(&g.dm);
                 if let Err(e) = r {
                     tracing::info!(layer = %id, "discard skipped: {e}");
@@ -363,7 +435,9 @@ impl Layers for DmThin {
             match g.dm.target_msg(&pool, None, &msg) {
                 Ok(_) => break,
                 // Not in the pool: a crash after the delete, or never created.
-                Err(e) if dm_errno(&e) == Some(nix::errno::Errno::ENODATA) => return Ok(()),
+                Err(e) if dm_errno(&e) == Some(nix::errno::Errno::ENODATA) => {
+                    return self.sizes.forget(n)
+                }
                 // Right after a deferred remove the kernel may still hold the device briefly.
                 Err(e) if dm_errno(&e) == Some(nix::errno::Errno::EBUSY) && tries < 10 => {
                     tries += 1;
@@ -380,6 +454,8 @@ impl Layers for DmThin {
             }
         }
         drop(g);
+        // After the delete: a crash in between leaves a record the retried remove drops.
+        self.sizes.forget(n)?;
         self.bump()
     }
 

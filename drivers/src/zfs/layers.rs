@@ -1,10 +1,10 @@
 //! The layer operations: a layer is a dataset, created empty or cloned from its parent's
 //! `@committed` snapshot, made read-only and snapshotted on commit, mounted with mount(2).
 
-use super::{Zfs, NAME, SCRATCH, TOOL_WAIT};
+use super::{Zfs, CLONE_PREFIX, COMMITTED, NAME, SCRATCH, TOOL_WAIT};
 use crate::error::{DriverError, Result};
 use crate::sys::mount;
-use crate::sys::zfs::{self as z, Dataset, Failure};
+use crate::sys::zfs::{self as z, Dataset, Failure, Snapshot};
 use crate::{
     Bytes, Capabilities, Granularity, LayerChain, Layers, MountFlags, MountMode, MountSpec,
     ObjectId, Usage,
@@ -95,17 +95,31 @@ impl Zfs {
         }
     }
 
-    /// Destroys a layer dataset and its snapshot. The one clone blkdrv may leave on its own
-    /// (an interrupted raw_snapshot) is destroyed first; any other clone means children.
+    /// Destroys a layer dataset and its snapshots, then the copy snapshot it was cloned from
+    /// if it was a copy (`clone_active`) and nothing else uses that snapshot. A dataset whose
+    /// copies still depend on it hands its snapshots over to the newest copy first (`zfs
+    /// promote`), so a copy and its source can be removed in either order; clones of its
+    /// `@committed` snapshot are layers built on it and make the removal refused. The one clone
+    /// blkdrv may leave on its own (an interrupted raw_snapshot) is destroyed first.
     fn destroy_layer(&self, id: ObjectId, ds: &Dataset) -> Result<()> {
         let mut cleared_scratch = false;
-        loop {
+        // Each round promotes one copy, which takes every older snapshot along: rounds are
+        // bounded by the number of copies, and a crash in between leaves a state the next
+        // remove continues from (the dataset is then a clone of the copy's snapshot).
+        for _ in 0..64 {
+            let origin = match z::get(ds.as_str(), &["origin"]) {
+                Ok(p) => p.get("origin").and_then(|o| Snapshot::parse(o).ok()),
+                Err(e) if z::failure(&e) == Failure::Missing => {
+                    return self.destroy_copy_leftovers(id)
+                }
+                Err(e) => return Err(e),
+            };
             let e = match z::destroy(ds, true) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.destroy_copy_origin(origin),
                 Err(e) => e,
             };
             match z::failure(&e) {
-                Failure::Missing => return Ok(()),
+                Failure::Missing => return self.destroy_copy_origin(origin),
                 Failure::Busy => {
                     return Err(DriverError::Busy {
                         id,
@@ -130,23 +144,117 @@ impl Zfs {
                             Err(se) => return Err(se),
                         }
                     }
-                    return Err(DriverError::Refused {
-                        id,
-                        op: "remove",
-                        reason: format!(
-                            "its snapshot {} has dependent clones (layers built on it): {}",
-                            self.committed(id),
-                            if deps.is_empty() {
-                                "see zfs list -t all".to_string()
-                            } else {
-                                deps.join(", ")
-                            }
-                        ),
-                    });
+                    self.hand_over_to_copy(id, ds, &deps)?;
                 }
                 _ => return Err(e),
             }
         }
+        Err(DriverError::Refused {
+            id,
+            op: "remove",
+            reason: format!("dataset {ds} still has dependent clones after promoting its copies"),
+        })
+    }
+
+    /// Promotes the newest copy cloned from one of `ds`'s copy snapshots, or refuses when
+    /// what depends on `ds` are layers built on its `@committed` snapshot. A promote moves
+    /// every snapshot up to the copy's origin: one of them being `@committed` would give the
+    /// copy a committed snapshot that is not its own (its later commit would find it and keep
+    /// the source's content), so that is refused too.
+    fn hand_over_to_copy(&self, id: ObjectId, ds: &Dataset, deps: &[String]) -> Result<()> {
+        let snaps = z::snapshots(ds, 1)?;
+        let committed = snaps.iter().find(|s| s.snapshot.name() == COMMITTED);
+        let refuse = |why: String| DriverError::Refused {
+            id,
+            op: "remove",
+            reason: why,
+        };
+        if let Some(c) = committed.filter(|c| !c.clones.is_empty()) {
+            return Err(refuse(format!(
+                "its snapshot {} has dependent clones (layers built on it): {}",
+                c.snapshot,
+                c.clones
+                    .iter()
+                    .map(Dataset::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let newest = snaps
+            .iter()
+            .filter(|s| s.snapshot.name().starts_with(CLONE_PREFIX) && !s.clones.is_empty())
+            .max_by_key(|s| s.txg);
+        let Some(newest) = newest else {
+            return Err(refuse(format!(
+                "dataset {ds} has dependent clones: {}",
+                if deps.is_empty() {
+                    "see zfs list -t all".to_string()
+                } else {
+                    deps.join(", ")
+                }
+            )));
+        };
+        if let Some(c) = committed.filter(|c| c.txg < newest.txg) {
+            return Err(refuse(format!(
+                "promoting {} would move {} to it",
+                newest.clones[0], c.snapshot
+            )));
+        }
+        let copy = &newest.clones[0];
+        tracing::debug!(dataset = %ds, copy = %copy, "promoting a copy before removing its source");
+        z::promote(copy)
+    }
+
+    /// After a copy's dataset is gone: its origin, a copy snapshot no other dataset uses.
+    fn destroy_copy_origin(&self, origin: Option<Snapshot>) -> Result<()> {
+        match origin {
+            Some(o) if o.name().starts_with(CLONE_PREFIX) => self.destroy_unused_snapshot(&o),
+            _ => Ok(()),
+        }
+    }
+
+    /// A copy snapshot still in use (another copy cloned from it after a promote) stays.
+    fn destroy_unused_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        match z::destroy_snapshot(snap) {
+            Err(e) if !matches!(z::failure(&e), Failure::Missing | Failure::DependentClones) => {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A copy that is already gone, or never got made (a crash between `clone_active`'s
+    /// snapshot and its clone): its `@clone-<id>` snapshot may be left on the source.
+    fn destroy_copy_leftovers(&self, id: ObjectId) -> Result<()> {
+        let name = format!("{CLONE_PREFIX}{id}");
+        for s in z::snapshots(&self.rec.dataset, 2)? {
+            if s.snapshot.name() == name && s.clones.is_empty() {
+                self.destroy_unused_snapshot(&s.snapshot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt of [`Layers::clone_active`]: a fresh copy snapshot of the source (a stale
+    /// one from a crashed attempt holds older content), then the clone.
+    fn copy_once(&self, source: &LayerChain, new: &Dataset, origin: &Snapshot) -> Result<()> {
+        self.destroy_unused_snapshot(origin)?;
+        let missing = |e: DriverError| {
+            if z::failure(&e) == Failure::Missing {
+                DriverError::NotFound {
+                    id: source.id,
+                    op: "clone",
+                }
+            } else {
+                e
+            }
+        };
+        match z::snapshot(origin) {
+            // Still there: the clone of a crashed attempt uses it; the caller removes that.
+            Err(e) if z::failure(&e) == Failure::Exists => {}
+            r => r.map_err(missing)?,
+        }
+        z::clone(origin, new, &self.layer_props())
     }
 }
 
@@ -176,6 +284,40 @@ impl Layers for Zfs {
                 // Left by a crash before the store recorded it: start over.
                 self.remove(layer.id)?;
                 self.make(layer, &ds)
+            }
+            r => r,
+        }
+    }
+
+    // A dataset like an empty layer's, with its refquota set as it is made: no moment
+    // without the limit, and one command.
+    fn create_volume(&self, id: ObjectId, limit: Option<Bytes>) -> Result<()> {
+        let ds = self.dataset(id);
+        let mut props = self.layer_props().to_vec();
+        if let Some(l) = limit {
+            props.push(("refquota", l.0.to_string()));
+        }
+        match z::create(&ds, &props) {
+            Err(e) if z::failure(&e) == Failure::Exists => {
+                self.remove(id)?;
+                z::create(&ds, &props)
+            }
+            r => r,
+        }
+    }
+
+    // A snapshot of the source (mounted or not: ZFS snapshots are consistent with what was
+    // written), cloned into the new dataset, which shares every record until it writes. The
+    // copy sits on the source's ancestors through the source's own origin. Its refquota is not
+    // copied: a limit is set on the copy by whoever wants one.
+    fn clone_active(&self, source: &LayerChain, new: ObjectId) -> Result<()> {
+        let ds = self.dataset(new);
+        let origin = self.clone_origin(source.id, new);
+        match self.copy_once(source, &ds, &origin) {
+            // Left by a crash before the store recorded it: start over.
+            Err(e) if matches!(z::failure(&e), Failure::Exists | Failure::DependentClones) => {
+                self.remove(new)?;
+                self.copy_once(source, &ds, &origin)
             }
             r => r,
         }

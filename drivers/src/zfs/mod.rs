@@ -48,6 +48,9 @@ const NAME: &str = "zfs";
 
 /// The snapshot that freezes a committed layer; children are clones of it.
 const COMMITTED: &str = "committed";
+/// The snapshot of an active dataset a copy (`clone_active`) is cloned from: `<source>@clone-<new
+/// id>`, one per copy, named after the copy so a crashed or removed copy's leftover is found.
+const CLONE_PREFIX: &str = "clone-";
 /// Scratch clone for [`BenchHooks::raw_snapshot`]; not a decimal id, so never listed as a layer.
 const SCRATCH: &str = "bench-raw";
 /// Room a parent dataset name must leave for "/<largest id>@committed".
@@ -174,6 +177,12 @@ impl Zfs {
     fn committed(&self, id: ObjectId) -> Snapshot {
         self.dataset(id)
             .snapshot(COMMITTED)
+            .expect("MAX_PARENT leaves room for the snapshot name")
+    }
+
+    fn clone_origin(&self, source: ObjectId, new: ObjectId) -> Snapshot {
+        self.dataset(source)
+            .snapshot(&format!("{CLONE_PREFIX}{new}"))
             .expect("MAX_PARENT leaves room for the snapshot name")
     }
 

@@ -25,10 +25,22 @@ pub(super) struct NewLayer<'a> {
     pub limit: Option<Bytes>,
     /// Crash points after the intent and after the object.
     pub steps: [&'static str; 2],
+    /// How the driver makes the object.
+    pub make: Make,
+}
+
+/// How [`Pool::begin_create`] has the driver make a new object.
+pub(super) enum Make {
+    /// An empty active layer on `parent` (`Layers::create`).
+    Layer,
+    /// A volume's object (`Layers::create_volume`).
+    Volume,
+    /// A copy of what this active object holds now (`Layers::clone_active`).
+    Clone(LayerChain),
 }
 
 impl Pool {
-    fn committed_parent(
+    pub(super) fn committed_parent(
         &self,
         parent: Option<&str>,
         op: &'static str,
@@ -56,7 +68,7 @@ impl Pool {
         Ok(Some(rec))
     }
 
-    fn ensure_name_free(&self, name: &LayerName) -> Result<()> {
+    pub(super) fn ensure_name_free(&self, name: &LayerName) -> Result<()> {
         if self.store.resolve(name.as_str())?.is_some() {
             return Err(PoolError::LayerExists(name.to_string()));
         }
@@ -123,6 +135,7 @@ impl Pool {
                 digest: Some(digested.digest.clone()),
                 limit,
                 steps: ["create:intent", "create:object"],
+                make: Make::Layer,
             },
             |_, _| Ok(()),
         )?;
@@ -194,6 +207,7 @@ impl Pool {
             digest,
             limit,
             steps,
+            make,
         } = new;
         let rec = self.store.tx("record create intent", |t| {
             let rec = LayerRecord {
@@ -213,10 +227,18 @@ impl Pool {
         })?;
         crash::point(steps[0]);
         let chain = self.chain(&rec)?;
-        let made = self.driver.create(&chain).and_then(|()| match limit {
+        let set_limit = || match limit {
             Some(l) => self.driver.set_limit(rec.id, l),
             None => Ok(()),
-        });
+        };
+        let made = match &make {
+            Make::Layer => self.driver.create(&chain).and_then(|()| set_limit()),
+            Make::Volume => self.driver.create_volume(rec.id, limit),
+            Make::Clone(source) => self
+                .driver
+                .clone_active(source, rec.id)
+                .and_then(|()| set_limit()),
+        };
         if let Err(e) = made {
             let e = PoolError::driver("create", label, e);
             return Err(e.with_rollback(self.undo_create(rec.id)));
@@ -264,6 +286,7 @@ impl Pool {
                 digest: None,
                 limit,
                 steps: ["snapshot:intent", "snapshot:object"],
+                make: Make::Layer,
             },
             |_, _| Ok(()),
         )?;
@@ -332,7 +355,7 @@ impl Pool {
 
     /// A committed layer's size to record. A driver that cannot measure (btrfs without quotas)
     /// must not make the commit fail: the size is then unknown.
-    fn measure(&self, chain: &LayerChain) -> Option<Usage> {
+    pub(super) fn measure(&self, chain: &LayerChain) -> Option<Usage> {
         match self.driver.usage(chain) {
             Ok(u) => Some(u),
             Err(e) => {

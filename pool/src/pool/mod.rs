@@ -268,13 +268,32 @@ impl Pool {
     }
 
     fn lookup(&self, name: &str) -> Result<LayerRecord> {
-        let id = self
-            .store
-            .resolve(name)?
-            .ok_or_else(|| PoolError::LayerNotFound(name.to_string()))?;
+        let Some(id) = self.store.resolve(name)? else {
+            return Err(self.not_a_layer(name));
+        };
         self.store
             .layer(id)?
             .ok_or_else(|| PoolError::LayerNotFound(name.to_string()))
+    }
+
+    /// The error for a name no layer has: a volume's or container's name gets told which
+    /// commands reach it (their objects are no user layers).
+    fn not_a_layer(&self, name: &str) -> PoolError {
+        let what = if self.store.volume(name).ok().flatten().is_some() {
+            Some("a volume: use `blkdrv volume inspect|rm`")
+        } else if self.store.container(name).ok().flatten().is_some() {
+            Some("a container: use `blkdrv container inspect|mount|commit|rm`")
+        } else {
+            None
+        };
+        match what {
+            Some(w) => PoolError::Refused {
+                op: "layer",
+                layer: name.to_string(),
+                reason: format!("{name:?} is not a layer but {w}"),
+            },
+            None => PoolError::LayerNotFound(name.to_string()),
+        }
     }
 
     fn chain_of(&self, rec: &LayerRecord, all: &HashMap<ObjectId, LayerRecord>) -> LayerChain {

@@ -266,7 +266,7 @@ pub(super) fn presence(m: &MountRecord, tables: &NsTables) -> Presence {
     }
 }
 
-fn own_ns() -> Result<MountNs> {
+pub(super) fn own_ns() -> Result<MountNs> {
     mount::own_namespace().map_err(|e| PoolError::backing("mount namespace", e))
 }
 

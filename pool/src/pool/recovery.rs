@@ -1,7 +1,7 @@
 //! Finishing or undoing what a dead process left in flight, and `pool check`.
 
 use super::mounts::{presence, tables_for, Presence};
-use super::types::CheckReport;
+use super::types::{CheckReport, ContainerState};
 use super::Pool;
 use crate::error::{PoolError, Result};
 use crate::layer::{LayerRecord, LayerState};
@@ -56,6 +56,30 @@ impl Pool {
                 Presence::Mounted | Presence::Unknown => {}
             }
         }
+        // Containers first: an interrupted container create undoes the volumes it made and its
+        // writable layer; an interrupted mount or umount is taken down.
+        for c in self.store.containers()? {
+            let result = match c.state {
+                ContainerState::Creating => self.undo_container_create(&c.name).map(|()| {
+                    Some(format!(
+                        "rolled back interrupted create of container {}",
+                        c.name
+                    ))
+                }),
+                ContainerState::Mounting | ContainerState::Unmounting | ContainerState::Mounted => {
+                    self.recover_container_mount(&c)
+                }
+                ContainerState::Created | ContainerState::Removing => Ok(None),
+            };
+            match result {
+                Ok(Some(d)) => done.push(d),
+                Ok(None) => {}
+                Err(e) => done.push(format!(
+                    "could not finish {} of container {} (will retry): {e}",
+                    c.state, c.name
+                )),
+            }
+        }
         // Creates and commits first, in id order; then removals (`finish_removals`).
         let mut in_flight = self.store.layers()?;
         in_flight.sort_by_key(|r| r.id);
@@ -99,6 +123,12 @@ impl Pool {
                 if e.path().is_file() {
                     let _ = std::fs::remove_file(e.path());
                 } else {
+                    // Mount points of a volume fill (`fill-ID/root`), empty once detached.
+                    if let Ok(sub) = std::fs::read_dir(e.path()) {
+                        for d in sub.flatten() {
+                            let _ = std::fs::remove_dir(d.path());
+                        }
+                    }
                     let _ = std::fs::remove_dir(e.path());
                 }
             }

@@ -11,7 +11,7 @@
 //! Snapshot layers belong to containerd ([`LayerOwner::Containerd`]): they have no name, so the
 //! CLI's layer commands never reach them, and the snapshot table is the only way to them.
 
-use super::layers::NewLayer;
+use super::layers::{Make, NewLayer};
 use super::recovery::Removal;
 use super::types::RemoveOutcome;
 use super::Pool;
@@ -68,6 +68,7 @@ impl Pool {
                 digest: None,
                 limit: None,
                 steps: ["prepare:intent", "prepare:object"],
+                make: Make::Layer,
             },
             |t, rec| {
                 t.set_owner(rec.id, LayerOwner::Containerd)?;

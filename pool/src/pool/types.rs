@@ -194,6 +194,38 @@ pub enum ContainerState {
     Removing,
 }
 
+impl ContainerState {
+    pub const ALL: [ContainerState; 6] = [
+        ContainerState::Creating,
+        ContainerState::Created,
+        ContainerState::Mounting,
+        ContainerState::Mounted,
+        ContainerState::Unmounting,
+        ContainerState::Removing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Creating => "creating",
+            ContainerState::Created => "created",
+            ContainerState::Mounting => "mounting",
+            ContainerState::Mounted => "mounted",
+            ContainerState::Unmounting => "unmounting",
+            ContainerState::Removing => "removing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ContainerState> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What `container create` makes.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {

@@ -77,6 +77,57 @@ pub fn destroy(ds: &Dataset, recursive: bool) -> Result<()> {
     run(ZFS, a, "destroy a ZFS dataset").map(drop)
 }
 
+/// `zfs destroy SNAP`: fails with dependent clones (never -R).
+pub fn destroy_snapshot(snap: &Snapshot) -> Result<()> {
+    run(
+        ZFS,
+        vec!["destroy".into(), snap.as_str().into()],
+        "destroy a ZFS snapshot",
+    )
+    .map(drop)
+}
+
+/// `zfs promote DS`: the clone `ds` takes over its origin's snapshots up to the one it was
+/// cloned from, and the origin becomes a clone of `ds`'s copy of that snapshot.
+pub fn promote(ds: &Dataset) -> Result<()> {
+    run(
+        ZFS,
+        vec!["promote".into(), ds.as_str().into()],
+        "promote a ZFS clone",
+    )
+    .map(drop)
+}
+
+/// One snapshot as `zfs list -t snapshot -o name,createtxg,clones` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub snapshot: Snapshot,
+    /// The transaction group that made it: snapshots of one dataset are ordered by it.
+    pub txg: u64,
+    /// The datasets cloned from it.
+    pub clones: Vec<Dataset>,
+}
+
+/// The snapshots of `ds` itself (`depth` 1) or of the datasets below it too (`depth` 2).
+pub fn snapshots(ds: &Dataset, depth: u8) -> Result<Vec<SnapshotInfo>> {
+    let out = run(
+        ZFS,
+        vec![
+            "list".into(),
+            "-Hp".into(),
+            "-o".into(),
+            "name,createtxg,clones".into(),
+            "-t".into(),
+            "snapshot".into(),
+            "-d".into(),
+            depth.to_string().into(),
+            ds.as_str().into(),
+        ],
+        "list ZFS snapshots",
+    )?;
+    Ok(output::parse_snapshots(&out))
+}
+
 pub fn set(ds: &Dataset, prop: &str, value: &str) -> Result<()> {
     run(
         ZFS,

@@ -164,8 +164,32 @@ impl fmt::Display for Dataset {
 pub struct Snapshot(String);
 
 impl Snapshot {
+    /// A `dataset@name` as ZFS prints it (an `origin` property), checked like one made here.
+    pub fn parse(s: &str) -> Result<Snapshot, InvalidName> {
+        let (ds, name) = s
+            .split_once('@')
+            .ok_or_else(|| invalid("snapshot", s, "no '@'"))?;
+        Dataset::new(ds)?.snapshot(name)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The snapshot's own name, after the '@'.
+    pub fn name(&self) -> &str {
+        self.0.split_once('@').map(|(_, n)| n).unwrap_or_default()
+    }
+
+    /// The dataset it is a snapshot of.
+    pub fn dataset(&self) -> Dataset {
+        Dataset(
+            self.0
+                .split_once('@')
+                .map(|(d, _)| d)
+                .unwrap_or_default()
+                .to_string(),
+        )
     }
 }
 
@@ -226,6 +250,14 @@ mod tests {
         assert!(Dataset::new(&long).is_ok());
         assert!(Dataset::new(&format!("{long}a")).is_err());
         assert!(Dataset::new(&long).unwrap().snapshot("s").is_err());
+        let s = Snapshot::parse("tank/blkdrv/7@clone-9").unwrap();
+        assert_eq!(
+            (s.dataset().as_str(), s.name()),
+            ("tank/blkdrv/7", "clone-9")
+        );
+        for bad in ["tank/7", "tank/7@", "tank/7@a@b", "@x", "tank/a b@x"] {
+            assert!(Snapshot::parse(bad).is_err(), "{bad:?} accepted");
+        }
         let e = Dataset::new("tank/a b").unwrap_err().to_string();
         assert!(e.contains("tank/a b") && e.contains("' '"), "{e}");
     }

@@ -170,9 +170,53 @@ pub fn parse_list(text: &str) -> Vec<Entry> {
         .collect()
 }
 
+/// Parses `zfs list -Hp -o name,createtxg,clones -t snapshot`; `-` (or nothing) is no clones.
+/// Lines that do not parse are skipped and logged.
+pub fn parse_snapshots(text: &str) -> Vec<super::SnapshotInfo> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let parsed = match f.as_slice() {
+                [name, txg, clones] => super::Snapshot::parse(name).ok().zip(txg.parse().ok()).map(
+                    |(snapshot, txg)| super::SnapshotInfo {
+                        snapshot,
+                        txg,
+                        clones: clones
+                            .split(',')
+                            .filter(|c| !c.is_empty() && *c != "-")
+                            .filter_map(|c| super::Dataset::new(c).ok())
+                            .collect(),
+                    },
+                ),
+                _ => None,
+            };
+            if parsed.is_none() {
+                tracing::warn!(line = l, "skipping an unreadable `zfs list` snapshot line");
+            }
+            parsed
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_lists_give_order_and_clones() {
+        let s = parse_snapshots(
+            "t/p/7@clone-9\t120\tt/p/9\nt/p/7@committed\t130\t-\n\
+             t/p/8@clone-10\t140\tt/p/10,t/p/11\nbroken line\n",
+        );
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].snapshot.as_str(), "t/p/7@clone-9");
+        assert_eq!(s[0].txg, 120);
+        assert_eq!(s[0].clones, [super::super::Dataset::new("t/p/9").unwrap()]);
+        assert!(s[1].clones.is_empty());
+        let names: Vec<&str> = s[2].clones.iter().map(|d| d.as_str()).collect();
+        assert_eq!(names, ["t/p/10", "t/p/11"]);
+    }
 
     #[test]
     fn get_output_is_parsed_into_numbers() {
