@@ -212,44 +212,45 @@ pub fn history_table(
     no_trunc: bool,
     human: bool,
 ) -> Result<(), PoolError> {
-    let w = entries
+    let now = now();
+    let rows: Vec<[String; 4]> = entries
         .iter()
-        .map(|e| e.layer.len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let cw = if human { 16 } else { 20 };
-    writeln!(
-        out,
-        "{:<w$}  {:<cw$}  {:>10}  COMMENT",
-        "LAYER", "CREATED", "SIZE"
-    )
-    .map_err(io)?;
-    for e in entries {
-        let created = if human {
-            human_age(now(), e.created)
-        } else {
-            iso8601(e.created)
-        };
-        let sz = match (e.size_bytes, human) {
-            (None, _) => "-".to_string(),
-            (Some(b), true) => Bytes(b).to_string(),
-            (Some(b), false) => b.to_string(),
-        };
-        let comment = escape_controls(e.comment.as_deref().unwrap_or(""));
-        writeln!(
-            out,
-            "{:<w$}  {:<cw$}  {:>10}  {}",
-            e.layer,
-            created,
-            sz,
-            if no_trunc {
+        .map(|e| {
+            let created = if human {
+                human_age(now, e.created)
+            } else {
+                iso8601(e.created)
+            };
+            let sz = match (e.size_bytes, human) {
+                (None, _) => "-".to_string(),
+                (Some(b), true) => Bytes(b).to_string(),
+                (Some(b), false) => b.to_string(),
+            };
+            let comment = escape_controls(e.comment.as_deref().unwrap_or(""));
+            let comment = if no_trunc {
                 comment
             } else {
                 truncate(&comment, COMMENT_WIDTH)
-            }
-        )
-        .map_err(io)?;
+            };
+            [e.layer.clone(), created, sz, comment]
+        })
+        .collect();
+    let width = |i: usize, title: &str| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
+    };
+    let (w0, w1, w2) = (width(0, "LAYER"), width(1, "CREATED"), width(2, "SIZE"));
+    writeln!(
+        out,
+        "{:<w0$}  {:<w1$}  {:>w2$}  COMMENT",
+        "LAYER", "CREATED", "SIZE"
+    )
+    .map_err(io)?;
+    for [layer, created, sz, comment] in &rows {
+        writeln!(out, "{layer:<w0$}  {created:<w1$}  {sz:>w2$}  {comment}").map_err(io)?;
     }
     Ok(())
 }
