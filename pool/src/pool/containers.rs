@@ -915,10 +915,9 @@ impl Pool {
                     .map(|u| u.bytes.0),
                 None => None,
             };
-            let label = match (names.get(&r.id).and_then(|n| n.first()), owners.get(&r.id)) {
-                (Some(n), _) => n.clone(),
-                (None, Some(o)) => format!("<{o} {}>", r.id),
-                (None, None) => format!("<layer {}>", r.id),
+            let label = match names.get(&r.id).and_then(|n| n.first()) {
+                Some(n) => n.clone(),
+                None => self.unnamed(r.id, owners.get(&r.id).copied()),
             };
             out.push(HistoryEntry {
                 layer: label,
