@@ -700,6 +700,38 @@ impl Pool {
         )))
     }
 
+    /// Refuses `op` on the whole pool while a container's root is assembled.
+    pub(super) fn refuse_mounted_containers(&self, op: &'static str, hint: &str) -> Result<()> {
+        let mounted: Vec<String> = self
+            .store
+            .containers()?
+            .into_iter()
+            .filter(|c| c.root.is_some())
+            .map(|c| c.name)
+            .collect();
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        Err(refused(
+            op,
+            self.name.as_str(),
+            format!("containers are mounted: {}{hint}", mounted.join(", ")),
+        ))
+    }
+
+    /// `pool destroy --force`: takes every container's root down (lazily where it cannot be
+    /// unmounted: the pool goes regardless).
+    pub(super) fn take_down_containers(&mut self) -> Result<()> {
+        for c in self.store.containers()? {
+            let Some(root) = c.root.clone() else { continue };
+            if let Err(e) = self.unmount_container(&c, None) {
+                tracing::warn!(container = %c.name, "{e}; detaching {} lazily", root.display());
+                mount::detach_all_under(&root).map_err(|e| PoolError::backing(&self.name, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// `container commit`: a committed image layer `layer` holding the writable layer's
     /// content now (volumes, binds and tmpfs excluded), on the container's image. The
     /// container goes on as it was.
