@@ -181,9 +181,24 @@ impl Pool {
         if self.store.container(name.as_str())?.is_some() {
             return Err(PoolError::ContainerExists(name.to_string()));
         }
-        let image = self
-            .committed_parent(Some(&spec.image), "container create", name.as_str())?
-            .expect("image given");
+        let image = self.lookup(&spec.image).map_err(|e| match e {
+            PoolError::LayerNotFound(i) => refused(
+                "container create",
+                name.as_str(),
+                format!("image layer {i:?} does not exist"),
+            ),
+            e => e,
+        })?;
+        if image.state != LayerState::Committed {
+            return Err(refused(
+                "container create",
+                name.as_str(),
+                format!(
+                    "image layer {:?} is {} (only committed layers are images; run `blkdrv layer commit {}`)",
+                    spec.image, image.state, spec.image
+                ),
+            ));
+        }
         let (mounts, to_make) = self.plan_mounts(spec)?;
         for (v, _) in &to_make {
             self.check_volume_spec(v, &VolumeSpec::default())?;
