@@ -50,15 +50,20 @@ pub(super) fn users_of(containers: &[ContainerRecord], name: &str) -> Vec<String
 /// A driver's refusal of what the user asked (a limit it cannot enforce, no native clone) is
 /// the user's error; the rest stays a failure of the operation.
 pub(super) fn user_refusal(op: &'static str, name: &str, e: PoolError) -> PoolError {
-    match e {
-        PoolError::Driver { source, .. } if matches!(*source, DriverError::Unsupported { .. }) => {
-            PoolError::Refused {
-                op,
-                layer: name.to_string(),
-                reason: source.to_string(),
-            }
-        }
-        e => e,
+    let reason = match &e {
+        PoolError::Driver { source, .. } => match source.as_ref() {
+            DriverError::Unsupported { .. } => source.to_string(),
+            // What the driver cannot make of the request (a size below the filesystem's
+            // smallest): its reason is the whole story.
+            DriverError::Refused { reason, .. } => reason.clone(),
+            _ => return e,
+        },
+        _ => return e,
+    };
+    PoolError::Refused {
+        op,
+        layer: name.to_string(),
+        reason,
     }
 }
 
