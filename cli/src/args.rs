@@ -38,9 +38,14 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Log what happens (-v info, -vv debug; RUST_LOG overrides).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    /// Log what happens (-v info, -vv debug; RUST_LOG overrides). Before the command only:
+    /// after it, `-v` is `container`'s volume flag, as in Docker.
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    pub verbose_short: u8,
+
+    /// Log what happens, anywhere on the line (--verbose --verbose for debug).
+    #[arg(long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose_long: u8,
 
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -54,6 +59,14 @@ pub enum Cmd {
     /// Create, snapshot, commit, mount and remove layers.
     #[command(subcommand)]
     Layer(LayerCmd),
+    /// Volumes: named data outside images that outlives containers (like `docker volume`).
+    #[command(subcommand)]
+    Volume(crate::volume_cmd::VolumeCmd),
+    /// Containers' storage: a writable layer on an image, with volumes, binds and tmpfs.
+    #[command(subcommand)]
+    Container(crate::container_cmd::ContainerCmd),
+    /// A layer's chain down to its base, each layer's own size (like `docker history`).
+    History(HistoryArgs),
     /// Summary of pools and drivers on this host (like `docker info`).
     Info,
     /// Compare every driver on the same workloads (table, JSON with every sample, SVG chart).
@@ -62,6 +75,36 @@ pub enum Cmd {
     /// Serve pools to containerd as a proxy snapshotter.
     #[command(subcommand)]
     Snapshotter(crate::snapshotter_cmd::SnapshotterCmd),
+}
+
+impl Cli {
+    /// `-v` before the command and `--verbose` anywhere, counted together.
+    pub fn verbose(&self) -> u8 {
+        self.verbose_short.saturating_add(self.verbose_long)
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Show the chain from LAYER down to its base, top first, like `docker history`: \
+each layer's own size (bytes not shared with its parent), when it was made, and the comment \
+given at create time (`layer create --comment`, `container commit --comment`).",
+    after_help = "Examples:\n  blkdrv history app\n  blkdrv history app --no-trunc --human=false\n  \
+blkdrv history app --json"
+)]
+pub struct HistoryArgs {
+    pub layer: String,
+    /// Show comments whole (they are cut to 45 characters otherwise).
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Ages ("5 minutes ago") and sizes in units; --human=false prints ISO 8601 times and
+    /// sizes in bytes.
+    #[arg(short = 'H', long, default_value_t = true, action = ArgAction::Set,
+          value_name = "BOOL", num_args = 0..=1, default_missing_value = "true",
+          require_equals = true)]
+    pub human: bool,
+    #[command(flatten)]
+    pub sel: PoolSel,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -91,8 +134,11 @@ LVM signature is refused unless --force."
         /// Pool name.
         #[arg(default_value = "default")]
         name: String,
-        /// Storage driver (see `blkdrv info`). Default from the config file, else overlay.
-        #[arg(long)]
+        /// Storage driver: auto (the default, unless the config file names one) picks per host
+        /// and says why: the filesystem's own driver when the state directory is on btrfs or
+        /// ZFS, else devicemapper when the kernel has dm-thin, else overlay. `blkdrv info`
+        /// shows what auto would pick.
+        #[arg(long, value_name = "DRIVER")]
         driver: Option<String>,
         /// Size of the sparse loopback file, e.g. 20G, 512M.
         #[arg(long, value_parser = parse_size, conflicts_with = "device")]
@@ -190,6 +236,10 @@ name, reuses the existing layer and prints \"reused\"."
         /// Size limit for the layer (drivers with per-layer limits, e.g. btrfs qgroups).
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         size: Option<Bytes>,
+        /// Shown by `blkdrv history` (what made the layer, e.g. "RUN pip install flask"). A
+        /// layer reused from the cache keeps its first comment.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
         /// Import device nodes (character and block devices) from the tar. Without it a tar
         /// holding one is refused: container runtimes supply /dev, and a device node in a layer
         /// gives whoever can reach a mount of it access to that device.
@@ -208,6 +258,9 @@ name, reuses the existing layer and prints \"reused\"."
         /// Size limit for the layer (drivers with per-layer limits, e.g. btrfs qgroups).
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         size: Option<Bytes>,
+        /// Shown by `blkdrv history` once the layer is committed.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
         #[command(flatten)]
         sel: PoolSel,
     },

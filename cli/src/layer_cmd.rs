@@ -6,10 +6,10 @@ use crate::report::Outcome;
 use crate::{io_err, output, print_notices, Ctx};
 use blkdrv_pool::pool::{MountRequest, Spooled};
 use blkdrv_pool::text::escape_controls;
-use blkdrv_pool::{Access, LayerName, Pool, PoolError, PoolName, Source};
+use blkdrv_pool::{Access, LayerComment, LayerName, Pool, PoolError, PoolName, Source};
 use std::io::Write;
 
-fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, PoolError> {
+pub(crate) fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, PoolError> {
     let mut pool = Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Write)?;
     for r in pool.recovered() {
         let _ = writeln!(err, "blkdrv: recovered: {}", escape_controls(r));
@@ -18,7 +18,7 @@ fn open_write(ctx: &Ctx, sel: &PoolSel, err: &mut dyn Write) -> Result<Pool, Poo
     Ok(pool)
 }
 
-fn open_read(ctx: &Ctx, sel: &PoolSel) -> Result<Pool, PoolError> {
+pub(crate) fn open_read(ctx: &Ctx, sel: &PoolSel) -> Result<Pool, PoolError> {
     Pool::open(&ctx.root, &PoolName::new(&sel.pool)?, Access::Read)
 }
 
@@ -34,10 +34,12 @@ pub(crate) fn layer_cmd(
             from_tar,
             from_dir,
             size,
+            comment,
             allow_devices,
             sel,
         } => {
             let name = LayerName::new(name)?;
+            let comment = comment.as_deref().map(LayerComment::new).transpose()?;
             let pool_name = PoolName::new(&sel.pool)?;
             let stdin;
             let file;
@@ -68,25 +70,37 @@ pub(crate) fn layer_cmd(
             });
             print_notices(&mut pool, err);
             bar.finish_and_clear();
+            let result = res?;
+            if let Some(c) = &comment {
+                pool.set_comment(name.as_str(), c)
+                    .map_err(|e| comment_failed(&name, e))?;
+            }
             Ok(Outcome::LayerCreated {
                 name: name.to_string(),
-                result: res?,
+                result,
             })
         }
         LayerCmd::Snapshot {
             parent,
             name,
             size,
+            comment,
             sel,
         } => {
             let name = LayerName::new(name)?;
+            let comment = comment.as_deref().map(LayerComment::new).transpose()?;
             let mut pool = open_write(ctx, sel, err)?;
             let info = pool.snapshot(parent, &name, *size);
             print_notices(&mut pool, err);
+            let layer = info?;
+            if let Some(c) = &comment {
+                pool.set_comment(name.as_str(), c)
+                    .map_err(|e| comment_failed(&name, e))?;
+            }
             Ok(Outcome::Snapshotted {
                 name: name.to_string(),
                 parent: parent.clone(),
-                layer: info?,
+                layer,
             })
         }
         LayerCmd::Commit { name, sel } => Ok(Outcome::Committed {
@@ -167,4 +181,14 @@ pub(crate) fn layer_cmd(
             })
         }
     }
+}
+
+/// The layer is made but its comment could not be recorded: the message says the layer
+/// exists (exit 1), so that a retry does not look for a failed create.
+fn comment_failed(name: &LayerName, e: PoolError) -> PoolError {
+    PoolError::io(
+        "record the comment of new layer",
+        name.as_str(),
+        std::io::Error::other(e.to_string()),
+    )
 }

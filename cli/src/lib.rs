@@ -6,11 +6,14 @@
 
 mod args;
 mod bench;
+mod container_cmd;
 mod layer_cmd;
 mod output;
+mod output_containers;
 mod pool_cmd;
 mod report;
 mod snapshotter_cmd;
+mod volume_cmd;
 
 use args::{Cli, Cmd, DriverFlagValues};
 use blkdrv_pool::config::{self, HostConfig};
@@ -35,6 +38,15 @@ where
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // A value its parser refused (`--size lots`) is bad input: one line, as every
+            // other bad input, without clap's usage tip.
+            if e.kind() == clap::error::ErrorKind::ValueValidation {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                let _ = writeln!(err, "blkdrv: error: {}", escape_controls(first));
+                return EXIT_USAGE;
+            }
             // Colours only for a terminal; scripts and logs get plain text.
             let text = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 e.render().ansi().to_string()
@@ -52,9 +64,9 @@ where
     // A server logs what it serves by default; commands stay quiet unless asked.
     let server = matches!(cli.cmd, Cmd::Snapshotter(_));
     init_tracing(if server {
-        cli.verbose.max(1)
+        cli.verbose().max(1)
     } else {
-        cli.verbose
+        cli.verbose()
     });
     if let Cmd::Snapshotter(c) = &cli.cmd {
         return snapshotter_cmd::main(cli.root.clone(), &cli.config, c, err);
@@ -74,7 +86,10 @@ where
         };
     }
     // Commands that change a pool stop at their next safe point on SIGINT/SIGTERM.
-    if matches!(cli.cmd, Cmd::Pool(_) | Cmd::Layer(_)) {
+    if matches!(
+        cli.cmd,
+        Cmd::Pool(_) | Cmd::Layer(_) | Cmd::Volume(_) | Cmd::Container(_)
+    ) {
         if let Err(e) = blkdrv_pool::signal::install() {
             let _ = writeln!(err, "blkdrv: warning: {}", escape_controls(&e.to_string()));
         }
@@ -142,6 +157,17 @@ fn dispatch(
     match &cli.cmd {
         Cmd::Pool(c) => emit(pool_cmd::pool_cmd(&ctx, c, err)?, ctx.json, out),
         Cmd::Layer(c) => emit(layer_cmd::layer_cmd(&ctx, c, err)?, ctx.json, out),
+        Cmd::Volume(c) => emit(volume_cmd::volume_cmd(&ctx, c, err)?, ctx.json, out),
+        Cmd::Container(c) => emit(container_cmd::container_cmd(&ctx, c, err)?, ctx.json, out),
+        Cmd::History(h) => emit(
+            report::Outcome::History {
+                no_trunc: h.no_trunc,
+                human: h.human,
+                entries: layer_cmd::open_read(&ctx, &h.sel)?.history(&h.layer)?,
+            },
+            ctx.json,
+            out,
+        ),
         Cmd::Info => output::info(&ctx.root, &cli.config, ctx.json, out),
         Cmd::Bench(_) | Cmd::Snapshotter(_) => {
             unreachable!("handled before the state dir is read")

@@ -56,7 +56,7 @@ pub fn size(b: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn age(created: i64) -> String {
+pub(crate) fn age(created: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -373,6 +373,7 @@ pub fn info(root: &Root, config: &Path, as_json: bool, out: Out<'_>) -> Result<(
         .unwrap_or_default()
         .trim()
         .to_string();
+    let auto = blkdrv_pool::init::auto_pick(&root.path);
     if as_json {
         return json(
             out,
@@ -382,6 +383,7 @@ pub fn info(root: &Root, config: &Path, as_json: bool, out: Out<'_>) -> Result<(
                 "config": config,
                 "kernel": kernel,
                 "drivers": drivers,
+                "auto_driver": auto,
                 "pools": pools,
             }),
         );
@@ -406,6 +408,12 @@ pub fn info(root: &Root, config: &Path, as_json: bool, out: Out<'_>) -> Result<(
         };
         writeln!(out, "  {:<12} {} ({state})", d.name, d.description).map_err(io)?;
     }
+    // What `pool init` does without --driver (unless the config file names one).
+    kv(
+        out,
+        "Auto Driver",
+        format!("auto would pick: {} ({})", auto.driver, auto.why),
+    )?;
     writeln!(out, "Pools: {}", pools.len()).map_err(io)?;
     pool_table(out, &pools)
 }

@@ -36,7 +36,10 @@ pub(crate) fn pool_cmd(ctx: &Ctx, c: &PoolCmd, err: &mut dyn Write) -> Result<Ou
             let bar = output::spinner(&format!("creating pool {}", req.name));
             let pool = Pool::init_request(&ctx.root, &ctx.host.pool, req);
             bar.finish_and_clear();
-            Ok(Outcome::PoolCreated(pool?.status()?))
+            let mut pool = pool?;
+            // What `--driver auto` picked, and why.
+            print_notices(&mut pool, err);
+            Ok(Outcome::PoolCreated(pool.status()?))
         }
         PoolCmd::Status { name } => {
             let pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Read)?;

@@ -2,7 +2,11 @@
 //! JSON: the commands decide what happened, only this file decides how it reads.
 
 use crate::output;
-use blkdrv_pool::pool::{CheckReport, LayerInfo, PoolStatus, RemoveOutcome};
+use crate::output_containers as oc;
+use blkdrv_pool::pool::{
+    CheckReport, ContainerInfo, ContainerMounted, ContainerRemoved, HistoryEntry, LayerInfo,
+    PoolStatus, RemoveOutcome, VolumeInfo,
+};
 use blkdrv_pool::DiffStats;
 use blkdrv_pool::{CreateOutcome, MountMode, PoolError};
 use serde_json::json;
@@ -67,6 +71,46 @@ pub enum Outcome {
         layer: String,
         path: PathBuf,
         stats: DiffStats,
+    },
+    VolumeCreated(VolumeInfo),
+    Volumes {
+        quiet: bool,
+        volumes: Vec<VolumeInfo>,
+    },
+    /// `volume inspect NAME...`: what was found; `failed`, the last name that was not (the
+    /// verdict, once the others are shown).
+    VolumesInspected {
+        found: Vec<VolumeInfo>,
+        failed: Option<PoolError>,
+    },
+    VolumesRemoved {
+        removed: Vec<String>,
+        failed: Option<PoolError>,
+    },
+    VolumesPruned(Vec<String>),
+    ContainerCreated(ContainerInfo),
+    Containers {
+        quiet: bool,
+        containers: Vec<ContainerInfo>,
+    },
+    ContainerInspected(ContainerInfo),
+    ContainerMounted(ContainerMounted),
+    ContainerUnmounted {
+        name: String,
+        unmounted: Vec<PathBuf>,
+    },
+    ContainerCommitted {
+        name: String,
+        layer: LayerInfo,
+    },
+    ContainersRemoved {
+        removed: Vec<ContainerRemoved>,
+        failed: Option<PoolError>,
+    },
+    History {
+        no_trunc: bool,
+        human: bool,
+        entries: Vec<HistoryEntry>,
     },
 }
 
@@ -153,6 +197,72 @@ impl Outcome {
             Outcome::Layers { tree: true, layers } => output::layer_tree(out, layers),
             Outcome::Layers { tree: false, layers } => output::layer_table(out, layers),
             Outcome::Inspected(l) => output::layer_details(out, l),
+            Outcome::VolumeCreated(v) => writeln!(out, "{}", v.name).map_err(io),
+            Outcome::Volumes { quiet: true, volumes } => {
+                for v in volumes {
+                    writeln!(out, "{}", v.name).map_err(io)?;
+                }
+                Ok(())
+            }
+            Outcome::Volumes { volumes, .. } => oc::volume_table(out, volumes),
+            Outcome::VolumesInspected { found, .. } => {
+                for (i, v) in found.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(out).map_err(io)?;
+                    }
+                    oc::volume_details(out, v)?;
+                }
+                Ok(())
+            }
+            Outcome::VolumesRemoved { removed, .. } => {
+                for n in removed {
+                    writeln!(out, "{n}").map_err(io)?;
+                }
+                Ok(())
+            }
+            Outcome::VolumesPruned(names) if names.is_empty() => {
+                writeln!(out, "no unused volumes to remove").map_err(io)
+            }
+            Outcome::VolumesPruned(names) => {
+                writeln!(out, "Deleted Volumes:").map_err(io)?;
+                for n in names {
+                    writeln!(out, "{n}").map_err(io)?;
+                }
+                Ok(())
+            }
+            Outcome::ContainerCreated(c) => writeln!(out, "{}", c.name).map_err(io),
+            Outcome::Containers {
+                quiet: true,
+                containers,
+            } => {
+                for c in containers {
+                    writeln!(out, "{}", c.name).map_err(io)?;
+                }
+                Ok(())
+            }
+            Outcome::Containers { containers, .. } => oc::container_table(out, containers),
+            Outcome::ContainerInspected(c) => oc::container_details(out, c),
+            Outcome::ContainerMounted(m) => oc::container_mounted(out, m),
+            Outcome::ContainerUnmounted { name, unmounted } => {
+                for t in unmounted {
+                    writeln!(out, "unmounted {}", t.display()).map_err(io)?;
+                }
+                writeln!(out, "container {name} unmounted").map_err(io)
+            }
+            Outcome::ContainerCommitted { name, layer } => writeln!(
+                out,
+                "committed container {name} as layer {} (id {}, {})",
+                layer.name,
+                layer.id,
+                output::size(layer.size_bytes)
+            )
+            .map_err(io),
+            Outcome::ContainersRemoved { removed, .. } => oc::containers_removed(out, removed),
+            Outcome::History {
+                no_trunc,
+                human,
+                entries,
+            } => oc::history_table(out, entries, *no_trunc, *human),
             Outcome::Diffed { path, .. } if path.as_os_str() == "-" => Ok(()),
             Outcome::Diffed { path, stats, .. } => writeln!(
                 out,
@@ -200,13 +310,39 @@ impl Outcome {
                 out,
                 &json!({"layer": layer, "added": stats.added, "modified": stats.modified, "deleted": stats.deleted}),
             ),
+            Outcome::VolumeCreated(v) => output::json(out, v),
+            Outcome::Volumes { volumes, .. } => output::json(out, volumes),
+            Outcome::VolumesInspected { found, .. } => output::json(out, found),
+            Outcome::VolumesRemoved { removed, .. } => {
+                output::json(out, &json!({ "removed": removed }))
+            }
+            Outcome::VolumesPruned(names) => output::json(out, &json!({ "removed": names })),
+            Outcome::ContainerCreated(c) | Outcome::ContainerInspected(c) => output::json(out, c),
+            Outcome::Containers { containers, .. } => output::json(out, containers),
+            Outcome::ContainerMounted(m) => output::json(out, m),
+            Outcome::ContainerUnmounted { name, unmounted } => {
+                output::json(out, &json!({"container": name, "unmounted": unmounted}))
+            }
+            Outcome::ContainerCommitted { layer, .. } => output::json(out, layer),
+            Outcome::ContainersRemoved { removed, .. } => output::json(out, removed),
+            Outcome::History { entries, .. } => output::json(out, entries),
         }
     }
 
     /// The command's verdict once its outcome is shown: `pool check` without `--repair` fails
-    /// on drift, after printing what it found.
-    pub fn verdict(&self) -> Result<(), PoolError> {
+    /// on drift, after printing what it found; a command on several names fails with the last
+    /// name it could not do, after showing what it did.
+    pub fn verdict(self) -> Result<(), PoolError> {
         match self {
+            Outcome::VolumesInspected {
+                failed: Some(e), ..
+            }
+            | Outcome::VolumesRemoved {
+                failed: Some(e), ..
+            }
+            | Outcome::ContainersRemoved {
+                failed: Some(e), ..
+            } => Err(e),
             Outcome::Checked {
                 name,
                 repair: false,

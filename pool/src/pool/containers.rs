@@ -24,7 +24,7 @@ use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::sys::rootpath::{self, Create};
 use blkdrv_drivers::sys::tree;
 use blkdrv_drivers::{DriverError, LayerChain, MountFlags, MountMode, ObjectId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A container's root and what is mounted in it: device nodes stay unopenable (as layer
@@ -44,16 +44,7 @@ pub(crate) fn mount_order(mounts: &[MountEntry]) -> Vec<&MountEntry> {
 
 /// Two mounts on one target (after normalisation) are refused, as Docker refuses them.
 fn check_targets(mounts: &[MountEntry]) -> Result<()> {
-    let mut seen: BTreeSet<&ContainerPath> = BTreeSet::new();
-    for m in mounts {
-        if !seen.insert(&m.target) {
-            return Err(PoolError::Invalid(format!(
-                "two mounts on one target: {}",
-                m.target
-            )));
-        }
-    }
-    Ok(())
+    MountEntry::check_distinct_targets(mounts)
 }
 
 /// A volume a container's create makes: its name, and whether it is anonymous.
@@ -455,6 +446,7 @@ impl Pool {
             .into_iter()
             .map(|v| (v.name, v.layer))
             .collect();
+        let mut landed: Vec<(PathBuf, &ContainerPath)> = Vec::new();
         for (i, m) in mount_order(&c.mounts).into_iter().enumerate() {
             let comps: Vec<&str> = m.target.components().collect();
             let mode = if m.readonly {
@@ -462,9 +454,25 @@ impl Pool {
             } else {
                 MountMode::ReadWrite
             };
-            let at = |create| {
-                rootpath::resolve_in_root(root, &comps, create)
-                    .map_err(|e| PoolError::driver("resolve mount target inside the root", name, e))
+            // Symlinks in the layer can make two targets one path: stacking the second mount
+            // would hide the first (and some filesystems refuse it), so it is refused.
+            let mut at = |create| {
+                let p = rootpath::resolve_in_root(root, &comps, create).map_err(|e| {
+                    PoolError::driver("resolve mount target inside the root", name, e)
+                })?;
+                if let Some((_, other)) = landed.iter().find(|(q, _)| *q == p) {
+                    return Err(refused(
+                        "container mount",
+                        name,
+                        format!(
+                            "mounts on {other} and {} land on one path inside the root ({}): a symlink in the layer joins them",
+                            m.target,
+                            p.display()
+                        ),
+                    ));
+                }
+                landed.push((p.clone(), &m.target));
+                Ok(p)
             };
             match &m.source {
                 MountSource::Volume { name: vname, .. } => {
