@@ -581,6 +581,8 @@ fn container_and_volume_bad_input_creates_nothing() {
         ),
         (&["-v", "a/b:/data"], "absolute path"),
         (&["-v", "./rel:/data"], "absolute path"),
+        // Control characters come back escaped, on one line.
+        (&["-v", "v1:/x\n\x1b[31mforged"], "\\n\\x1b[31mforged"),
         (&["--mount", "type=bind,source=rel,target=/x"], "absolute"),
         (&["--size", "lots"], "invalid size"),
         // overlay has no per-layer limit at all.
