@@ -6,6 +6,17 @@
 //! While its root is being assembled or taken down (`mounting`, `unmounting`) the row holds the
 //! root and the mount namespace: what is mounted at or below the root is then read from the
 //! live mount table, so an interrupted mount or umount can be taken down completely.
+//!
+//! Semantics (documented for the CLI):
+//! - A volume mount fills the volume from the image's directory at the target when the volume
+//!   is empty (but `lost+found`) and no other container names it, unless `nocopy`: new volumes
+//!   always, an existing empty one too (Docker's rule). A missing or non-directory target in
+//!   the image fills nothing. A failed create removes the volumes it made; content it copied
+//!   into an existing empty volume stays.
+//! - Mount targets are resolved inside the root at `container mount` (symlinks in the layer
+//!   followed, never out of it); two targets a symlink joins into one path are refused.
+//! - `container rm --volumes` removes the container's anonymous volumes that no other
+//!   container names; named volumes always stay.
 
 use super::layers::{Make, NewLayer};
 use super::mounts::own_ns;
@@ -24,7 +35,7 @@ use blkdrv_drivers::sys::mount;
 use blkdrv_drivers::sys::rootpath::{self, Create};
 use blkdrv_drivers::sys::tree;
 use blkdrv_drivers::{DriverError, LayerChain, MountFlags, MountMode, ObjectId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A container's root and what is mounted in it: device nodes stay unopenable (as layer
@@ -44,16 +55,7 @@ pub(crate) fn mount_order(mounts: &[MountEntry]) -> Vec<&MountEntry> {
 
 /// Two mounts on one target (after normalisation) are refused, as Docker refuses them.
 fn check_targets(mounts: &[MountEntry]) -> Result<()> {
-    let mut seen: BTreeSet<&ContainerPath> = BTreeSet::new();
-    for m in mounts {
-        if !seen.insert(&m.target) {
-            return Err(PoolError::Invalid(format!(
-                "two mounts on one target: {}",
-                m.target
-            )));
-        }
-    }
-    Ok(())
+    MountEntry::check_distinct_targets(mounts)
 }
 
 /// A volume a container's create makes: its name, and whether it is anonymous.
@@ -65,6 +67,12 @@ fn is_not_found(e: &DriverError) -> bool {
         DriverError::Sys { source, .. } => *source == nix::errno::Errno::ENOENT,
         _ => false,
     }
+}
+
+/// Whether a mounted volume holds nothing (but the `lost+found` its filesystem may have).
+fn is_empty(dir: &Path) -> Result<bool> {
+    let mut entries = std::fs::read_dir(dir).map_err(|e| PoolError::io("read volume", dir, e))?;
+    Ok(entries.all(|e| e.is_ok_and(|e| e.file_name() == "lost+found")))
 }
 
 fn refused(op: &'static str, name: &str, reason: String) -> PoolError {
@@ -210,14 +218,31 @@ impl Pool {
             )
             .map_err(|e| user_refusal("container create", name.as_str(), e))?;
         let work = (|| {
-            let mut fills = Vec::new();
             for (v, anonymous) in &to_make {
-                let made =
-                    self.make_volume(v, &VolumeSpec::default(), *anonymous, Some(name.as_str()))?;
-                for m in &mounts {
-                    if matches!(&m.source, MountSource::Volume { name: Some(n), nocopy: false, .. } if n == v)
-                    {
-                        fills.push((m.target.clone(), made.layer));
+                self.make_volume(v, &VolumeSpec::default(), *anonymous, Some(name.as_str()))?;
+            }
+            // As Docker: a volume no other container uses is filled when it is empty (new ones
+            // always are), unless the mount says nocopy.
+            let volumes: HashMap<String, ObjectId> = self
+                .store
+                .volumes()?
+                .into_iter()
+                .map(|v| (v.name, v.layer))
+                .collect();
+            let containers = self.store.containers()?;
+            let mut fills = Vec::new();
+            for m in &mounts {
+                if let MountSource::Volume {
+                    name: Some(n),
+                    nocopy: false,
+                    ..
+                } = &m.source
+                {
+                    let others = users_of(&containers, n.as_str())
+                        .iter()
+                        .any(|u| u != name.as_str());
+                    if let (false, Some(id)) = (others, volumes.get(n.as_str())) {
+                        fills.push((m.target.clone(), *id));
                     }
                 }
             }
@@ -240,7 +265,7 @@ impl Pool {
         self.tmp_dir().join(format!("fill-{layer}"))
     }
 
-    /// Fills each new volume from the image's directory at its target (as Docker does for a
+    /// Fills each empty volume from the image's directory at its target (as Docker does for a
     /// new, empty volume): the writable layer mounted read-only, the target resolved inside it
     /// (a missing directory: nothing to copy), the content copied into the mounted volume.
     fn fill_volumes(
@@ -281,8 +306,10 @@ impl Pool {
                     )
                     .map_err(|e| PoolError::driver("mount volume for fill", name, e))?;
                 mounted.push(dst.clone());
-                tree::copy_tree(&src, &dst)
-                    .map_err(|e| PoolError::driver("fill volume from image", name, e))?;
+                if is_empty(&dst)? {
+                    tree::copy_tree(&src, &dst)
+                        .map_err(|e| PoolError::driver("fill volume from image", name, e))?;
+                }
                 // Flushed here: the fill's cost is the create's.
                 let unmounted = self
                     .driver
@@ -455,6 +482,7 @@ impl Pool {
             .into_iter()
             .map(|v| (v.name, v.layer))
             .collect();
+        let mut landed: Vec<(PathBuf, &ContainerPath)> = Vec::new();
         for (i, m) in mount_order(&c.mounts).into_iter().enumerate() {
             let comps: Vec<&str> = m.target.components().collect();
             let mode = if m.readonly {
@@ -462,9 +490,25 @@ impl Pool {
             } else {
                 MountMode::ReadWrite
             };
-            let at = |create| {
-                rootpath::resolve_in_root(root, &comps, create)
-                    .map_err(|e| PoolError::driver("resolve mount target inside the root", name, e))
+            // Symlinks in the layer can make two targets one path: stacking the second mount
+            // would hide the first (and some filesystems refuse it), so it is refused.
+            let mut at = |create| {
+                let p = rootpath::resolve_in_root(root, &comps, create).map_err(|e| {
+                    PoolError::driver("resolve mount target inside the root", name, e)
+                })?;
+                if let Some((_, other)) = landed.iter().find(|(q, _)| *q == p) {
+                    return Err(refused(
+                        "container mount",
+                        name,
+                        format!(
+                            "mounts on {other} and {} land on one path inside the root ({}): a symlink in the layer joins them",
+                            m.target,
+                            p.display()
+                        ),
+                    ));
+                }
+                landed.push((p.clone(), &m.target));
+                Ok(p)
             };
             match &m.source {
                 MountSource::Volume { name: vname, .. } => {

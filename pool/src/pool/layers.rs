@@ -397,11 +397,22 @@ impl Pool {
             return Ok(RemoveOutcome::Untagged);
         }
         let all = self.records()?;
-        let children: Vec<String> = all
+        // A container on the layer is named as one: `container rm` is what frees it.
+        let containers: std::collections::HashMap<ObjectId, String> = self
+            .store
+            .containers()?
+            .into_iter()
+            .map(|c| (c.layer, c.name))
+            .collect();
+        let mut children: Vec<String> = all
             .values()
             .filter(|r| r.parent == Some(rec.id))
-            .map(|r| Self::display_name(&names, r.id))
+            .map(|r| match containers.get(&r.id) {
+                Some(c) => format!("container {c}"),
+                None => Self::display_name(&names, r.id),
+            })
             .collect();
+        children.sort();
         if !children.is_empty() {
             return Err(PoolError::Refused {
                 op: "remove",
