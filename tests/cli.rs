@@ -815,6 +815,17 @@ fn info_shows_the_auto_pick() {
     assert!(j["auto_driver"]["driver"].is_string(), "{j}");
     let o = env.ok(&["pool", "init", "--help"]);
     assert!(o.stdout.contains("auto"), "{}", o.stdout);
+    // Without --driver, pool init picks and says why; the pool records the driver, not "auto".
+    let o = env.ok(&["pool", "init", "t2", "--size", "400M"]);
+    let pick = j["auto_driver"]["driver"].as_str().unwrap();
+    assert!(
+        o.stderr.contains(&format!("driver auto: {pick} (")),
+        "{}",
+        o.stderr
+    );
+    let st = json(&env, &["pool", "status", "t2"]);
+    assert_eq!(st["driver"], pick);
+    env.ok(&["pool", "destroy", "t2"]);
 }
 
 #[test]
