@@ -581,6 +581,8 @@ fn container_and_volume_bad_input_creates_nothing() {
         ),
         (&["-v", "a/b:/data"], "absolute path"),
         (&["-v", "./rel:/data"], "absolute path"),
+        // Control characters come back escaped, on one line.
+        (&["-v", "v1:/x\n\x1b[31mforged"], "\\n\\x1b[31mforged"),
         (&["--mount", "type=bind,source=rel,target=/x"], "absolute"),
         (&["--size", "lots"], "invalid size"),
         // overlay has no per-layer limit at all.
@@ -813,6 +815,17 @@ fn info_shows_the_auto_pick() {
     assert!(j["auto_driver"]["driver"].is_string(), "{j}");
     let o = env.ok(&["pool", "init", "--help"]);
     assert!(o.stdout.contains("auto"), "{}", o.stdout);
+    // Without --driver, pool init picks and says why; the pool records the driver, not "auto".
+    let o = env.ok(&["pool", "init", "t2", "--size", "400M"]);
+    let pick = j["auto_driver"]["driver"].as_str().unwrap();
+    assert!(
+        o.stderr.contains(&format!("driver auto: {pick} (")),
+        "{}",
+        o.stderr
+    );
+    let st = json(&env, &["pool", "status", "t2"]);
+    assert_eq!(st["driver"], pick);
+    env.ok(&["pool", "destroy", "t2"]);
 }
 
 #[test]

@@ -6,6 +6,17 @@
 //! While its root is being assembled or taken down (`mounting`, `unmounting`) the row holds the
 //! root and the mount namespace: what is mounted at or below the root is then read from the
 //! live mount table, so an interrupted mount or umount can be taken down completely.
+//!
+//! Semantics (documented for the CLI):
+//! - A volume mount fills the volume from the image's directory at the target when the volume
+//!   is empty (but `lost+found`) and no other container names it, unless `nocopy`: new volumes
+//!   always, an existing empty one too (Docker's rule). A missing or non-directory target in
+//!   the image fills nothing. A failed create removes the volumes it made; content it copied
+//!   into an existing empty volume stays.
+//! - Mount targets are resolved inside the root at `container mount` (symlinks in the layer
+//!   followed, never out of it); two targets a symlink joins into one path are refused.
+//! - `container rm --volumes` removes the container's anonymous volumes that no other
+//!   container names; named volumes always stay.
 
 use super::layers::{Make, NewLayer};
 use super::mounts::own_ns;
@@ -56,6 +67,12 @@ fn is_not_found(e: &DriverError) -> bool {
         DriverError::Sys { source, .. } => *source == nix::errno::Errno::ENOENT,
         _ => false,
     }
+}
+
+/// Whether a mounted volume holds nothing (but the `lost+found` its filesystem may have).
+fn is_empty(dir: &Path) -> Result<bool> {
+    let mut entries = std::fs::read_dir(dir).map_err(|e| PoolError::io("read volume", dir, e))?;
+    Ok(entries.all(|e| e.is_ok_and(|e| e.file_name() == "lost+found")))
 }
 
 fn refused(op: &'static str, name: &str, reason: String) -> PoolError {
@@ -164,9 +181,24 @@ impl Pool {
         if self.store.container(name.as_str())?.is_some() {
             return Err(PoolError::ContainerExists(name.to_string()));
         }
-        let image = self
-            .committed_parent(Some(&spec.image), "container create", name.as_str())?
-            .expect("image given");
+        let image = self.lookup(&spec.image).map_err(|e| match e {
+            PoolError::LayerNotFound(i) => refused(
+                "container create",
+                name.as_str(),
+                format!("image layer {i:?} does not exist"),
+            ),
+            e => e,
+        })?;
+        if image.state != LayerState::Committed {
+            return Err(refused(
+                "container create",
+                name.as_str(),
+                format!(
+                    "image layer {:?} is {} (only committed layers are images; run `blkdrv layer commit {}`)",
+                    spec.image, image.state, spec.image
+                ),
+            ));
+        }
         let (mounts, to_make) = self.plan_mounts(spec)?;
         for (v, _) in &to_make {
             self.check_volume_spec(v, &VolumeSpec::default())?;
@@ -201,14 +233,31 @@ impl Pool {
             )
             .map_err(|e| user_refusal("container create", name.as_str(), e))?;
         let work = (|| {
-            let mut fills = Vec::new();
             for (v, anonymous) in &to_make {
-                let made =
-                    self.make_volume(v, &VolumeSpec::default(), *anonymous, Some(name.as_str()))?;
-                for m in &mounts {
-                    if matches!(&m.source, MountSource::Volume { name: Some(n), nocopy: false, .. } if n == v)
-                    {
-                        fills.push((m.target.clone(), made.layer));
+                self.make_volume(v, &VolumeSpec::default(), *anonymous, Some(name.as_str()))?;
+            }
+            // As Docker: a volume no other container uses is filled when it is empty (new ones
+            // always are), unless the mount says nocopy.
+            let volumes: HashMap<String, ObjectId> = self
+                .store
+                .volumes()?
+                .into_iter()
+                .map(|v| (v.name, v.layer))
+                .collect();
+            let containers = self.store.containers()?;
+            let mut fills = Vec::new();
+            for m in &mounts {
+                if let MountSource::Volume {
+                    name: Some(n),
+                    nocopy: false,
+                    ..
+                } = &m.source
+                {
+                    let others = users_of(&containers, n.as_str())
+                        .iter()
+                        .any(|u| u != name.as_str());
+                    if let (false, Some(id)) = (others, volumes.get(n.as_str())) {
+                        fills.push((m.target.clone(), *id));
                     }
                 }
             }
@@ -231,7 +280,7 @@ impl Pool {
         self.tmp_dir().join(format!("fill-{layer}"))
     }
 
-    /// Fills each new volume from the image's directory at its target (as Docker does for a
+    /// Fills each empty volume from the image's directory at its target (as Docker does for a
     /// new, empty volume): the writable layer mounted read-only, the target resolved inside it
     /// (a missing directory: nothing to copy), the content copied into the mounted volume.
     fn fill_volumes(
@@ -272,8 +321,10 @@ impl Pool {
                     )
                     .map_err(|e| PoolError::driver("mount volume for fill", name, e))?;
                 mounted.push(dst.clone());
-                tree::copy_tree(&src, &dst)
-                    .map_err(|e| PoolError::driver("fill volume from image", name, e))?;
+                if is_empty(&dst)? {
+                    tree::copy_tree(&src, &dst)
+                        .map_err(|e| PoolError::driver("fill volume from image", name, e))?;
+                }
                 // Flushed here: the fill's cost is the create's.
                 let unmounted = self
                     .driver
@@ -664,6 +715,38 @@ impl Pool {
         )))
     }
 
+    /// Refuses `op` on the whole pool while a container's root is assembled.
+    pub(super) fn refuse_mounted_containers(&self, op: &'static str, hint: &str) -> Result<()> {
+        let mounted: Vec<String> = self
+            .store
+            .containers()?
+            .into_iter()
+            .filter(|c| c.root.is_some())
+            .map(|c| c.name)
+            .collect();
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        Err(refused(
+            op,
+            self.name.as_str(),
+            format!("containers are mounted: {}{hint}", mounted.join(", ")),
+        ))
+    }
+
+    /// `pool destroy --force`: takes every container's root down (lazily where it cannot be
+    /// unmounted: the pool goes regardless).
+    pub(super) fn take_down_containers(&mut self) -> Result<()> {
+        for c in self.store.containers()? {
+            let Some(root) = c.root.clone() else { continue };
+            if let Err(e) = self.unmount_container(&c, None) {
+                tracing::warn!(container = %c.name, "{e}; detaching {} lazily", root.display());
+                mount::detach_all_under(&root).map_err(|e| PoolError::backing(&self.name, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// `container commit`: a committed image layer `layer` holding the writable layer's
     /// content now (volumes, binds and tmpfs excluded), on the container's image. The
     /// container goes on as it was.
@@ -879,10 +962,9 @@ impl Pool {
                     .map(|u| u.bytes.0),
                 None => None,
             };
-            let label = match (names.get(&r.id).and_then(|n| n.first()), owners.get(&r.id)) {
-                (Some(n), _) => n.clone(),
-                (None, Some(o)) => format!("<{o} {}>", r.id),
-                (None, None) => format!("<layer {}>", r.id),
+            let label = match names.get(&r.id).and_then(|n| n.first()) {
+                Some(n) => n.clone(),
+                None => self.unnamed(r.id, owners.get(&r.id).copied()),
             };
             out.push(HistoryEntry {
                 layer: label,

@@ -197,6 +197,20 @@ impl Pool {
             .collect();
         missing.sort();
         report.missing = missing.iter().map(|i| i.get()).collect();
+        for v in self.store.volumes()? {
+            if missing.contains(&v.layer) {
+                report
+                    .missing_owned
+                    .push(format!("volume {} (object {})", v.name, v.layer));
+            }
+        }
+        for c in self.store.containers()? {
+            if missing.contains(&c.layer) {
+                report
+                    .missing_owned
+                    .push(format!("container {} (writable layer {})", c.name, c.layer));
+            }
+        }
         let mounts = self.store.mounts()?;
         let tables = tables_for(&mounts)?;
         for m in mounts {

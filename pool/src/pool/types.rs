@@ -128,8 +128,10 @@ pub struct CheckReport {
     pub recovered: Vec<String>,
     /// Objects on disk that the store does not know.
     pub orphans: Vec<u32>,
-    /// Layers in the store whose object is missing on disk.
+    /// Layers in the store whose object is missing on disk (volumes' and containers' too).
     pub missing: Vec<u32>,
+    /// Of those, the volumes' and containers' (`volume NAME`, `container NAME`), to name them.
+    pub missing_owned: Vec<String>,
     /// Mount records whose target is no longer mounted (in the namespace that made them).
     pub stale_mounts: Vec<MountRecord>,
     /// Mount records in a mount namespace this process cannot look into (no process is in it,
@@ -292,4 +294,21 @@ pub struct HistoryEntry {
     pub size_bytes: Option<u64>,
     /// Given at create (`layer create --comment`, `container commit --comment`).
     pub comment: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_states_round_trip_as_their_json_names() {
+        for st in ContainerState::ALL {
+            assert_eq!(ContainerState::parse(st.as_str()), Some(st));
+            assert_eq!(
+                serde_json::to_string(&st).unwrap(),
+                format!("\"{}\"", st.as_str())
+            );
+        }
+        assert_eq!(ContainerState::parse("running"), None);
+    }
 }
