@@ -471,9 +471,11 @@ pub fn limit_enforced_or_refused(driver: &str) -> kit::TestResult {
     // A small limit first; a driver whose volumes carry a filesystem may have a minimum
     // (xfs: 300 MiB), so a refused small limit is retried once above any such minimum.
     let sizes = [Bytes::mib(16), Bytes::mib(320)];
-    let layers_limited = pool
-        .snapshot("img", &LayerName::new("probe")?, Some(sizes[1]))
-        .is_ok();
+    let probe = pool.snapshot("img", &LayerName::new("probe")?, Some(sizes[1]));
+    if let Err(e) = &probe {
+        eprintln!("{driver}: layer --size {} refused: {e}", sizes[1]);
+    }
+    let layers_limited = probe.is_ok();
     let mut accepted = None;
     for limit in sizes {
         let made = pool.volume_create(
