@@ -297,6 +297,17 @@ mod tests {
             assert_eq!(LayerState::parse(s.as_str()), Some(s));
         }
         assert_eq!(LayerKind::parse("image"), Some(LayerKind::Image));
+        for k in [LayerKind::Image, LayerKind::Container, LayerKind::Volume] {
+            assert_eq!(LayerKind::parse(k.as_str()), Some(k));
+        }
+        for o in [
+            LayerOwner::Containerd,
+            LayerOwner::Volume,
+            LayerOwner::Container,
+        ] {
+            assert_eq!(LayerOwner::parse(o.as_str()), Some(o));
+        }
+        assert_eq!(LayerOwner::parse("user"), None);
         assert_eq!(LayerState::parse("bogus"), None);
     }
 }

@@ -161,6 +161,7 @@ impl Pool {
     /// loop devices) and keeps everything on disk, as a shutdown would. Refused while layers are
     /// mounted. Any later command (or `pool activate`) brings the pool back.
     pub fn deactivate(self) -> Result<()> {
+        self.refuse_mounted_containers("deactivate", "")?;
         let mounts = self.store.mounts()?;
         if !mounts.is_empty() {
             let at = joined_targets(mounts.iter().map(|m| m.target.as_path()));
@@ -191,6 +192,11 @@ impl Pool {
     /// tears the backing down (the driver removes storage objects it made, such as an LVM VG)
     /// and deletes the pool directory. Raw devices keep their filesystem.
     pub fn destroy(mut self, force: bool) -> Result<()> {
+        if force {
+            self.take_down_containers()?;
+        } else {
+            self.refuse_mounted_containers("destroy", " (unmount them, or use --force)")?;
+        }
         let mounts = self.store.mounts()?;
         if !mounts.is_empty() && !force {
             let at = joined_targets(mounts.iter().map(|m| m.target.as_path()));

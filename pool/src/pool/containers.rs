@@ -181,9 +181,24 @@ impl Pool {
         if self.store.container(name.as_str())?.is_some() {
             return Err(PoolError::ContainerExists(name.to_string()));
         }
-        let image = self
-            .committed_parent(Some(&spec.image), "container create", name.as_str())?
-            .expect("image given");
+        let image = self.lookup(&spec.image).map_err(|e| match e {
+            PoolError::LayerNotFound(i) => refused(
+                "container create",
+                name.as_str(),
+                format!("image layer {i:?} does not exist"),
+            ),
+            e => e,
+        })?;
+        if image.state != LayerState::Committed {
+            return Err(refused(
+                "container create",
+                name.as_str(),
+                format!(
+                    "image layer {:?} is {} (only committed layers are images; run `blkdrv layer commit {}`)",
+                    spec.image, image.state, spec.image
+                ),
+            ));
+        }
         let (mounts, to_make) = self.plan_mounts(spec)?;
         for (v, _) in &to_make {
             self.check_volume_spec(v, &VolumeSpec::default())?;
@@ -700,6 +715,38 @@ impl Pool {
         )))
     }
 
+    /// Refuses `op` on the whole pool while a container's root is assembled.
+    pub(super) fn refuse_mounted_containers(&self, op: &'static str, hint: &str) -> Result<()> {
+        let mounted: Vec<String> = self
+            .store
+            .containers()?
+            .into_iter()
+            .filter(|c| c.root.is_some())
+            .map(|c| c.name)
+            .collect();
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        Err(refused(
+            op,
+            self.name.as_str(),
+            format!("containers are mounted: {}{hint}", mounted.join(", ")),
+        ))
+    }
+
+    /// `pool destroy --force`: takes every container's root down (lazily where it cannot be
+    /// unmounted: the pool goes regardless).
+    pub(super) fn take_down_containers(&mut self) -> Result<()> {
+        for c in self.store.containers()? {
+            let Some(root) = c.root.clone() else { continue };
+            if let Err(e) = self.unmount_container(&c, None) {
+                tracing::warn!(container = %c.name, "{e}; detaching {} lazily", root.display());
+                mount::detach_all_under(&root).map_err(|e| PoolError::backing(&self.name, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// `container commit`: a committed image layer `layer` holding the writable layer's
     /// content now (volumes, binds and tmpfs excluded), on the container's image. The
     /// container goes on as it was.
@@ -915,10 +962,9 @@ impl Pool {
                     .map(|u| u.bytes.0),
                 None => None,
             };
-            let label = match (names.get(&r.id).and_then(|n| n.first()), owners.get(&r.id)) {
-                (Some(n), _) => n.clone(),
-                (None, Some(o)) => format!("<{o} {}>", r.id),
-                (None, None) => format!("<layer {}>", r.id),
+            let label = match names.get(&r.id).and_then(|n| n.first()) {
+                Some(n) => n.clone(),
+                None => self.unnamed(r.id, owners.get(&r.id).copied()),
             };
             out.push(HistoryEntry {
                 layer: label,

@@ -8,16 +8,23 @@ use crate::store::MountRecord;
 use blkdrv_drivers::{LayerChain, ObjectId, Usage};
 use std::collections::{BTreeMap, HashMap};
 
-/// How a layer without a name is shown: containerd's keys are its own business (and hundreds
-/// of bytes long), so its layers show as `<containerd ID>`.
-fn unnamed(id: ObjectId, owner: Option<LayerOwner>) -> String {
-    match owner {
-        Some(o) => format!("<{o} {id}>"),
-        None => format!("<layer {id}>"),
-    }
-}
-
 impl Pool {
+    /// How a layer without a name is shown: containerd's keys are its own business (and
+    /// hundreds of bytes long), so its layers show as `<containerd ID>`; a volume's or
+    /// container's object as `<volume NAME>`, `<container NAME>`.
+    pub(super) fn unnamed(&self, id: ObjectId, owner: Option<LayerOwner>) -> String {
+        match owner {
+            Some(o @ (LayerOwner::Volume | LayerOwner::Container)) => {
+                match self.store.object_owner_name(id).ok().flatten() {
+                    Some(n) => format!("<{o} {n}>"),
+                    None => format!("<{o} {id}>"),
+                }
+            }
+            Some(o) => format!("<{o} {id}>"),
+            None => format!("<layer {id}>"),
+        }
+    }
+
     /// Live usage of the active layers among `recs` (their size changes, so it is measured now
     /// rather than recorded), in one driver call; a failure shows as an unknown size.
     fn live_usage(
@@ -57,7 +64,7 @@ impl Pool {
             .get(&rec.id)
             .and_then(|n| n.first().cloned())
             .or_else(|| rec.pending_name.clone())
-            .unwrap_or_else(|| unnamed(rec.id, owner));
+            .unwrap_or_else(|| self.unnamed(rec.id, owner));
         LayerInfo {
             name,
             names: names.get(&rec.id).cloned().unwrap_or_default(),
@@ -66,7 +73,7 @@ impl Pool {
                 .parent
                 .map(|p| match names.get(&p).and_then(|n| n.first()) {
                     Some(n) => n.clone(),
-                    None => unnamed(p, owners.get(&p).copied()),
+                    None => self.unnamed(p, owners.get(&p).copied()),
                 }),
             parent_id: rec.parent.map(ObjectId::get),
             kind: rec.kind,

@@ -295,3 +295,20 @@ pub struct HistoryEntry {
     /// Given at create (`layer create --comment`, `container commit --comment`).
     pub comment: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_states_round_trip_as_their_json_names() {
+        for st in ContainerState::ALL {
+            assert_eq!(ContainerState::parse(st.as_str()), Some(st));
+            assert_eq!(
+                serde_json::to_string(&st).unwrap(),
+                format!("\"{}\"", st.as_str())
+            );
+        }
+        assert_eq!(ContainerState::parse("running"), None);
+    }
+}

@@ -3,7 +3,7 @@
 use super::{id_col, Store, Tx};
 use crate::error::{PoolError, Result};
 use blkdrv_drivers::ObjectId;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 
 /// One row of the store's volume table.
@@ -24,6 +24,19 @@ impl Store {
     /// Every volume, by name.
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
         read_volumes(&self.conn, "", []).map_err(|e| self.err("list volumes", e))
+    }
+
+    /// The name of the volume or container whose object layer `id` is.
+    pub fn object_owner_name(&self, id: ObjectId) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT name FROM volumes WHERE layer=?1
+                 UNION ALL SELECT name FROM containers WHERE layer=?1",
+                [id.get()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err("read object owner", e))
     }
 
     pub fn volume(&self, name: &str) -> Result<Option<VolumeRecord>> {
