@@ -44,6 +44,10 @@ const CASES: &[(&str, Case)] = &[
         "volume_copy_committed_after_its_source_is_removed",
         copy_commit_after_source_removed,
     ),
+    (
+        "volume_copy_leftovers_of_a_crash_are_replaced",
+        copy_crash_leftovers,
+    ),
 ];
 
 /// Child modes besides the kit's CLI child: this binary re-executed to hold a layer busy from a
@@ -1014,6 +1018,59 @@ fn copy_commit_after_source_removed() -> Result<(), Failed> {
     let left = direct_leftovers();
     if !left.is_empty() {
         return Err(format!("left: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// The one direct pool's parent dataset (its zpool's root).
+fn direct_parent() -> Result<String, Failed> {
+    tool("zfs", &["list", "-H", "-o", "name", "-d", "0"])
+        .lines()
+        .find(|l| l.starts_with("blkdrv-direct-"))
+        .map(str::to_string)
+        .ok_or_else(|| "no direct zpool".into())
+}
+
+/// What kill -9 leaves in `clone_active` and `remove`: a copy snapshot without its clone (the
+/// copy's remove takes it, or the copy made again replaces it), a source already promoted away
+/// from (a clone of its copy's snapshot: the next remove finishes), and a copy's source removed
+/// while the copy is mounted.
+fn copy_crash_leftovers() -> Result<(), Failed> {
+    use blkdrv_drivers::LayerChain;
+    let d = direct_zfs()?;
+    let p = direct_parent()?;
+    let v = LayerChain::volume(direct::id(1));
+    d.driver.create_volume(v.id, None)?;
+    // Killed between the snapshot and the clone; the pool undoes the copy.
+    tool("zfs", &["snapshot", &format!("{p}/1@clone-2")]);
+    d.driver.remove(direct::id(2))?;
+    if !direct_leftovers().iter().all(|l| !l.contains('@')) {
+        return Err(format!("after the undo: {:?}", direct_leftovers()).into());
+    }
+    // Killed there again; the pool makes the copy again instead.
+    let m = d.mount_rw(&v)?;
+    fs::write(m.join("old"), b"1")?;
+    tool("zfs", &["snapshot", &format!("{p}/1@clone-2")]);
+    fs::write(m.join("new"), b"2")?;
+    d.driver.clone_active(&v, direct::id(2))?;
+    let c = LayerChain::volume(direct::id(2));
+    let mc = d.mount_rw(&c)?;
+    if !mc.join("new").exists() {
+        return Err("the copy was cloned from the stale snapshot".into());
+    }
+    // The source goes while its copy is mounted and in use.
+    d.unmount(&m)?;
+    d.driver.remove(v.id)?;
+    fs::write(mc.join("more"), b"3")?;
+    d.unmount(&mc)?;
+    // Killed after the promote of a remove: the source is a clone of the copy's snapshot.
+    d.driver.clone_active(&c, direct::id(3))?;
+    tool("zfs", &["promote", &format!("{p}/3")]);
+    d.driver.remove(direct::id(2))?;
+    d.driver.remove(direct::id(3))?;
+    let left = direct_leftovers();
+    if !left.is_empty() || !d.list()?.is_empty() {
+        return Err(format!("left: {left:?}, objects {:?}", d.list()).into());
     }
     Ok(())
 }
