@@ -498,3 +498,387 @@ fn mounted_device_is_refused_even_with_force() {
     assert!(o.stderr.contains("mounted at"), "{}", o.stderr);
     assert!(!env.root().join("pools/x").exists());
 }
+
+/// Layers (and `pool check`), volumes and containers: what a bad container or volume command
+/// must leave as it was.
+fn storage_state(env: &Env) -> String {
+    let v = env.ok(&["volume", "ls", "--json", "--pool", "t"]).stdout;
+    let c = env.ok(&["container", "ls", "--json", "--pool", "t"]).stdout;
+    format!("{}\n{v}\n{c}", env.state())
+}
+
+/// A bad container or volume command: exit 2, one line naming `needle`, nothing created.
+fn refused_storage(env: &Env, args: &[&str], needle: &str) {
+    let before = storage_state(env);
+    let mut full = args.to_vec();
+    full.extend(["--pool", "t"]);
+    let o = env.run(&full);
+    assert_eq!(
+        o.code, 2,
+        "{args:?}: exit {} ({}{})",
+        o.code, o.stdout, o.stderr
+    );
+    assert_eq!(
+        o.stderr.lines().count(),
+        1,
+        "{args:?}: one line: {:?}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(needle),
+        "{args:?}: {:?} should mention {needle:?}",
+        o.stderr
+    );
+    assert_eq!(storage_state(env), before, "{args:?} changed the pool");
+}
+
+fn names(env: &Env, what: &str) -> Vec<String> {
+    env.ok(&[what, "ls", "--quiet", "--pool", "t"])
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn container_and_volume_bad_input_creates_nothing() {
+    let env = Env::new();
+    env.base();
+    let create = |extra: &[&'static str]| {
+        let mut a = vec!["container", "create", "c0", "--image", "base"];
+        a.extend_from_slice(extra);
+        a
+    };
+    for (extra, needle) in [
+        (&["-v", "vol:../../etc"][..], "invalid container path"),
+        (&["-v", "vol:data"], "must be absolute"),
+        (
+            &["-v", "/nonexistent/blkdrv-src:/data"],
+            "/nonexistent/blkdrv-src",
+        ),
+        (&["--mount", "type=nfs,target=/x"], "unknown mount type"),
+        (
+            &["--mount", "type=volume,src=v1,target=/x,color=red"],
+            "unknown key",
+        ),
+        (&["-v", "v1:/x:rx"], "unknown option"),
+        (&["-v", "v1:/x:Z"], "SELinux"),
+        (
+            &["--mount", "type=tmpfs,source=foo,target=/x"],
+            "takes no source",
+        ),
+        (
+            &["--mount", "type=tmpfs,target=/x,volume-nocopy"],
+            "type=volume",
+        ),
+        (
+            &["-v", "a1:/data", "-v", "b1:/data"],
+            "duplicate mount point",
+        ),
+        (
+            &["-v", "a1:/data", "--mount", "type=tmpfs,dst=/data/"],
+            "duplicate mount point",
+        ),
+        (&["-v", "a/b:/data"], "absolute path"),
+        (&["-v", "./rel:/data"], "absolute path"),
+        // Control characters come back escaped, on one line.
+        (&["-v", "v1:/x\n\x1b[31mforged"], "\\n\\x1b[31mforged"),
+        (&["--mount", "type=bind,source=rel,target=/x"], "absolute"),
+        (&["--size", "lots"], "invalid size"),
+        // overlay has no per-layer limit at all.
+        (&["--size", "100M"], "size limits"),
+    ] {
+        refused_storage(&env, &create(extra), needle);
+    }
+    refused_storage(
+        &env,
+        &["container", "create", "a/b", "--image", "base"],
+        "invalid container name",
+    );
+    refused_storage(
+        &env,
+        &["container", "create", "c0", "--image", "nope"],
+        "nope",
+    );
+    refused_storage(&env, &["volume", "create", "a/b"], "invalid volume name");
+    refused_storage(
+        &env,
+        &["volume", "create", "v1", "--size", "lots"],
+        "invalid size",
+    );
+    refused_storage(
+        &env,
+        &["volume", "create", "v1", "--size", "100T"],
+        "larger than the pool",
+    );
+    refused_storage(&env, &["volume", "create", "v1", "--from", "nope"], "nope");
+    refused_storage(
+        &env,
+        &["volume", "create", "v1", "--label", "k=1", "--label", "k=2"],
+        "twice",
+    );
+    refused_storage(&env, &["volume", "rm", "nope"], "nope");
+    refused_storage(&env, &["container", "rm", "nope"], "nope");
+    refused_storage(&env, &["container", "commit", "nope", "x"], "nope");
+    refused_storage(&env, &["history", "nope"], "nope");
+    assert!(names(&env, "volume").is_empty());
+    assert!(names(&env, "container").is_empty());
+}
+
+#[test]
+fn sizes_larger_than_the_pool_are_refused() {
+    // btrfs: qgroup limits, so --size is taken and checked against the pool.
+    let env = Env::with_pool(&["--driver", "btrfs", "--size", "400M"]);
+    env.base();
+    refused_storage(
+        &env,
+        &["volume", "create", "v1", "--size", "100T"],
+        "larger than the pool",
+    );
+    refused_storage(
+        &env,
+        &[
+            "container",
+            "create",
+            "c0",
+            "--image",
+            "base",
+            "--size",
+            "100T",
+        ],
+        "larger than the pool",
+    );
+    env.ok(&["volume", "create", "v1", "--size", "10M", "--pool", "t"]);
+    let v = json(&env, &["volume", "inspect", "v1", "--pool", "t"]);
+    assert_eq!(v[0]["limit_bytes"], 10 << 20);
+}
+
+#[test]
+fn a_volume_in_use_is_not_removed() {
+    let env = Env::new();
+    env.base();
+    env.ok(&["volume", "create", "db", "--pool", "t"]);
+    env.ok(&[
+        "container",
+        "create",
+        "c1",
+        "--image",
+        "base",
+        "-v",
+        "db:/data",
+        "--pool",
+        "t",
+    ]);
+    refused_storage(&env, &["volume", "rm", "db"], "c1");
+    // prune --all spares it too.
+    env.ok(&["volume", "prune", "--all", "--pool", "t"]);
+    assert_eq!(names(&env, "volume"), ["db"]);
+    // The container's name is taken; its image must be committed.
+    refused_storage(
+        &env,
+        &["container", "create", "c1", "--image", "base"],
+        "c1",
+    );
+    env.ok(&["container", "rm", "c1", "--pool", "t"]);
+    env.ok(&["volume", "rm", "db", "--pool", "t"]);
+    assert!(names(&env, "volume").is_empty());
+}
+
+#[test]
+fn containers_volumes_and_history_flow() {
+    let env = Env::new();
+    let src = env.path("img");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/seed"), "from the image").unwrap();
+    env.ok(&[
+        "layer",
+        "create",
+        "img",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--comment",
+        "COPY rootfs /",
+        "--pool",
+        "t",
+    ]);
+    let o = env.ok(&["volume", "create", "--pool", "t"]);
+    let anon = o.stdout.trim().to_string();
+    assert_eq!(anon.len(), 64, "a random name like Docker's: {anon:?}");
+    let o = env.ok(&["volume", "create", "db", "--label", "team=x", "--pool", "t"]);
+    assert_eq!(o.stdout, "db\n", "prints the name, like docker");
+    let v = json(&env, &["volume", "inspect", "db", "--pool", "t"]);
+    assert_eq!(v[0]["name"], "db");
+    assert_eq!(v[0]["labels"]["team"], "x");
+
+    let o = env.ok(&[
+        "container",
+        "create",
+        "c1",
+        "--image",
+        "img",
+        "-v",
+        "db:/data",
+        "--mount",
+        "type=tmpfs,target=/scratch,tmpfs-size=1m",
+        "--pool",
+        "t",
+    ]);
+    assert_eq!(o.stdout, "c1\n");
+    let c = json(&env, &["container", "inspect", "c1", "--pool", "t"]);
+    assert_eq!(c["image"], "img");
+    assert_eq!(c["mounts"].as_array().unwrap().len(), 2);
+    let ls = env.ok(&["container", "ls", "--pool", "t"]).stdout;
+    assert!(ls.starts_with("NAME") && ls.contains("db:/data"), "{ls}");
+
+    let root = env.path("c1root");
+    let m = json(
+        &env,
+        &[
+            "container",
+            "mount",
+            "c1",
+            root.to_str().unwrap(),
+            "--pool",
+            "t",
+        ],
+    );
+    assert_eq!(m["mounts"].as_array().unwrap().len(), 3, "{m}");
+    std::fs::write(root.join("data/kept"), "volume data").unwrap();
+    std::fs::write(root.join("layer-file"), "writable layer").unwrap();
+    env.ok(&["container", "umount", "c1", "--pool", "t"]);
+    assert!(!root.join("data/kept").exists(), "unmounted");
+
+    let o = env.ok(&[
+        "container",
+        "commit",
+        "c1",
+        "img2",
+        "--comment",
+        "touch layer-file",
+        "--pool",
+        "t",
+    ]);
+    assert!(o.stdout.contains("img2"), "{}", o.stdout);
+    let h = json(&env, &["history", "img2", "--pool", "t"]);
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0]["layer"], "img2");
+    assert_eq!(h[0]["comment"], "touch layer-file");
+    assert_eq!(h[1]["comment"], "COPY rootfs /");
+    let text = env.ok(&["history", "img2", "--pool", "t"]).stdout;
+    assert!(text.starts_with("LAYER") && text.contains("ago"), "{text}");
+
+    env.ok(&["container", "rm", "c1", "--pool", "t"]);
+    assert!(names(&env, "container").is_empty());
+    assert!(names(&env, "volume").contains(&"db".to_string()));
+    env.ok(&[
+        "container",
+        "create",
+        "c2",
+        "--image",
+        "img",
+        "-v",
+        "db:/data",
+        "--pool",
+        "t",
+    ]);
+    let root2 = env.path("c2root");
+    env.ok(&[
+        "container",
+        "mount",
+        "c2",
+        root2.to_str().unwrap(),
+        "--pool",
+        "t",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(root2.join("data/kept")).unwrap(),
+        "volume data"
+    );
+    assert!(!root2.join("layer-file").exists(), "a new writable layer");
+    env.ok(&["container", "rm", "--force", "c2", "--pool", "t"]);
+
+    let o = env.ok(&["volume", "prune", "--pool", "t"]);
+    assert!(o.stdout.contains(&anon), "{}", o.stdout);
+    assert_eq!(names(&env, "volume"), ["db"]);
+    let o = env.ok(&["volume", "prune", "--all", "--force", "--pool", "t"]);
+    assert!(o.stdout.contains("db"), "{}", o.stdout);
+    assert!(names(&env, "volume").is_empty());
+}
+
+#[test]
+fn info_shows_the_auto_pick() {
+    let env = Env::new();
+    let o = env.ok(&["info"]);
+    assert!(o.stdout.contains("auto would pick: "), "{}", o.stdout);
+    let j = json(&env, &["info"]);
+    assert!(j["auto_driver"]["driver"].is_string(), "{j}");
+    let o = env.ok(&["pool", "init", "--help"]);
+    assert!(o.stdout.contains("auto"), "{}", o.stdout);
+    // Without --driver, pool init picks and says why; the pool records the driver, not "auto".
+    let o = env.ok(&["pool", "init", "t2", "--size", "400M"]);
+    let pick = j["auto_driver"]["driver"].as_str().unwrap();
+    assert!(
+        o.stderr.contains(&format!("driver auto: {pick} (")),
+        "{}",
+        o.stderr
+    );
+    let st = json(&env, &["pool", "status", "t2"]);
+    assert_eq!(st["driver"], pick);
+    env.ok(&["pool", "destroy", "t2"]);
+}
+
+#[test]
+fn mount_targets_behind_planted_symlinks_stay_in_the_root() {
+    let env = Env::new();
+    let src = env.path("img");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::os::unix::fs::symlink("../../../../../etc", src.join("up")).unwrap();
+    std::os::unix::fs::symlink("/etc", src.join("abs")).unwrap();
+    env.create_from_dir("img", &src);
+    env.ok(&[
+        "container",
+        "create",
+        "c1",
+        "--image",
+        "img",
+        "-v",
+        "v1:/up/blkdrv-escape-a",
+        "-v",
+        "v2:/abs/blkdrv-escape-b",
+        "--pool",
+        "t",
+    ]);
+    let root = env.path("root1");
+    let m = json(
+        &env,
+        &[
+            "container",
+            "mount",
+            "c1",
+            root.to_str().unwrap(),
+            "--pool",
+            "t",
+        ],
+    );
+    for p in m["mounts"].as_array().unwrap() {
+        assert!(
+            p.as_str().unwrap().starts_with(root.to_str().unwrap()),
+            "{m}"
+        );
+    }
+    assert!(root.join("etc/blkdrv-escape-a").is_dir());
+    assert!(root.join("etc/blkdrv-escape-b").is_dir());
+    assert!(!Path::new("/etc/blkdrv-escape-a").exists());
+    assert!(!Path::new("/etc/blkdrv-escape-b").exists());
+    env.ok(&["container", "rm", "--force", "c1", "--pool", "t"]);
+}
+
+#[test]
+fn short_v_is_verbose_before_the_command_only() {
+    let env = Env::new();
+    env.ok(&["-v", "volume", "ls", "--pool", "t"]);
+    env.ok(&["volume", "ls", "--verbose", "--pool", "t"]);
+    // After a command other than container's, -v is not verbose: a usage error.
+    assert_eq!(env.run(&["volume", "ls", "-v", "--pool", "t"]).code, 2);
+}

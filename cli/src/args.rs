@@ -17,9 +17,11 @@ use std::path::PathBuf;
     long_about = "blkdrv manages storage pools (on sparse loopback files or block devices) and the \
 layers of container images in them. Image layers are read-only and shared; identical content on \
 the same parent is reused like a build cache; a container gets a writable layer (a snapshot) on \
-top of an image.\n\nQuick start (as root):\n  blkdrv pool init --driver overlay --size 4G\n  \
-blkdrv layer create base --from-tar rootfs.tar\n  blkdrv layer snapshot base c1\n  \
-blkdrv layer mount c1 /mnt/c1",
+top of an image, with volumes that outlive it.\n\nQuick start (as root):\n  \
+blkdrv pool init --size 4G        # --driver auto: picks one for this host, says why\n  \
+blkdrv layer create base --from-tar rootfs.tar --comment \"FROM scratch\"\n  \
+blkdrv container create c1 --image base -v data:/var/lib/data\n  \
+blkdrv container mount c1 /mnt/c1",
     after_help = "Exit codes: 0 success, 1 operation failed, 2 bad usage or bad input, 130/143 \
 interrupted by SIGINT/SIGTERM (the operation was rolled back; nothing is left mounted).\n\
 Environment: BLKDRV_ROOT (state dir), BLKDRV_CONFIG (config file), BLKDRV_POOL (default pool), RUST_LOG."

@@ -225,6 +225,42 @@ pub(crate) fn container_cmd(
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> ContainerCmd {
+        let argv = std::iter::once("blkdrv").chain(args.iter().copied());
+        let (cli, _) = crate::args::parse(argv.map(Into::into).collect()).unwrap();
+        match cli.cmd {
+            crate::args::Cmd::Container(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_v_is_dockers_after_the_command() {
+        match parse(&["-v", "container", "rm", "-v", "-f", "a", "b"]) {
+            ContainerCmd::Rm {
+                names,
+                volumes,
+                force,
+                ..
+            } => assert!(volumes && force && names == ["a", "b"]),
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "container",
+            "create",
+            "c1",
+            "--image",
+            "i",
+            "-v",
+            "db:/d",
+            "-v",
+            "/x",
+        ]) {
+            ContainerCmd::Create { volumes, .. } => assert_eq!(volumes, ["db:/d", "/x"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn mounts_keep_flag_order_and_refuse_shared_targets() {
         let all = parse_mounts(

@@ -38,6 +38,15 @@ where
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // A value its parser refused (`--size lots`) is bad input: one line, as every
+            // other bad input, without clap's usage tip.
+            if e.kind() == clap::error::ErrorKind::ValueValidation {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                let _ = writeln!(err, "blkdrv: error: {}", escape_controls(first));
+                return EXIT_USAGE;
+            }
             // Colours only for a terminal; scripts and logs get plain text.
             let text = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 e.render().ansi().to_string()

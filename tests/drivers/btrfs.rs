@@ -1,6 +1,9 @@
 //! btrfs-specific behaviour, through the CLI, on real btrfs pools on loop devices. Needs root.
 //! (Loopback growth, exclusive usage and deactivate/activate are conformance cases.)
 
+#[path = "direct.rs"]
+mod direct;
+
 use kit::cli::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -237,4 +240,54 @@ fn limits_are_refused_by_drivers_without_them() {
         !o.stdout.contains("\"c\""),
         "nothing left of the refused snapshot"
     );
+}
+
+fn direct_btrfs(options: &[(&str, &str)]) -> direct::Direct {
+    direct::Direct::new("btrfs", blkdrv_drivers::Bytes::gib(1), options).unwrap()
+}
+
+#[test]
+fn volumes_and_copies_are_subvolumes_and_snapshots() {
+    let d = direct_btrfs(&[]);
+    direct::volume_copies(&d).unwrap();
+    direct::layer_copy_keeps_deletions(&d).unwrap();
+}
+
+#[test]
+fn volume_limit_is_a_qgroup_limit() {
+    use blkdrv_drivers::{Bytes, LayerChain};
+    let d = direct_btrfs(&[]);
+    let v = LayerChain::volume(direct::id(1));
+    d.driver.create_volume(v.id, Some(Bytes::mib(10))).unwrap();
+    let m = d.mount_rw(&v).unwrap();
+    let err = direct::write_synced(&m.join("big"), 20 << 20)
+        .expect_err("writing 20 MiB into a 10 MiB volume must fail");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EDQUOT), "{err}");
+    // Below the limit is fine, and the copy of a limited volume is a subvolume of its own.
+    fs::remove_file(m.join("big")).unwrap();
+    direct::write_synced(&m.join("small"), 4 << 20).unwrap();
+    d.driver.clone_active(&v, direct::id(2)).unwrap();
+    d.unmount(&m).unwrap();
+    let u = d.driver.usage(&v).unwrap();
+    assert!(u.referenced.unwrap().0 >= 4 << 20, "{u:?}");
+    d.driver.remove(v.id).unwrap();
+    d.driver.remove(direct::id(2)).unwrap();
+    assert!(d.list().unwrap().is_empty());
+}
+
+#[test]
+fn volume_limits_need_quotas() {
+    let d = direct_btrfs(&[("quota", "off")]);
+    let e = d
+        .driver
+        .create_volume(direct::id(1), Some(blkdrv_drivers::Bytes::mib(10)))
+        .unwrap_err();
+    assert!(
+        matches!(e, blkdrv_drivers::DriverError::Unsupported { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("quotas off"), "{e}");
+    assert!(d.list().unwrap().is_empty(), "the refused volume was made");
+    d.driver.create_volume(direct::id(1), None).unwrap();
+    assert_eq!(d.list().unwrap(), [direct::id(1)]);
 }

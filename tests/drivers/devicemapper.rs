@@ -2,6 +2,9 @@
 //! here every case is reported as ignored with the command that runs it; `tests/vm/run
 //! devicemapper` (called by scripts/test.sh) runs them in a VM with a stock Debian kernel.
 
+#[path = "direct.rs"]
+mod direct;
+
 use kit::cli::{detail, fill, json, layer, tool, Env, MIB};
 use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
@@ -30,6 +33,8 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("lvm_thinpool_is_adopted_only_when_empty", lvm_adopt),
     ("bench_smoke_runs_every_workload", bench_smoke),
+    ("volume_copies_and_removal_in_any_order", volume_copies),
+    ("volume_with_a_size_refuses_writes_past_it", sized_volume),
 ];
 
 fn main() {
@@ -581,4 +586,81 @@ fn bench_smoke() -> Result<(), Failed> {
         }
         Ok(())
     })
+}
+
+fn volume_copies() -> Result<(), Failed> {
+    let d = direct::Direct::new("devicemapper", blkdrv_drivers::Bytes::gib(1), &[])?;
+    direct::volume_copies(&d)?;
+    direct::layer_copy_keeps_deletions(&d)?;
+    Ok(())
+}
+
+/// Size in bytes of the block device mounted at `target` (sysfs counts 512-byte sectors).
+fn mounted_size(target: &Path) -> Result<u64, Failed> {
+    let dev = mounted_device(target).canonicalize()?;
+    let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+    let sectors: u64 = fs::read_to_string(format!("/sys/class/block/{name}/size"))?
+        .trim()
+        .parse()?;
+    Ok(sectors * 512)
+}
+
+/// A volume with a size is a thin device of that size with its own filesystem: writes past it
+/// fail with ENOSPC, its size survives a deactivation (the driver's size record), a copy has
+/// the same size, and removal leaves no record behind. Below the filesystem's minimum the
+/// volume is refused before anything is made.
+fn sized_volume() -> Result<(), Failed> {
+    use blkdrv_drivers::{Bytes, LayerChain};
+    let mut d = direct::Direct::new("devicemapper", Bytes::gib(1), &[("fs", "ext4")])?;
+    let v = LayerChain::volume(direct::id(1));
+    d.driver.create_volume(v.id, Some(Bytes::mib(64)))?;
+    let m = d.mount_rw(&v)?;
+    if mounted_size(&m)? != 64 * MIB {
+        return Err(format!("the thin device has {} bytes", mounted_size(&m)?).into());
+    }
+    let err = match direct::write_synced(&m.join("big"), 100 << 20) {
+        Ok(()) => return Err("100 MiB fit in a 64 MiB volume".into()),
+        Err(e) => e,
+    };
+    if err.raw_os_error() != Some(nix::libc::ENOSPC) {
+        return Err(format!("writing past the size: {err}, not ENOSPC").into());
+    }
+    fs::remove_file(m.join("big"))?;
+    direct::write_synced(&m.join("kept"), 8 << 20)?;
+    d.unmount(&m)?;
+    d.reopen()?;
+    let m = d.mount_rw(&v)?;
+    let after = mounted_size(&m)?;
+    let kept = fs::metadata(m.join("kept"))?.len();
+    d.unmount(&m)?;
+    if (after, kept) != (64 * MIB, 8 * MIB) {
+        return Err(format!("after reopening: device {after} bytes, file {kept}").into());
+    }
+    d.driver.clone_active(&v, direct::id(2))?;
+    let mc = d.mount_rw(&LayerChain::volume(direct::id(2)))?;
+    let copy = mounted_size(&mc)?;
+    d.unmount(&mc)?;
+    if copy != 64 * MIB {
+        return Err(format!("the copy of a 64 MiB volume has {copy} bytes").into());
+    }
+    d.driver.remove(v.id)?;
+    d.driver.remove(direct::id(2))?;
+    let records: Vec<_> = fs::read_dir(d.dir.join("driver/thin-sizes"))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if !records.is_empty() || !d.list()?.is_empty() {
+        return Err(format!("left: records {records:?}, objects {:?}", d.list()).into());
+    }
+    // xfs (the default) cannot be made that small: refused, nothing made.
+    drop(d);
+    let d = direct::Direct::new("devicemapper", Bytes::gib(1), &[])?;
+    match d.driver.create_volume(direct::id(1), Some(Bytes::mib(64))) {
+        Err(e) if e.to_string().contains("smallest xfs") => {}
+        other => return Err(format!("a 64 MiB xfs volume: {other:?}").into()),
+    }
+    if !d.list()?.is_empty() {
+        return Err("the refused volume was made".into());
+    }
+    Ok(())
 }

@@ -2,6 +2,9 @@
 //! as ignored with the command that runs it; `tests/vm/run zfs` runs them in a VM with the
 //! OpenZFS modules and tools (the harness adds them when a suite or FILTER mentions zfs).
 
+#[path = "direct.rs"]
+mod direct;
+
 use kit::cli::{base_of, detail, json, layer, tool, write_file, Env, MIB};
 use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
@@ -35,6 +38,16 @@ const CASES: &[(&str, Case)] = &[
     ("bad_input_is_refused", bad_input),
     ("pool_on_a_device", device_pool),
     ("bench_smoke_times_raw_clones", bench_smoke),
+    ("volume_copies_and_removal_in_any_order", volume_copies),
+    ("volume_limit_is_a_refquota", volume_limit),
+    (
+        "volume_copy_committed_after_its_source_is_removed",
+        copy_commit_after_source_removed,
+    ),
+    (
+        "volume_copy_leftovers_of_a_crash_are_replaced",
+        copy_crash_leftovers,
+    ),
 ];
 
 /// Child modes besides the kit's CLI child: this binary re-executed to hold a layer busy from a
@@ -899,4 +912,165 @@ fn device_pool() -> Result<(), Failed> {
 /// The bench's zfs path: every workload runs, and the raw `zfs clone` is timed.
 fn bench_smoke() -> Result<(), Failed> {
     kit::cli::bench_smoke("zfs", "zfs clone", |_| Ok(()))
+}
+
+/// Every dataset and snapshot of the direct pools' zpools (`blkdrv-direct-*`), but their root
+/// datasets: what a case leaves behind.
+fn direct_leftovers() -> Vec<String> {
+    tool("zfs", &["list", "-H", "-o", "name", "-t", "all"])
+        .lines()
+        .filter(|l| l.starts_with("blkdrv-direct-") && l.contains(['/', '@']))
+        .map(str::to_string)
+        .collect()
+}
+
+fn direct_zfs() -> Result<direct::Direct, Failed> {
+    Ok(direct::Direct::new(
+        "zfs",
+        blkdrv_drivers::Bytes::gib(1),
+        &[],
+    )?)
+}
+
+/// A copy is a clone of a snapshot of its source: removing the source first promotes the copy,
+/// and both orders leave no dataset and no snapshot.
+fn volume_copies() -> Result<(), Failed> {
+    let d = direct_zfs()?;
+    direct::volume_copies(&d)?;
+    let left = direct_leftovers();
+    if !left.is_empty() {
+        return Err(format!("left after the volume cases: {left:?}").into());
+    }
+    direct::layer_copy_keeps_deletions(&d)?;
+    let left = direct_leftovers();
+    if !left.is_empty() {
+        return Err(format!("left after the layer case: {left:?}").into());
+    }
+    Ok(())
+}
+
+fn volume_limit() -> Result<(), Failed> {
+    use blkdrv_drivers::{Bytes, LayerChain};
+    let d = direct_zfs()?;
+    let v = LayerChain::volume(direct::id(1));
+    d.driver.create_volume(v.id, Some(Bytes::mib(32)))?;
+    let m = d.mount_rw(&v)?;
+    let r = direct::write_synced(&m.join("big"), 64 << 20);
+    d.unmount(&m)?;
+    match r {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EDQUOT) => {}
+        other => return Err(format!("64 MiB into a 32 MiB volume: {other:?}").into()),
+    }
+    d.driver.remove(v.id)?;
+    Ok(())
+}
+
+/// `container commit`: a copy of a container's writable layer, committed, with layers built on
+/// it; the container removed before the commit (its copy promoted) or after. The committed copy
+/// holds the container's data, not a snapshot the promote carried over.
+fn copy_commit_after_source_removed() -> Result<(), Failed> {
+    use blkdrv_drivers::LayerChain;
+    let d = direct_zfs()?;
+    let layer = |n: u32, active: bool, ancestors: &[u32]| LayerChain {
+        id: direct::id(n),
+        active,
+        ancestors: ancestors.iter().map(|a| direct::id(*a)).collect(),
+    };
+    let image = layer(1, true, &[]);
+    d.driver.create(&image)?;
+    d.driver.commit(&layer(1, false, &[]))?;
+    for remove_first in [true, false] {
+        let (rw, copy, child) = (
+            layer(2, true, &[1]),
+            layer(3, true, &[1]),
+            layer(4, true, &[3, 1]),
+        );
+        d.driver.create(&rw)?;
+        let m = d.mount_rw(&rw)?;
+        fs::write(m.join("work"), b"done")?;
+        d.driver.clone_active(&rw, copy.id)?;
+        d.unmount(&m)?;
+        if remove_first {
+            d.driver.remove(rw.id)?;
+        }
+        d.driver.commit(&layer(3, false, &[1]))?;
+        d.driver.create(&child)?;
+        if !remove_first {
+            d.driver.remove(rw.id)?;
+        }
+        let mc = d.mount_rw(&child)?;
+        let got = fs::read(mc.join("work"));
+        d.unmount(&mc)?;
+        if got.as_deref().ok() != Some(b"done".as_slice()) {
+            return Err(format!("remove first {remove_first}: the child reads {got:?}").into());
+        }
+        // The committed copy has children: refused, as any parent; then in order.
+        if d.driver.remove(copy.id).is_ok() {
+            return Err("a committed copy with a child was removed".into());
+        }
+        d.driver.remove(child.id)?;
+        d.driver.remove(copy.id)?;
+        if d.list()? != [image.id] {
+            return Err(format!("remove first {remove_first}: left {:?}", d.list()).into());
+        }
+    }
+    d.driver.remove(image.id)?;
+    let left = direct_leftovers();
+    if !left.is_empty() {
+        return Err(format!("left: {left:?}").into());
+    }
+    Ok(())
+}
+
+/// The one direct pool's parent dataset (its zpool's root).
+fn direct_parent() -> Result<String, Failed> {
+    tool("zfs", &["list", "-H", "-o", "name", "-d", "0"])
+        .lines()
+        .find(|l| l.starts_with("blkdrv-direct-"))
+        .map(str::to_string)
+        .ok_or_else(|| "no direct zpool".into())
+}
+
+/// What kill -9 leaves in `clone_active` and `remove`: a copy snapshot without its clone (the
+/// copy's remove takes it, or the copy made again replaces it), a source already promoted away
+/// from (a clone of its copy's snapshot: the next remove finishes), and a copy's source removed
+/// while the copy is mounted.
+fn copy_crash_leftovers() -> Result<(), Failed> {
+    use blkdrv_drivers::LayerChain;
+    let d = direct_zfs()?;
+    let p = direct_parent()?;
+    let v = LayerChain::volume(direct::id(1));
+    d.driver.create_volume(v.id, None)?;
+    // Killed between the snapshot and the clone; the pool undoes the copy.
+    tool("zfs", &["snapshot", &format!("{p}/1@clone-2")]);
+    d.driver.remove(direct::id(2))?;
+    if !direct_leftovers().iter().all(|l| !l.contains('@')) {
+        return Err(format!("after the undo: {:?}", direct_leftovers()).into());
+    }
+    // Killed there again; the pool makes the copy again instead.
+    let m = d.mount_rw(&v)?;
+    fs::write(m.join("old"), b"1")?;
+    tool("zfs", &["snapshot", &format!("{p}/1@clone-2")]);
+    fs::write(m.join("new"), b"2")?;
+    d.driver.clone_active(&v, direct::id(2))?;
+    let c = LayerChain::volume(direct::id(2));
+    let mc = d.mount_rw(&c)?;
+    if !mc.join("new").exists() {
+        return Err("the copy was cloned from the stale snapshot".into());
+    }
+    // The source goes while its copy is mounted and in use.
+    d.unmount(&m)?;
+    d.driver.remove(v.id)?;
+    fs::write(mc.join("more"), b"3")?;
+    d.unmount(&mc)?;
+    // Killed after the promote of a remove: the source is a clone of the copy's snapshot.
+    d.driver.clone_active(&c, direct::id(3))?;
+    tool("zfs", &["promote", &format!("{p}/3")]);
+    d.driver.remove(direct::id(2))?;
+    d.driver.remove(direct::id(3))?;
+    let left = direct_leftovers();
+    if !left.is_empty() || !d.list()?.is_empty() {
+        return Err(format!("left: {left:?}, objects {:?}", d.list()).into());
+    }
+    Ok(())
 }

@@ -24,6 +24,10 @@ pub fn trials() -> Vec<Trial> {
             "cli::forged_tar_names_cannot_forge_output",
             forged_tar_names_cannot_forge_output,
         ),
+        trial(
+            "cli::forged_comments_labels_and_mounts_cannot_forge_output",
+            forged_comments_labels_and_mounts_cannot_forge_output,
+        ),
         trial("cli::bad_paths_exit_2", bad_paths_exit_2),
         trial(
             "cli::sigterm_during_import_rolls_back",
@@ -274,6 +278,72 @@ fn forged_tar_names_cannot_forge_output() {
         );
         assert!(o.stdout.is_empty(), "{:?}", o.stdout);
     }
+}
+
+/// Text a user stored (a layer comment, a volume label, a bind source path) comes back from
+/// `history`, `volume inspect` and `container ls` escaped: one line per row, no escape
+/// sequence reaches the terminal.
+fn forged_comments_labels_and_mounts_cannot_forge_output() {
+    let env = Env::new();
+    let forged = "x\nfake-layer  1 second ago  0B  forged\x1b[2J\x1b]0;title\x07\u{202e}";
+    let src = env.path("img");
+    std::fs::create_dir_all(&src).unwrap();
+    let host = env.path(&format!("bind{forged}"));
+    std::fs::create_dir_all(&host).unwrap();
+    let host = host.to_str().unwrap().to_string();
+    env.ok(&[
+        "layer",
+        "create",
+        "img",
+        "--from-dir",
+        src.to_str().unwrap(),
+        "--comment",
+        forged,
+        "--pool",
+        "t",
+    ]);
+    env.ok(&[
+        "volume",
+        "create",
+        "vol",
+        "--label",
+        &format!("k={forged}"),
+        "--pool",
+        "t",
+    ]);
+    let bind = format!("{host}:/b");
+    env.ok(&[
+        "container",
+        "create",
+        "c1",
+        "--image",
+        "img",
+        "-v",
+        &bind,
+        "--pool",
+        "t",
+    ]);
+    for (args, rows) in [
+        (&["history", "img", "--no-trunc", "--pool", "t"][..], 2),
+        (&["volume", "inspect", "vol", "--pool", "t"], 10),
+        (&["container", "ls", "--pool", "t"], 2),
+        (&["container", "inspect", "c1", "--pool", "t"], 9),
+    ] {
+        let o = env.ok(args);
+        assert_eq!(o.stdout.lines().count(), rows, "{args:?}: {:?}", o.stdout);
+        assert!(
+            !o.stdout
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{args:?}: control characters reached the terminal: {:?}",
+            o.stdout
+        );
+        assert!(o.stdout.contains("forged"), "{args:?}: {:?}", o.stdout);
+    }
+    // JSON carries the text as it was given.
+    let h = json(&env, &["history", "img", "--pool", "t"]);
+    assert_eq!(h[0]["comment"], forged);
+    env.ok(&["container", "rm", "c1", "--pool", "t"]);
 }
 
 /// Defect 9: bad input is exit 2 everywhere.

@@ -644,10 +644,15 @@ fn set_attrs_recursive(target: &Path, flags: MsFlags, attrs: u64) -> Result<()> 
         )
     };
     match nix::errno::Errno::result(r) {
-        Ok(_) => return Ok(()),
-        Err(nix::errno::Errno::ENOSYS) => {}
-        Err(e) => return Err(DriverError::sys("set mount flags", target.display(), e)),
+        Ok(_) => Ok(()),
+        Err(nix::errno::Errno::ENOSYS) => remount_under(target, flags),
+        Err(e) => Err(DriverError::sys("set mount flags", target.display(), e)),
     }
+}
+
+/// The pre-5.12 way: a bind remount with `flags` of `target` and of each mount below it, top
+/// first (mountinfo order). Flags a submount had of its own beyond `flags` are not kept.
+fn remount_under(target: &Path, flags: MsFlags) -> Result<()> {
     let top = canonical_or_self(target);
     let mut under: Vec<PathBuf> = mountinfo()?
         .into_iter()
@@ -803,6 +808,35 @@ mod tests {
             !is_mountpoint(&src.join("later")).unwrap(),
             "propagated back into the source"
         );
+    }
+
+    #[test]
+    fn remount_fallback_reaches_submounts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _g = Unmounter(tmp.path().canonicalize().unwrap());
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::create_dir_all(&dst).unwrap();
+        tmpfs(&src.join("sub"), None, None, MsFlags::empty()).unwrap();
+        bind_recursive(&src, &dst, MsFlags::empty()).unwrap();
+        remount_under(&dst, MsFlags::MS_RDONLY).unwrap();
+        for f in [dst.join("top"), dst.join("sub/inner")] {
+            let e = std::fs::write(&f, b"x").unwrap_err();
+            assert_eq!(errno_of(e), Some(nix::libc::EROFS), "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn recursive_ro_bind_of_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _g = Unmounter(tmp.path().canonicalize().unwrap());
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        std::fs::write(&src, b"host").unwrap();
+        std::fs::write(&dst, b"").unwrap();
+        bind_recursive(&src, &dst, MsFlags::MS_RDONLY).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"host");
+        let e = std::fs::write(&dst, b"x").unwrap_err();
+        assert_eq!(errno_of(e), Some(nix::libc::EROFS));
     }
 
     #[test]

@@ -103,7 +103,11 @@ pub enum Failure {
 pub fn classify(stderr: &str) -> Failure {
     if stderr.contains("dependent clones") {
         Failure::DependentClones
-    } else if stderr.contains("does not exist") || stderr.contains("no such pool") {
+    } else if stderr.contains("does not exist")
+        || stderr.contains("no such pool")
+        // `zfs destroy POOL/DS@SNAP` of a snapshot that is not there.
+        || stderr.contains("could not find any snapshots")
+    {
         Failure::Missing
     } else if stderr.contains("already exists") {
         Failure::Exists
@@ -283,6 +287,15 @@ mod tests {
                 Failure::Missing,
             ),
             ("cannot open 'nosuch': no such pool", Failure::Missing),
+            (
+                "could not find any snapshots to destroy; check snapshot names.",
+                Failure::Missing,
+            ),
+            (
+                "cannot destroy 'tank/7@clone-9': snapshot has dependent clones; use '-R' to \
+                 destroy the following datasets:; tank/9",
+                Failure::DependentClones,
+            ),
             (
                 "cannot import '123': no such pool available",
                 Failure::Missing,
