@@ -11,11 +11,14 @@
 //! This file holds the handle (open, accessors, lookups, the driver context); each concern has a
 //! file of its own: `layers` (create, snapshot, commit, remove, diff), `mounts`, `queries`,
 //! `space` (autoextend, min-free), `backing` (init, deactivate, destroy), `recovery`
-//! (reconcile, check), `spool` and the public `types`.
+//! (reconcile, check), `spool` and the public `types`; `volumes`, `containers` (create, commit,
+//! rm), `container_mounts` (mount, umount and their recovery) and `history` (with comments).
 
 mod backing;
+mod container_mounts;
 mod containers;
 mod export;
+mod history;
 mod layers;
 mod mounts;
 mod queries;
