@@ -198,6 +198,7 @@ impl Pool {
                 ),
             ));
         }
+        self.check_limit("container create", name.as_str(), spec.limit)?;
         let (mounts, to_make) = self.plan_mounts(spec)?;
         for (v, _) in &to_make {
             self.check_volume_spec(v, &VolumeSpec::default())?;

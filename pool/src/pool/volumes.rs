@@ -95,6 +95,35 @@ impl Pool {
         self.volume_inspect(name.as_str())
     }
 
+    /// Refuses a size limit of 0 or larger than the pool (it could never be reached).
+    pub(super) fn check_limit(
+        &self,
+        op: &'static str,
+        name: &str,
+        limit: Option<blkdrv_drivers::Bytes>,
+    ) -> Result<()> {
+        let Some(l) = limit else { return Ok(()) };
+        let refuse = |reason: String| PoolError::Refused {
+            op,
+            layer: name.to_string(),
+            reason,
+        };
+        if l.0 == 0 {
+            return Err(refuse("--size must be more than 0".into()));
+        }
+        let total = self
+            .driver
+            .space()
+            .map_err(|e| PoolError::backing(&self.name, e))?
+            .total;
+        if l > total {
+            return Err(refuse(format!(
+                "--size {l} is larger than the pool ({total})"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks what a new volume needs before anything is made.
     pub(super) fn check_volume_spec(&self, name: &VolumeName, spec: &VolumeSpec) -> Result<()> {
         let refuse = |reason: String| PoolError::Refused {
@@ -102,21 +131,7 @@ impl Pool {
             layer: name.to_string(),
             reason,
         };
-        if let Some(l) = spec.limit {
-            if l.0 == 0 {
-                return Err(refuse("--size must be more than 0".into()));
-            }
-            let total = self
-                .driver
-                .space()
-                .map_err(|e| PoolError::backing(&self.name, e))?
-                .total;
-            if l > total {
-                return Err(refuse(format!(
-                    "--size {l} is larger than the pool ({total})"
-                )));
-            }
-        }
+        self.check_limit("volume create", name.as_str(), spec.limit)?;
         if let Some(from) = &spec.from {
             let src = self
                 .store
