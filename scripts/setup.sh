@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 #   VM kernel; mkzfs installs the matching linux-headers itself, it depends on the kernel ABI);
 #   debian-archive-keyring: signs the Debian contrib lists mkzfs fetches for OpenZFS;
 #   protobuf-compiler: protoc, which containerd-snapshots runs at build time for the gRPC API;
+#   rpm (rpm -qlp/--requires), shellcheck, vagrant (vagrant validate), systemd
+#   (systemd-analyze verify): the package, script and unit checks of scripts/test.sh;
 #   containerd, runc: the containerd tests (tests/containerd) run a private containerd with
 #   blkdrv as its proxy snapshotter, and tests/vm/mkimage copies both (with ctr and
 #   containerd-shim-runc-v2) into the VM.
@@ -25,6 +27,7 @@ PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-es
       libdevmapper-dev thin-provisioning-tools lvm2 dmsetup
       qemu-system-x86 busybox-static kmod cpio xz-utils
       fdisk libtirpc3 libssl3 zlib1g debian-archive-keyring protobuf-compiler
+      rpm shellcheck vagrant systemd
       containerd runc)
 
 # OpenZFS for the VM comes from Debian `contrib`: tests/vm/mkzfs fetches it through an apt

@@ -72,6 +72,12 @@ echo "host tests: $summary"
 phase "benches build"
 cargo build --workspace --profile "$PROFILE" --locked --bench '*' -q || fail $? "benches build"
 
+phase "static checks: shellcheck, vagrant validate (scripts/lint-static.sh)"
+./scripts/lint-static.sh || fail $? "static checks"
+
+phase "packages: RPM and .deb built and checked (scripts/package.sh --check)"
+PROFILE=$PROFILE ./scripts/package.sh --check || fail $? "packages"
+
 phase "leak check"
 leaks=$(losetup -a | grep -E '/tmp/blkdrv-(conformance|cli-tests)' || true)
 mounts=$(findmnt -rn -o TARGET | grep -E '^/tmp/blkdrv-(conformance|cli-tests)' || true)

@@ -77,6 +77,14 @@ pub enum Cmd {
     /// Serve pools to containerd as a proxy snapshotter.
     #[command(subcommand)]
     Snapshotter(crate::snapshotter_cmd::SnapshotterCmd),
+    /// Set up a devicemapper pool on LVM from a container-storage-setup style file.
+    #[command(name = "storage-setup")]
+    StorageSetup(crate::storage_setup_cmd::StorageSetupArgs),
+    /// Shell completions for bash, zsh or fish on stdout.
+    Completion(crate::assets_cmd::CompletionArgs),
+    /// Man pages (blkdrv(8) and one per subcommand) into a directory: for packagers.
+    #[command(hide = true)]
+    Manpages(crate::assets_cmd::ManpagesArgs),
 }
 
 impl Cli {
@@ -185,6 +193,10 @@ LVM signature is refused unless --force."
     Activate {
         #[arg(default_value = "default")]
         name: String,
+        /// Every pool under the state dir (what blkdrv-activate.service runs at boot): each
+        /// pool's state is reported, and one that cannot come up does not stop the others.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
     },
     /// Take the pool's devices down (dm tables, mounts, loop devices), keeping its data.
     Deactivate {

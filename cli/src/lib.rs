@@ -5,6 +5,7 @@
 //! signal N (SIGINT 130, SIGTERM 143) at a safe point, with the operation rolled back.
 
 mod args;
+mod assets_cmd;
 mod bench;
 mod container_cmd;
 mod layer_cmd;
@@ -13,6 +14,7 @@ mod output_containers;
 mod pool_cmd;
 mod report;
 mod snapshotter_cmd;
+mod storage_setup_cmd;
 mod volume_cmd;
 
 use args::{Cli, Cmd, DriverFlagValues};
@@ -70,6 +72,13 @@ where
     });
     if let Cmd::Snapshotter(c) = &cli.cmd {
         return snapshotter_cmd::main(cli.root.clone(), &cli.config, c, err);
+    }
+    // Completions and man pages describe the command line; they read no state.
+    match &cli.cmd {
+        Cmd::Completion(a) => return assets_cmd::completion(a, out, err),
+        Cmd::Manpages(a) => return assets_cmd::manpages(a, err),
+        Cmd::StorageSetup(a) => return storage_setup_cmd::main(&cli, a, out, err),
+        _ => {}
     }
     // The bench needs no state dir or host config: it makes and destroys its own pools.
     if let Cmd::Bench(b) = &cli.cmd {
@@ -169,7 +178,11 @@ fn dispatch(
             out,
         ),
         Cmd::Info => output::info(&ctx.root, &cli.config, ctx.json, out),
-        Cmd::Bench(_) | Cmd::Snapshotter(_) => {
+        Cmd::Bench(_)
+        | Cmd::Snapshotter(_)
+        | Cmd::StorageSetup(_)
+        | Cmd::Completion(_)
+        | Cmd::Manpages(_) => {
             unreachable!("handled before the state dir is read")
         }
     }

@@ -64,7 +64,12 @@ pub(crate) fn pool_cmd(ctx: &Ctx, c: &PoolCmd, err: &mut dyn Write) -> Result<Ou
                 report: pool.check(*repair)?,
             })
         }
-        PoolCmd::Activate { name } => {
+        PoolCmd::Activate { all: true, .. } => Err(PoolError::Refused {
+            op: "pool activate --all",
+            layer: String::new(),
+            reason: "not built yet (issue 15)".into(),
+        }),
+        PoolCmd::Activate { name, all: false } => {
             let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
             for r in pool.recovered() {
                 let _ = writeln!(err, "blkdrv: recovered: {}", escape_controls(r));

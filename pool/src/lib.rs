@@ -14,6 +14,7 @@ pub mod lock;
 pub mod pool;
 pub mod signal;
 pub mod snapshot;
+pub mod storage_setup;
 pub mod store;
 pub mod text;
 

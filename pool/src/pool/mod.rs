@@ -14,6 +14,7 @@
 //! (reconcile, check), `spool` and the public `types`; `volumes`, `containers` (create, commit,
 //! rm), `container_mounts` (mount, umount and their recovery) and `history` (with comments).
 
+mod activate;
 mod backing;
 mod container_mounts;
 mod containers;
