@@ -5,9 +5,11 @@
 //! dead process left in flight; this walks every pool, keeps going past one that fails, and
 //! says for each what came up and what recovery did.
 
-use super::{Access, Pool, Root};
+use super::{Access, Pool, Root, STORE};
+use crate::config::PoolConfig;
 use crate::error::{PoolError, Result};
 use crate::layer::PoolName;
+use crate::store::Store;
 use serde::Serialize;
 
 /// Where one pool ended up.
@@ -43,11 +45,11 @@ pub struct Activation {
 }
 
 impl Activation {
-    fn failed(pool: &PoolName, e: PoolError) -> Activation {
+    fn failed(root: &Root, pool: &PoolName, e: PoolError) -> Activation {
         Activation {
             pool: pool.to_string(),
             state: ActivationState::Failed,
-            driver: None,
+            driver: recorded_driver(root, pool),
             layers: None,
             recovered: Vec::new(),
             notices: Vec::new(),
@@ -56,7 +58,7 @@ impl Activation {
         }
     }
 
-    fn from_pool(mut pool: Pool, state: ActivationState) -> Activation {
+    fn from_pool(root: &Root, mut pool: Pool, state: ActivationState) -> Activation {
         let name = pool.name().to_string();
         let driver = Some(pool.driver_name().to_string());
         let recovered = pool.recovered().to_vec();
@@ -77,22 +79,30 @@ impl Activation {
                 driver,
                 recovered,
                 notices,
-                ..Activation::failed(pool.name(), e)
+                ..Activation::failed(root, pool.name(), e)
             },
         }
     }
+}
+
+/// The driver a pool that would not open was made with, read from its store alone (which
+/// needs no backing), so the report says which driver failed.
+fn recorded_driver(root: &Root, name: &PoolName) -> Option<String> {
+    let store = Store::open(&root.pool_dir(name).join(STORE)).ok()?;
+    let config: PoolConfig = serde_json::from_str(&store.meta("config").ok()??).ok()?;
+    Some(config.driver)
 }
 
 /// Activates one pool for `--all`: a writer when it can get the lock, else a reader (the
 /// lock's holder has the pool open, so its backing is up; opening checks that it still is).
 pub fn activate_one(root: &Root, name: &PoolName) -> Activation {
     match Pool::open(root, name, Access::Write) {
-        Ok(p) => Activation::from_pool(p, ActivationState::Active),
+        Ok(p) => Activation::from_pool(root, p, ActivationState::Active),
         Err(PoolError::Busy { .. }) => match Pool::open(root, name, Access::Read) {
-            Ok(p) => Activation::from_pool(p, ActivationState::ActiveBusy),
-            Err(e) => Activation::failed(name, e),
+            Ok(p) => Activation::from_pool(root, p, ActivationState::ActiveBusy),
+            Err(e) => Activation::failed(root, name, e),
         },
-        Err(e) => Activation::failed(name, e),
+        Err(e) => Activation::failed(root, name, e),
     }
 }
 
