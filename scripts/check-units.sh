@@ -15,8 +15,10 @@
 # and removes it on exit. Exit 1 on any finding.
 set -euo pipefail
 
+# Paths given relative to the caller's directory stay valid after the cd below.
+SRC_ROOT=${1:+$(realpath -m -- "$1")}
+BLKDRV_BIN=${BLKDRV_BIN:+$(realpath -m -- "$BLKDRV_BIN")}
 cd "$(dirname "$0")/.."
-SRC_ROOT=${1:-}
 UNITS=(blkdrv-activate.service blkdrv-snapshotter.service)
 DROPIN=containerd.service.d/blkdrv.conf
 SYSTEMD_DIR=usr/lib/systemd/system
@@ -36,12 +38,15 @@ mkdir -p "$R/$SYSTEMD_DIR/containerd.service.d" "$R/usr/bin"
 # The units to check, and the binary their ExecStart names.
 if [ -n "$SRC_ROOT" ]; then
     [ -d "$SRC_ROOT" ] || fail "$SRC_ROOT: not a directory"
-    for u in "${UNITS[@]}"; do
-        [ -f "$SRC_ROOT/$SYSTEMD_DIR/$u" ] || fail "$SRC_ROOT: /$SYSTEMD_DIR/$u is missing"
-        cp "$SRC_ROOT/$SYSTEMD_DIR/$u" "$R/$SYSTEMD_DIR/"
+    # /usr/lib/systemd/system (Fedora, merged-/usr Debian); /lib/systemd/system (older debs).
+    SRC_DIR=$SRC_ROOT/$SYSTEMD_DIR
+    if [ ! -f "$SRC_DIR/${UNITS[0]}" ] && [ -f "$SRC_ROOT/lib/systemd/system/${UNITS[0]}" ]; then
+        SRC_DIR=$SRC_ROOT/lib/systemd/system
+    fi
+    for f in "${UNITS[@]}" "$DROPIN"; do
+        [ -f "$SRC_DIR/$f" ] || fail "$SRC_ROOT: /$SYSTEMD_DIR/$f is missing"
+        cp "$SRC_DIR/$f" "$R/$SYSTEMD_DIR/$f"
     done
-    [ -f "$SRC_ROOT/$SYSTEMD_DIR/$DROPIN" ] || fail "$SRC_ROOT: /$SYSTEMD_DIR/$DROPIN is missing"
-    cp "$SRC_ROOT/$SYSTEMD_DIR/$DROPIN" "$R/$SYSTEMD_DIR/$DROPIN"
     BIN=$SRC_ROOT/usr/bin/blkdrv
     [ -x "$BIN" ] || fail "$SRC_ROOT: /usr/bin/blkdrv (the units' ExecStart) is missing"
 else
