@@ -90,6 +90,15 @@ impl Drop for Host {
 /// every driver must (the activate group boots with dm and OpenZFS); on a host, those that
 /// lack only kernel support are left to the VM, and one that lacks tools is a failure.
 fn drivers() -> Result<Vec<&'static str>, Failed> {
+    static DRIVERS: std::sync::OnceLock<Result<Vec<&'static str>, String>> =
+        std::sync::OnceLock::new();
+    DRIVERS
+        .get_or_init(find_drivers)
+        .clone()
+        .map_err(Failed::from)
+}
+
+fn find_drivers() -> Result<Vec<&'static str>, String> {
     let in_vm = kit::config::get().in_vm;
     let mut out = Vec::new();
     for f in blkdrv_drivers::registry::all() {
@@ -100,7 +109,7 @@ fn drivers() -> Result<Vec<&'static str>, Failed> {
             {
                 eprintln!("activate: {} left to the VM: {e}", f.name());
             }
-            Err(e) => return Err(format!("{}: {e}", f.name()).into()),
+            Err(e) => return Err(format!("{}: {e}", f.name())),
         }
     }
     Ok(out)
@@ -448,6 +457,19 @@ fn text_report_and_usage() -> TestResult {
     let o = h.ok(&["pool", "activate", "--all"])?;
     if !o.stdout.contains("active, 0 layers") {
         return Err(format!("after the file came back: {:?}", o.stdout).into());
+    }
+    // A pool directory whose store is gone (deleted by hand): reported, and no store made.
+    let bare = h.root().join("pools/gone");
+    fs::create_dir_all(&bare).unwrap();
+    let o = h.run(&["pool", "activate", "--all"]);
+    let made = bare.join("store.db").exists();
+    fs::remove_dir(&bare).unwrap();
+    if o.code != 1 || !o.stdout.contains("gone") || !o.stdout.contains("store") || made {
+        return Err(format!(
+            "a pool without its store: exit {}, {:?}, store made: {made}",
+            o.code, o.stdout
+        )
+        .into());
     }
     Ok(())
 }

@@ -88,7 +88,12 @@ impl Activation {
 /// The driver a pool that would not open was made with, read from its store alone (which
 /// needs no backing), so the report says which driver failed.
 fn recorded_driver(root: &Root, name: &PoolName) -> Option<String> {
-    let store = Store::open(&root.pool_dir(name).join(STORE)).ok()?;
+    let path = root.pool_dir(name).join(STORE);
+    // Never create a store where there is none.
+    if !path.is_file() {
+        return None;
+    }
+    let store = Store::open(&path).ok()?;
     let config: PoolConfig = serde_json::from_str(&store.meta("config").ok()??).ok()?;
     Some(config.driver)
 }
@@ -106,14 +111,26 @@ pub fn activate_one(root: &Root, name: &PoolName) -> Activation {
     }
 }
 
-/// Every pool under `root`, in name order; one that fails does not stop the others. Errs only
-/// when the root itself cannot be listed.
+/// Every pool under `root`, in name order; one that fails does not stop the others. A pool
+/// directory whose store is gone is reported failed too (`pool ls` skips it; at boot it is
+/// better said). Errs only when the root itself cannot be listed.
 pub fn activate_all(root: &Root) -> Result<Vec<Activation>> {
-    Ok(root
-        .pools()?
-        .iter()
-        .map(|name| activate_one(root, name))
-        .collect())
+    // `pools()` lists those with a store (and says why the root cannot be read); the
+    // directory adds those without one.
+    let mut names: Vec<PoolName> = root.pools()?;
+    let extra = std::fs::read_dir(root.path.join("pools"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| PoolName::new(&e.file_name().to_string_lossy()).ok());
+    for n in extra {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(names.iter().map(|name| activate_one(root, name)).collect())
 }
 
 /// The verdict of `--all`: an error naming every pool that did not come up.
