@@ -178,9 +178,11 @@ fn parse_value(s: &str) -> Result<String, String> {
                 None => return Err("line continuation: values span one line".into()),
             },
             '$' | '`' => return Err(expansion(c)),
-            ';' | '&' | '|' | '<' | '>' | '(' | ')' => return Err(format!(
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
+                return Err(format!(
                 "'{c}': shell syntax (arrays, commands, redirections) is not read; quote the value"
-            )),
+            ))
+            }
             c => v.push(c),
         }
     }
@@ -346,12 +348,14 @@ impl Setup {
         for a in &assignments {
             vars.insert(a.name.as_str(), a);
         }
-        let unknown: Vec<(String, usize)> = vars
+        let mut unknown: Vec<(String, usize)> = vars
             .values()
             .filter(|a| !KNOWN.contains(&a.name.as_str()))
             .filter(|a| !UNSUPPORTED.iter().any(|(n, _)| *n == a.name))
             .map(|a| (a.name.clone(), a.line))
             .collect();
+        // In the file's order, as the user reads it.
+        unknown.sort_by_key(|(_, line)| *line);
         if !unknown.is_empty() {
             return Err(SetupError::Unknown {
                 file,
@@ -646,6 +650,20 @@ impl Setup {
             return Ok(applied(false, status));
         }
         self.wait_for_devices()?;
+        // container-storage-setup's own rule, in its words: pool init would say --force.
+        if !self.wipe_signatures {
+            for d in &self.devices {
+                let found = blkdrv_drivers::sys::signature::describe_found(d)
+                    .map_err(|e| PoolError::backing(&self.pool, e))?;
+                if let Some(found) = found {
+                    return Err(PoolError::Invalid(format!(
+                        "{}: DEVS {} has {found}: wipe it, or set WIPE_SIGNATURES=true to overwrite",
+                        self.file.display(),
+                        d.display()
+                    )));
+                }
+            }
+        }
         let pool = Pool::init_request(root, defaults, self.init_request())?;
         Ok(applied(true, pool.status()?))
     }
