@@ -839,6 +839,16 @@ mod tests {
     }
 
     #[test]
+    fn the_vagrant_sample_is_read() {
+        let text = include_str!("../../vagrant/docker-storage-setup");
+        let s = setup(text).unwrap();
+        assert_eq!(s.devices, [PathBuf::from("/dev/vdb")]);
+        assert_eq!((s.vg.as_str(), s.pool.as_str()), ("blkdrv", "docker-pool"));
+        assert_eq!(s.data_size, DataSize::FreePct(60));
+        assert!(s.wipe_signatures);
+    }
+
+    #[test]
     fn bad_values_name_the_variable_and_line() {
         for (text, want) in [
             ("VG=vg\nDATA_SIZE=40%PVS\n", "f:2: DATA_SIZE=\"40%PVS\""),

@@ -78,7 +78,7 @@ fn storage_setup_bad_files_are_refused_and_change_nothing() {
         "/nonexistent/docker-storage-setup",
     );
     assert_eq!(pools(&env), 1, "only the env's own pool");
-    assert!(!env.root().join("docker-pool").exists());
+    assert!(!env.root().join("pools/docker-pool").exists());
 }
 
 #[test]

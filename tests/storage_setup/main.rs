@@ -20,6 +20,7 @@ const CASES: &[(&str, Case)] = &[
         existing_vg,
     ),
     ("refusals_leave_the_disks_as_found", refusals),
+    ("the_vagrant_sample_sets_up_and_resets", vagrant_sample),
 ];
 
 fn main() {
@@ -248,6 +249,9 @@ fn setup_then_reset() -> Result<(), Failed> {
     if j["created"] != false || j["status"]["layers"] != 1 {
         return Err(format!("second run: {j}").into());
     }
+    if !s.root().join("pools/css-pool").is_dir() {
+        return Err("no pool directory under the root before --reset".into());
+    }
     let started = std::time::Instant::now();
     let o = s.ok(&["storage-setup", "--reset", "--config", &file])?;
     eprintln!(
@@ -261,7 +265,7 @@ fn setup_then_reset() -> Result<(), Failed> {
     if v.contains("blkdrv-css") || p.contains(disk) || !sig.is_empty() {
         return Err(format!("after --reset: vgs [{v}] pvs [{p}] signatures [{sig}]").into());
     }
-    if s.root().join("css-pool").exists() {
+    if s.root().join("pools/css-pool").exists() {
         return Err("the pool's directory is still there".into());
     }
     // A reset with nothing to reset is bad input.
@@ -314,8 +318,10 @@ fn refusals() -> Result<(), Failed> {
             )
             .into());
         }
-        if std::fs::read_dir(s.root()).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(format!("{file}: a pool directory was left under the root").into());
+        // Nothing created: no pool (an empty pools directory may stay).
+        let ls = s.ok(&["--json", "pool", "ls"])?;
+        if json(&ls)? != serde_json::json!([]) {
+            return Err(format!("{file}: a pool was left: {}", ls.stdout).into());
         }
         Ok(())
     };
@@ -350,6 +356,35 @@ fn refusals() -> Result<(), Failed> {
     refused(&f, 1, "exists already")?;
     if pvs().contains(&a) || !signatures(&a).is_empty() {
         return Err(format!("{a} was touched: pvs [{}] [{}]", pvs(), signatures(&a)).into());
+    }
+    Ok(())
+}
+
+/// vagrant/docker-storage-setup as vagrant/provision.sh uses it: DEVS replaced by the disk.
+fn vagrant_sample() -> Result<(), Failed> {
+    let s = Scene::new(&["blkdrv"])?;
+    let disk = s.disk(0);
+    let sample = include_str!("../../vagrant/docker-storage-setup");
+    let text: String = sample
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("DEVS="))
+        .map(|l| format!("{l}\n"))
+        .chain([format!("DEVS=\"{disk}\"\n")])
+        .collect();
+    let file = s.file("docker-storage-setup", &text);
+    let o = s.ok(&["storage-setup", "--config", &file])?;
+    if !o.stdout.contains("Pool docker-pool created") || !o.stdout.contains("+20% when 60% full") {
+        return Err(format!("storage-setup said: {}", o.stdout).into());
+    }
+    let seg = lv_field("blkdrv/docker-pool", "segtype");
+    let chunk = lv_field("blkdrv/docker-pool", "chunk_size");
+    if seg != "thin-pool" || chunk != (512u64 << 10).to_string() {
+        return Err(format!("lvs blkdrv/docker-pool: {seg}, chunk {chunk}").into());
+    }
+    s.ok(&["storage-setup", "--config", &file, "--reset"])?;
+    let (v, sig) = (vgs(), signatures(disk));
+    if v.split_whitespace().any(|vg| vg == "blkdrv") || !sig.is_empty() {
+        return Err(format!("after --reset: vgs [{v}] signatures [{sig}]").into());
     }
     Ok(())
 }
