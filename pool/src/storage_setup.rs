@@ -631,22 +631,7 @@ impl Setup {
         };
         if root.pools()?.contains(&self.pool) {
             let status = Pool::open(root, &self.pool, Access::Read)?.status()?;
-            let same = status.driver == DRIVER
-                && status.options.get("vg") == Some(&self.vg)
-                && status.options.get("pool_lv") == Some(&self.thinpool_lv);
-            if !same {
-                return Err(PoolError::Refused {
-                    op: "storage-setup",
-                    layer: self.pool.as_str().to_string(),
-                    reason: format!(
-                        "pool {} exists and is not {}/{} from {} (destroy it, or set CONTAINER_THINPOOL)",
-                        self.pool,
-                        self.vg,
-                        self.thinpool_lv,
-                        self.file.display()
-                    ),
-                });
-            }
+            self.check_ours(&status, "storage-setup")?;
             return Ok(applied(false, status));
         }
         self.wait_for_devices()?;
@@ -668,11 +653,35 @@ impl Setup {
         Ok(applied(true, pool.status()?))
     }
 
+    /// Refuses a pool of this name that is not this file's thin pool.
+    fn check_ours(&self, status: &crate::pool::PoolStatus, op: &'static str) -> crate::Result<()> {
+        let same = status.driver == DRIVER
+            && status.options.get("vg") == Some(&self.vg)
+            && status.options.get("pool_lv") == Some(&self.thinpool_lv);
+        if same {
+            return Ok(());
+        }
+        Err(PoolError::Refused {
+            op,
+            layer: self.pool.as_str().to_string(),
+            reason: format!(
+                "pool {} exists and is not the thin pool {}/{} of {} (set CONTAINER_THINPOOL to another name)",
+                self.pool,
+                self.vg,
+                self.thinpool_lv,
+                self.file.display()
+            ),
+        })
+    }
+
     /// Destroys the pool (its thin-pool LV; the VG and PV labels if the pool made them) and
     /// checks that DEVS carry no signature afterwards: the devices are as blank as before.
     pub fn reset(&self, root: &crate::pool::Root) -> crate::Result<Reset> {
         use crate::pool::{Access, Pool};
-        Pool::open(root, &self.pool, Access::Write)?.destroy(false)?;
+        let pool = Pool::open(root, &self.pool, Access::Write)?;
+        // Only what this file made: a pool of the same name made otherwise is not given away.
+        self.check_ours(&pool.status()?, "storage-setup --reset")?;
+        pool.destroy(false)?;
         for d in &self.devices {
             let found = blkdrv_drivers::sys::signature::describe_found(d)
                 .map_err(|e| PoolError::backing(&self.pool, e))?;
