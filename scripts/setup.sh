@@ -39,8 +39,9 @@ esac
 #   VM kernel; mkzfs installs the matching linux-headers itself, it depends on the kernel ABI);
 #   debian-archive-keyring: signs the Debian contrib lists mkzfs fetches for OpenZFS;
 #   protobuf-compiler: protoc, which containerd-snapshots runs at build time for the gRPC API;
-#   rpm (rpm -qlp/--requires), shellcheck, vagrant (vagrant validate), systemd
-#   (systemd-analyze verify): the package, script and unit checks of scripts/test.sh;
+#   rpm (rpm -qlp/--requires), shellcheck, vagrant (vagrant validate), vagrant-libvirt (without
+#   it vagrant validate accepts any libvirt setting), systemd (systemd-analyze verify): the
+#   package, script, Vagrantfile and unit checks of scripts/test.sh;
 #   containerd, runc: the containerd tests (tests/containerd) run a private containerd with
 #   blkdrv as its proxy snapshotter, and tests/vm/mkimage copies both (with ctr and
 #   containerd-shim-runc-v2) into the VM.
@@ -48,7 +49,7 @@ PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-es
       libdevmapper-dev thin-provisioning-tools lvm2 dmsetup
       qemu-system-x86 busybox-static kmod cpio xz-utils
       fdisk libtirpc3 libssl3 zlib1g debian-archive-keyring protobuf-compiler
-      rpm shellcheck vagrant systemd
+      rpm shellcheck vagrant vagrant-libvirt systemd
       containerd runc)
 
 # Fedora/RHEL: the same roles under Fedora's names, written from Fedora's package names
@@ -70,9 +71,9 @@ FEDORA_PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs tar
 # Only for the checks and tests, installed one at a time because RHEL's own repositories lack
 # some (ShellCheck and protobuf-compiler are in EPEL/CRB, vagrant in HashiCorp's, containerd
 # in none): a missing one is named, and what needs it says so when it runs.
-#   ShellCheck (scripts/lint-static.sh), vagrant (vagrant validate), dpkg (dpkg-deb for the
-#   .deb checks of scripts/package.sh), containerd, runc (tests/containerd).
-FEDORA_TEST_PKGS=(ShellCheck vagrant dpkg containerd runc)
+#   ShellCheck (scripts/lint-static.sh), vagrant and vagrant-libvirt (vagrant validate), dpkg
+#   (dpkg-deb for the .deb checks of scripts/package.sh), containerd, runc (tests/containerd).
+FEDORA_TEST_PKGS=(ShellCheck vagrant vagrant-libvirt dpkg containerd runc)
 
 if [ "$family" = fedora ]; then
   dnf=dnf
