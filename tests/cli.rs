@@ -1,6 +1,9 @@
 //! The CLI contract: exit codes, one-line errors, JSON, and "nothing changed" after bad input.
 //! Runs the CLI in-process through `blkdrv_cli::run`. Needs root (pools on loop devices).
 
+#[path = "cli/storage_setup.rs"]
+mod storage_setup;
+
 use kit::cli::{json, layer, tool, Env};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;

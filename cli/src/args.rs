@@ -78,7 +78,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Snapshotter(crate::snapshotter_cmd::SnapshotterCmd),
     /// Set up a devicemapper pool on LVM from a container-storage-setup style file.
-    #[command(name = "storage-setup")]
+    #[command(name = "storage-setup", long_about = crate::storage_setup_cmd::LONG_ABOUT,
+              after_help = crate::storage_setup_cmd::AFTER_HELP)]
     StorageSetup(crate::storage_setup_cmd::StorageSetupArgs),
     /// Shell completions for bash, zsh or fish on stdout.
     Completion(crate::assets_cmd::CompletionArgs),

@@ -36,6 +36,7 @@ where
     T: Into<OsString> + Clone,
 {
     let args = bench::rewrite_json_file(args.into_iter().map(Into::into).collect());
+    let args = storage_setup_cmd::rewrite_config(args);
     let (cli, driver_flags) = match args::parse(args) {
         Ok(c) => c,
         Err(e) => {

@@ -75,6 +75,10 @@ blkdrv pool init --driver devicemapper --thinpool docker/thinpool"
                     .into(),
             });
         }
+        // An existing VG's free space: nothing to provision.
+        if s.lvm && s.vg.is_some() && request.devices.is_empty() && request.size.is_none() {
+            return Ok(BackingPlan::Existing);
+        }
         // A VG on the pool's own loopback files takes an explicit --size (tests do that).
         if s.lvm && request.devices.is_empty() && request.size.is_none() {
             return Err(bad(
@@ -290,6 +294,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--lvm needs --device"), "{e}");
+        assert_eq!(
+            plan_of(&[(KEY_LVM, "on"), ("vg", "rootvg")], &existing).unwrap(),
+            BackingPlan::Existing,
+            "an existing VG's free space"
+        );
         let no_data = BackingRequest {
             option_devices: devices.option_devices.clone(),
             ..BackingRequest::default()

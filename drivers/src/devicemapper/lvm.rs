@@ -4,13 +4,10 @@
 use super::names::Names;
 use super::pool_target::{attach_pool, exists, pool_status, remove_all, thin_ls};
 use super::record::{LvmRecorded, Recorded};
-use super::settings::{
-    bad, base_size_for, metadata_size_for, Settings, KEY_LVM, LVM_DATA_PCT, LVM_POOL_LV,
-};
+use super::settings::{base_size_for, metadata_size_for, Settings, LVM_POOL_LV};
 use super::thin::make_base;
 use super::{block_size_of, bytes, NAME};
 use crate::error::{DriverError, Result};
-use crate::sys::blockdev;
 use crate::sys::lvm::{self, PoolLv};
 use crate::{Bytes, Identity, PoolContext};
 use devicemapper::{DevId, DmDevice, DM};
@@ -27,30 +24,24 @@ pub(super) fn format_lvm(dm: &DM, ctx: &PoolContext, s: &Settings) -> Result<Ide
                     .unwrap_or_else(|| format!("blkdrv-{}", ctx.pool));
             let lv = PoolLv {
                 vg,
-                lv: LVM_POOL_LV.into(),
+                lv: s.pool_lv.clone().unwrap_or_else(|| LVM_POOL_LV.into()),
             };
-            if ctx.devices.is_empty() {
-                return Err(bad(
-                    KEY_LVM,
-                    "on",
-                    "--lvm needs --device DEV for the volume group",
-                ));
-            }
-            let mut total = Bytes::ZERO;
-            for d in &ctx.devices {
-                total += blockdev::size(d)?;
-            }
-            let data = total / 100 * u64::from(LVM_DATA_PCT);
-            let meta = s
-                .metadata_size
-                .unwrap_or_else(|| metadata_size_for(data, s.block_size));
+            // No devices: the VG must exist (plan() allows that only with --vg); its free
+            // space takes the pool.
+            let meta_for = |data: Bytes| {
+                s.metadata_size
+                    .unwrap_or_else(|| metadata_size_for(data, s.block_size))
+            };
             let c = lvm::create_thin_pool(
-                &lv,
+                &lvm::ThinPoolSpec {
+                    pool: &lv,
+                    chunk: s.block_size,
+                    data: s.data_size.unwrap_or_default(),
+                    min_data: s.min_data_size,
+                    meta_for: &meta_for,
+                    autoextend: s.autoextend,
+                },
                 &ctx.devices,
-                s.block_size,
-                meta,
-                LVM_DATA_PCT,
-                s.autoextend,
             )?;
             (lv, Some(c))
         }

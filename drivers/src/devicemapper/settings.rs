@@ -24,6 +24,9 @@ pub(super) const KEY_THINPOOL: &str = "thinpool";
 pub(super) const KEY_AX_THRESHOLD: &str = "autoextend_threshold";
 pub(super) const KEY_AX_PERCENT: &str = "autoextend_percent";
 pub(super) const KEY_MKFS_ARGS: &str = "mkfs_args";
+pub(super) const KEY_POOL_LV: &str = "pool_lv";
+pub(super) const KEY_DATA_SIZE: &str = "data_size";
+pub(super) const KEY_MIN_DATA_SIZE: &str = "min_data_size";
 /// Not stored: the device joins the pool's devices.
 pub(super) const KEY_METADATA_DEVICE: &str = "metadata_device";
 /// The options, in the order unknown-option errors list them.
@@ -69,7 +72,20 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         KEY_VG,
         "vg",
         "NAME",
-        "With --lvm: name of the volume group (default blkdrv-<pool>).",
+        "With --lvm: name of the volume group (default blkdrv-<pool>). An existing VG is \
+         used without --device: the thin pool goes in its free space.",
+    ),
+    OptionSpec::key(
+        KEY_POOL_LV,
+        "with --lvm: name of the thin-pool LV (default thinpool)",
+    ),
+    OptionSpec::key(
+        KEY_DATA_SIZE,
+        "with --lvm: data size, N%FREE (default 40%FREE), N%VG or a size",
+    ),
+    OptionSpec::key(
+        KEY_MIN_DATA_SIZE,
+        "with --lvm: refuse a VG with less free space; raise a smaller data_size to it",
     ),
     OptionSpec::flag(
         KEY_THINPOOL,
@@ -104,8 +120,6 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
 ];
 /// The LV blkdrv creates in `--lvm` mode, as container-storage-setup named Docker's.
 pub(super) const LVM_POOL_LV: &str = "thinpool";
-/// Share of the VG's free space the pool's data starts with; the rest is room to autoextend.
-pub(super) const LVM_DATA_PCT: u8 = 40;
 
 pub(super) fn bad(key: &str, value: &str, reason: impl Into<String>) -> DriverError {
     options::bad(NAME, key, value, reason)
@@ -144,6 +158,10 @@ pub(super) struct Settings {
     /// Use this existing thin-pool LV (`--thinpool VG/LV`).
     pub(super) thinpool: Option<PoolLv>,
     pub(super) autoextend: lvm::Autoextend,
+    /// With --lvm: the thin-pool LV's name ([`LVM_POOL_LV`] if unset).
+    pub(super) pool_lv: Option<String>,
+    pub(super) data_size: Option<lvm::DataSize>,
+    pub(super) min_data_size: Option<Bytes>,
     /// Extra mkfs arguments for the base filesystem (words, space-separated).
     pub(super) mkfs_args: Vec<String>,
 }
@@ -218,6 +236,31 @@ impl Settings {
                 "--thinpool uses an existing pool; --lvm makes a new one: pick one",
             ));
         }
+        let pool_lv = get(KEY_POOL_LV).map(str::to_string);
+        if let Some(v) = &pool_lv {
+            if !lvm::valid_name(v) {
+                return Err(bad(KEY_POOL_LV, v, "not a valid LVM logical volume name"));
+            }
+        }
+        let data_size = get(KEY_DATA_SIZE)
+            .map(|v| {
+                v.parse::<lvm::DataSize>()
+                    .map_err(|e| bad(KEY_DATA_SIZE, v, e))
+            })
+            .transpose()?;
+        let min_data_size = get(KEY_MIN_DATA_SIZE)
+            .map(|v| parse_size(KEY_MIN_DATA_SIZE, v))
+            .transpose()?;
+        // These shape the LV --lvm makes; elsewhere they would be silently meaningless.
+        for (key, set) in [
+            (KEY_POOL_LV, pool_lv.is_some()),
+            (KEY_DATA_SIZE, data_size.is_some()),
+            (KEY_MIN_DATA_SIZE, min_data_size.is_some()),
+        ] {
+            if set && !lvm {
+                return Err(bad(key, get(key).unwrap_or(""), "goes with --lvm"));
+            }
+        }
         let autoextend = lvm::Autoextend {
             threshold_pct: get(KEY_AX_THRESHOLD)
                 .map(|v| pct(KEY_AX_THRESHOLD, v))
@@ -233,6 +276,9 @@ impl Settings {
             .unwrap_or_default();
         Ok(Settings {
             mkfs_args,
+            pool_lv,
+            data_size,
+            min_data_size,
             lvm,
             vg,
             thinpool,
@@ -286,6 +332,15 @@ impl Settings {
         }
         if let Some(t) = &self.thinpool {
             o.insert(KEY_THINPOOL.into(), t.to_string());
+        }
+        if let Some(v) = &self.pool_lv {
+            o.insert(KEY_POOL_LV.into(), v.clone());
+        }
+        if let Some(d) = self.data_size {
+            o.insert(KEY_DATA_SIZE.into(), d.to_string());
+        }
+        if let Some(m) = self.min_data_size {
+            o.insert(KEY_MIN_DATA_SIZE.into(), m.0.to_string());
         }
         if !self.mkfs_args.is_empty() {
             o.insert(KEY_MKFS_ARGS.into(), self.mkfs_args.join(" "));
@@ -360,6 +415,30 @@ mod tests {
         o.insert(KEY_METADATA_SIZE.into(), "1M".into());
         assert!(Settings::parse(&o).is_err(), "under the kernel's 2 MiB");
         o.insert(KEY_METADATA_SIZE.into(), "lots".into());
+        assert!(Settings::parse(&o).is_err());
+    }
+
+    #[test]
+    fn lvm_shape_options_go_with_lvm() {
+        let mut o = DriverOptions::new();
+        o.insert(KEY_DATA_SIZE.into(), "60%FREE".into());
+        let e = Settings::parse(&o).unwrap_err().to_string();
+        assert!(e.contains("goes with --lvm"), "{e}");
+        o.insert(KEY_LVM.into(), "on".into());
+        o.insert(KEY_POOL_LV.into(), "docker-pool".into());
+        o.insert(KEY_MIN_DATA_SIZE.into(), "2G".into());
+        let s = Settings::parse(&o).unwrap();
+        assert_eq!(s.data_size, Some(lvm::DataSize::FreePct(60)));
+        assert_eq!(s.min_data_size, Some(Bytes::gib(2)));
+        // What is stored reads back the same.
+        let again = Settings::parse(&s.to_options()).unwrap();
+        assert_eq!(again.data_size, s.data_size);
+        assert_eq!(again.pool_lv.as_deref(), Some("docker-pool"));
+        assert_eq!(again.min_data_size, s.min_data_size);
+        o.insert(KEY_POOL_LV.into(), "a/b".into());
+        assert!(Settings::parse(&o).is_err());
+        o.insert(KEY_POOL_LV.into(), "tp".into());
+        o.insert(KEY_DATA_SIZE.into(), "40%PVS".into());
         assert!(Settings::parse(&o).is_err());
     }
 

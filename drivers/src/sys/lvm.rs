@@ -122,18 +122,173 @@ pub struct Created {
     pub vg_created: bool,
 }
 
-/// pvcreate + vgcreate (unless the VG exists) and a thin-pool LV on `devices`: data takes
-/// `data_pct` of the VG's free space (container-storage-setup's 40% leaves room to autoextend),
-/// metadata `meta`, no zeroing, errors instead of queueing when full.
-pub fn create_thin_pool(
-    pool: &PoolLv,
-    devices: &[PathBuf],
-    chunk: Bytes,
-    meta: Bytes,
-    data_pct: u8,
-    ax: Autoextend,
-) -> Result<Created> {
+/// How big the thin pool's data starts, as container-storage-setup's DATA_SIZE says it:
+/// a share of the VG's free space, of the whole VG, or a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSize {
+    FreePct(u8),
+    VgPct(u8),
+    Exact(Bytes),
+}
+
+impl Default for DataSize {
+    /// container-storage-setup's 40%FREE: the rest of the VG is room to autoextend.
+    fn default() -> Self {
+        DataSize::FreePct(40)
+    }
+}
+
+impl std::str::FromStr for DataSize {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let pct = |n: &str| {
+            n.parse::<u8>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| format!("'{s}': the percentage must be 1 to 100"))
+        };
+        if let Some(n) = s.strip_suffix("%FREE") {
+            return pct(n).map(DataSize::FreePct);
+        }
+        if let Some(n) = s.strip_suffix("%VG") {
+            return pct(n).map(DataSize::VgPct);
+        }
+        if s.contains('%') {
+            return Err(format!("'{s}': a percentage must be N%FREE or N%VG"));
+        }
+        match s.parse::<Bytes>() {
+            Ok(b) if b > Bytes::ZERO => Ok(DataSize::Exact(b)),
+            Ok(_) => Err(format!("'{s}': the size must not be zero")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for DataSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataSize::FreePct(p) => write!(f, "{p}%FREE"),
+            DataSize::VgPct(p) => write!(f, "{p}%VG"),
+            DataSize::Exact(b) => write!(f, "{}", b.0),
+        }
+    }
+}
+
+/// A volume group's size and free space, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VgSpace {
+    pub size: Bytes,
+    pub free: Bytes,
+}
+
+impl VgSpace {
+    /// The data size `want` means in this VG, raised to `min`; an error if the VG's free
+    /// space is under `min` (container-storage-setup's MIN_DATA_SIZE rule).
+    pub fn plan(&self, vg: &str, want: DataSize, min: Option<Bytes>) -> Result<PlannedData> {
+        let of = |total: Bytes, p: u8| Bytes((u128::from(total.0) * u128::from(p) / 100) as u64);
+        let planned = match want {
+            DataSize::FreePct(p) => of(self.free, p),
+            DataSize::VgPct(p) => of(self.size, p),
+            DataSize::Exact(b) => b,
+        };
+        match min {
+            Some(m) if self.free < m => Err(DriverError::Device {
+                device: PathBuf::from(vg),
+                reason: format!(
+                    "has {} free, less than the minimum data size {m}",
+                    self.free
+                ),
+            }),
+            Some(m) if planned < m => Ok(PlannedData {
+                bytes: m,
+                arg: SizeArg::Bytes(m),
+            }),
+            _ => Ok(PlannedData {
+                bytes: planned,
+                arg: match want {
+                    DataSize::Exact(b) => SizeArg::Bytes(b),
+                    // LVM computes percentages itself, rounded to its extents.
+                    p => SizeArg::Extents(p.to_string()),
+                },
+            }),
+        }
+    }
+}
+
+/// The data size to ask lvcreate for, and about how many bytes that is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedData {
+    pub bytes: Bytes,
+    pub arg: SizeArg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeArg {
+    /// `-l 40%FREE`
+    Extents(String),
+    /// `-L <n>b`
+    Bytes(Bytes),
+}
+
+pub fn vg_space(vg: &str) -> Result<VgSpace> {
+    let out = lvm(
+        [
+            "vgs",
+            "--noheadings",
+            "--units",
+            "b",
+            "--nosuffix",
+            "--separator",
+            "|",
+            "-o",
+            "vg_size,vg_free",
+            vg,
+        ],
+        "read the volume group's size",
+    )?;
+    let line = out.lines().next().unwrap_or("").trim();
+    let f: Vec<u64> = line
+        .split('|')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    match f[..] {
+        [size, free] => Ok(VgSpace {
+            size: Bytes(size),
+            free: Bytes(free),
+        }),
+        _ => Err(DriverError::Device {
+            device: PathBuf::from(vg),
+            reason: format!("unexpected vgs output '{line}'"),
+        }),
+    }
+}
+
+/// What to make: the LV, its chunk size, the data size and its floor, the metadata size for a
+/// data size (its default depends on it), the autoextend policy.
+pub struct ThinPoolSpec<'a> {
+    pub pool: &'a PoolLv,
+    pub chunk: Bytes,
+    pub data: DataSize,
+    pub min_data: Option<Bytes>,
+    pub meta_for: &'a dyn Fn(Bytes) -> Bytes,
+    pub autoextend: Autoextend,
+}
+
+/// pvcreate + vgcreate (unless the VG exists and no devices are given) and a thin-pool LV:
+/// data as `spec.data` says (container-storage-setup's 40%FREE leaves room to autoextend),
+/// no zeroing, errors instead of queueing when full. Devices are never added to an existing
+/// VG: that would change storage blkdrv does not own.
+pub fn create_thin_pool(spec: &ThinPoolSpec<'_>, devices: &[PathBuf]) -> Result<Created> {
+    let pool = spec.pool;
     let vg_exists = vg_exists(&pool.vg)?;
+    if vg_exists && !devices.is_empty() {
+        return Err(DriverError::Device {
+            device: PathBuf::from(&pool.vg),
+            reason: "volume group exists already: blkdrv does not add devices to it (name a \
+                     new volume group, or give no devices to use its free space)"
+                .into(),
+        });
+    }
     if !vg_exists {
         if devices.is_empty() {
             return Err(DriverError::Device {
@@ -156,7 +311,13 @@ pub fn create_thin_pool(
         }
     }
     let made = (|| {
-        write_profile(pool, ax)?;
+        let data = vg_space(&pool.vg)?.plan(&pool.vg, spec.data, spec.min_data)?;
+        let meta = (spec.meta_for)(data.bytes);
+        write_profile(pool, spec.autoextend)?;
+        let (size_flag, size) = match &data.arg {
+            SizeArg::Extents(e) => ("-l", e.clone()),
+            SizeArg::Bytes(b) => ("-L", format!("{}b", b.0)),
+        };
         lvm(
             [
                 "lvcreate",
@@ -166,11 +327,11 @@ pub fn create_thin_pool(
                 "--zero",
                 "n",
                 "--chunksize",
-                &format!("{}k", chunk / Bytes::kib(1)),
+                &format!("{}k", spec.chunk / Bytes::kib(1)),
                 "--poolmetadatasize",
                 &format!("{}m", meta.div_ceil(Bytes::mib(1))),
-                "-l",
-                &format!("{data_pct}%FREE"),
+                size_flag,
+                &size,
                 "--metadataprofile",
                 &pool.profile_name(),
                 "-n",
@@ -192,7 +353,11 @@ pub fn create_thin_pool(
             vg_created: !vg_exists,
         };
         if let Err(u) = remove_thin_pool(&undo, devices) {
-            tracing::warn!("rolling back a failed thin-pool creation: {u}");
+            // Both go up: what failed, and what is left behind because the undo failed too.
+            return Err(DriverError::Device {
+                device: PathBuf::from(pool.to_string()),
+                reason: format!("{e}; and removing what was made failed: {u}"),
+            });
         }
         return Err(e);
     }
@@ -333,5 +498,34 @@ mod tests {
         assert!("vg/".parse::<PoolLv>().is_err());
         assert!("vg/a b".parse::<PoolLv>().is_err());
         assert!("-vg/lv".parse::<PoolLv>().is_err());
+    }
+
+    #[test]
+    fn data_sizes_parse_and_plan() {
+        assert_eq!("40%FREE".parse(), Ok(DataSize::FreePct(40)));
+        assert_eq!("95%VG".parse(), Ok(DataSize::VgPct(95)));
+        assert_eq!("2G".parse(), Ok(DataSize::Exact(Bytes::gib(2))));
+        for bad in ["0%FREE", "101%VG", "40%PVS", "40%", "0", "lots", "%FREE"] {
+            assert!(bad.parse::<DataSize>().is_err(), "{bad}");
+        }
+        let vg = VgSpace {
+            size: Bytes::gib(10),
+            free: Bytes::gib(8),
+        };
+        let p = vg.plan("vg", DataSize::FreePct(50), None).unwrap();
+        assert_eq!(p.bytes, Bytes::gib(4));
+        assert_eq!(p.arg, SizeArg::Extents("50%FREE".into()));
+        let p = vg
+            .plan("vg", DataSize::VgPct(10), Some(Bytes::gib(2)))
+            .unwrap();
+        assert_eq!(
+            p.arg,
+            SizeArg::Bytes(Bytes::gib(2)),
+            "raised to the minimum"
+        );
+        let e = vg.plan("vg", DataSize::FreePct(40), Some(Bytes::gib(9)));
+        assert!(e.unwrap_err().to_string().contains("minimum data size"));
+        let p = vg.plan("vg", DataSize::Exact(Bytes::gib(3)), None).unwrap();
+        assert_eq!(p.arg, SizeArg::Bytes(Bytes::gib(3)));
     }
 }
