@@ -120,6 +120,9 @@ if [ -f "$RESULTS/.pools-made" ]; then
   say "giving the disks back from the last provisioning"
   blkdrv storage-setup --reset || fail $? "blkdrv storage-setup --reset"
   blkdrv pool destroy "$BTRFS_POOL" --force || fail $? "blkdrv pool destroy $BTRFS_POOL"
+  # pool destroy leaves the btrfs signature on the device (measured in the test VM), and
+  # pool init refuses a device with one: this disk is ours, blank it.
+  wipefs -a -q "$btrfs_disk" || fail $? "wipefs -a $btrfs_disk"
   rm -f "$RESULTS/.pools-made"
 fi
 
