@@ -78,7 +78,7 @@ fn storage_setup_bad_files_are_refused_and_change_nothing() {
         "/nonexistent/docker-storage-setup",
     );
     assert_eq!(pools(&env), 1, "only the env's own pool");
-    assert!(!env.root().join("docker-pool").exists());
+    assert!(!env.root().join("pools/docker-pool").exists());
 }
 
 #[test]
@@ -134,6 +134,26 @@ fn storage_setup_config_before_and_after_the_command() {
         o.stdout.contains("/etc/sysconfig/docker-storage-setup"),
         "{}",
         o.stdout
+    );
+    assert_eq!(pools(&env), 1);
+}
+
+#[test]
+fn storage_setup_leaves_a_pool_it_did_not_make_alone() {
+    // The env's overlay pool "t" has the name the file gives its thin pool.
+    let env = Env::new();
+    let f = write(
+        &env,
+        "dss",
+        "VG=vg\nCONTAINER_THINPOOL=t\nDEVS=/dev/blkdrv-test-no-such-disk\n",
+    );
+    env.refused(
+        &["storage-setup", "--config", &f],
+        "is not the thin pool vg/t",
+    );
+    env.refused(
+        &["storage-setup", "--reset", "--config", &f],
+        "is not the thin pool vg/t",
     );
     assert_eq!(pools(&env), 1);
 }

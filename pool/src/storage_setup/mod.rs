@@ -15,6 +15,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod shell;
+#[cfg(test)]
+mod tests;
+
+pub use shell::{parse_assignments, Assignment};
+
 /// Where container-storage-setup (in its Docker mode) reads its settings.
 pub const DEFAULT_FILE: &str = "/etc/sysconfig/docker-storage-setup";
 /// The driver storage-setup makes pools with: data, like `--driver devicemapper`.
@@ -74,119 +80,6 @@ impl From<SetupError> for PoolError {
         // All of it is the file's or the command line's: bad input (a missing file too).
         PoolError::Invalid(e.to_string())
     }
-}
-
-/// One `NAME=value` line, the value unquoted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
-    pub name: String,
-    pub value: String,
-    pub line: usize,
-}
-
-/// Reads shell variable assignments without running anything: comments, blank lines,
-/// `export NAME=value`, single and double quotes, backslash escapes. Refused, with the line:
-/// `$` expansions and `` ` ``/`$(...)` substitutions (their value would depend on a shell),
-/// anything after the value but a comment (`A=b cmd` runs a command), line continuations,
-/// shell operators and lines that are not assignments.
-pub fn parse_assignments(text: &str) -> Result<Vec<Assignment>, (usize, String)> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line = raw.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = match line.strip_prefix("export") {
-            Some(rest) if rest.starts_with([' ', '\t']) => rest.trim_start(),
-            _ => line,
-        };
-        let eq = line.find('=').ok_or_else(|| {
-            (
-                n,
-                "not a NAME=value assignment (the file is read, never run)".to_string(),
-            )
-        })?;
-        let name = &line[..eq];
-        let valid_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_name {
-            return Err((
-                n,
-                "not a NAME=value assignment (the file is read, never run)".to_string(),
-            ));
-        }
-        let value = parse_value(&line[eq + 1..]).map_err(|r| (n, format!("{name}: {r}")))?;
-        out.push(Assignment {
-            name: name.to_string(),
-            value,
-            line: n,
-        });
-    }
-    Ok(out)
-}
-
-fn expansion(c: char) -> String {
-    format!("'{c}': expansions and command substitutions are not run; write the value out")
-}
-
-/// One shell word, unquoted, then nothing but blanks or a comment.
-fn parse_value(s: &str) -> Result<String, String> {
-    let mut v = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' => {
-                let rest: String = chars.collect();
-                let rest = rest.trim_start();
-                if rest.is_empty() || rest.starts_with('#') {
-                    return Ok(v);
-                }
-                return Err(
-                    "more than one word after '=' (a shell would run it as a command): quote the value"
-                        .into(),
-                );
-            }
-            '\'' => loop {
-                match chars.next() {
-                    Some('\'') => break,
-                    Some(c) => v.push(c),
-                    None => return Err("unterminated ' quote (values span one line)".into()),
-                }
-            },
-            '"' => loop {
-                match chars.next() {
-                    Some('"') => break,
-                    Some('\\') => match chars.next() {
-                        Some(e @ ('"' | '\\' | '$' | '`')) => v.push(e),
-                        Some(e) => {
-                            v.push('\\');
-                            v.push(e);
-                        }
-                        None => return Err("line continuation: values span one line".into()),
-                    },
-                    Some(c @ ('$' | '`')) => return Err(expansion(c)),
-                    Some(c) => v.push(c),
-                    None => return Err("unterminated \" quote (values span one line)".into()),
-                }
-            },
-            '\\' => match chars.next() {
-                Some(e) => v.push(e),
-                None => return Err("line continuation: values span one line".into()),
-            },
-            '$' | '`' => return Err(expansion(c)),
-            ';' | '&' | '|' | '<' | '>' | '(' | ')' => {
-                return Err(format!(
-                "'{c}': shell syntax (arrays, commands, redirections) is not read; quote the value"
-            ))
-            }
-            c => v.push(c),
-        }
-    }
-    Ok(v)
 }
 
 /// container-storage-setup's sizes: an integer with an optional unit (b, s = 512 bytes, k, m,
@@ -631,22 +524,7 @@ impl Setup {
         };
         if root.pools()?.contains(&self.pool) {
             let status = Pool::open(root, &self.pool, Access::Read)?.status()?;
-            let same = status.driver == DRIVER
-                && status.options.get("vg") == Some(&self.vg)
-                && status.options.get("pool_lv") == Some(&self.thinpool_lv);
-            if !same {
-                return Err(PoolError::Refused {
-                    op: "storage-setup",
-                    layer: self.pool.as_str().to_string(),
-                    reason: format!(
-                        "pool {} exists and is not {}/{} from {} (destroy it, or set CONTAINER_THINPOOL)",
-                        self.pool,
-                        self.vg,
-                        self.thinpool_lv,
-                        self.file.display()
-                    ),
-                });
-            }
+            self.check_ours(&status, "storage-setup")?;
             return Ok(applied(false, status));
         }
         self.wait_for_devices()?;
@@ -668,11 +546,35 @@ impl Setup {
         Ok(applied(true, pool.status()?))
     }
 
+    /// Refuses a pool of this name that is not this file's thin pool.
+    fn check_ours(&self, status: &crate::pool::PoolStatus, op: &'static str) -> crate::Result<()> {
+        let same = status.driver == DRIVER
+            && status.options.get("vg") == Some(&self.vg)
+            && status.options.get("pool_lv") == Some(&self.thinpool_lv);
+        if same {
+            return Ok(());
+        }
+        Err(PoolError::Refused {
+            op,
+            layer: self.pool.as_str().to_string(),
+            reason: format!(
+                "pool {} exists and is not the thin pool {}/{} of {} (set CONTAINER_THINPOOL to another name)",
+                self.pool,
+                self.vg,
+                self.thinpool_lv,
+                self.file.display()
+            ),
+        })
+    }
+
     /// Destroys the pool (its thin-pool LV; the VG and PV labels if the pool made them) and
     /// checks that DEVS carry no signature afterwards: the devices are as blank as before.
     pub fn reset(&self, root: &crate::pool::Root) -> crate::Result<Reset> {
         use crate::pool::{Access, Pool};
-        Pool::open(root, &self.pool, Access::Write)?.destroy(false)?;
+        let pool = Pool::open(root, &self.pool, Access::Write)?;
+        // Only what this file made: a pool of the same name made otherwise is not given away.
+        self.check_ours(&pool.status()?, "storage-setup --reset")?;
+        pool.destroy(false)?;
         for d in &self.devices {
             let found = blkdrv_drivers::sys::signature::describe_found(d)
                 .map_err(|e| PoolError::backing(&self.pool, e))?;
@@ -734,165 +636,5 @@ impl Vars<'_> {
             line,
             reason,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn setup(text: &str) -> Result<Setup, SetupError> {
-        Setup::from_text(Path::new("f"), text)
-    }
-
-    fn err(text: &str) -> String {
-        setup(text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn assignments_are_read_like_a_shell_would() {
-        let text = "# comment\n\n  export DEVS=\"/dev/vdb /dev/vdc\"  # two\nVG='my vg'\nA=x\\ y\nB=\"q\\\"\\$\"\nC=\nD=a#b\n";
-        let a = parse_assignments(text).unwrap();
-        let got: Vec<(&str, &str, usize)> = a
-            .iter()
-            .map(|a| (a.name.as_str(), a.value.as_str(), a.line))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("DEVS", "/dev/vdb /dev/vdc", 3),
-                ("VG", "my vg", 4),
-                ("A", "x y", 5),
-                ("B", "q\"$", 6),
-                ("C", "", 7),
-                ("D", "a#b", 8),
-            ]
-        );
-    }
-
-    #[test]
-    fn shell_constructs_are_refused_with_their_line() {
-        for (text, line, what) in [
-            ("VG=vg\nDEVS=$(lsblk)\n", 2, "expansions"),
-            ("DEVS=\"${DISK}\"\n", 1, "expansions"),
-            ("DEVS=`ls`\n", 1, "expansions"),
-            ("VG=vg\n\nVG=a rm -rf /\n", 3, "more than one word"),
-            ("VG='open\n", 1, "unterminated"),
-            ("VG=\"open\n", 1, "unterminated"),
-            ("VG=a\\\n", 1, "continuation"),
-            ("DEVS=(a b)\n", 1, "shell syntax"),
-            ("VG=a;b\n", 1, "shell syntax"),
-            ("echo hi\n", 1, "not a NAME=value"),
-            ("if true; then\n", 1, "not a NAME=value"),
-            ("1VG=a\n", 1, "not a NAME=value"),
-            ("exportVG=a b\n", 1, "more than one word"),
-        ] {
-            let (l, r) = parse_assignments(text).unwrap_err();
-            assert_eq!(l, line, "{text:?}: {r}");
-            assert!(r.contains(what), "{text:?}: {r}");
-        }
-    }
-
-    #[test]
-    fn a_typical_file_becomes_an_lvm_init_request() {
-        let s = setup(
-            "STORAGE_DRIVER=devicemapper\nDEVS=vdb\nVG=docker-vg\nDATA_SIZE=60%FREE\n\
-             CHUNK_SIZE=256K\nPOOL_AUTOEXTEND_THRESHOLD=70\nWIPE_SIGNATURES=true\n",
-        )
-        .unwrap();
-        assert_eq!(s.devices, [PathBuf::from("/dev/vdb")]);
-        assert_eq!(s.pool.as_str(), "docker-pool");
-        assert_eq!(s.min_data_size, Some(Bytes::gib(2)), "the default");
-        let r = s.init_request();
-        assert_eq!(r.driver.as_deref(), Some("devicemapper"));
-        assert!(r.force);
-        let o: BTreeMap<_, _> = r.options.iter().cloned().collect();
-        assert_eq!(o["lvm"], "on");
-        assert_eq!(o["vg"], "docker-vg");
-        assert_eq!(o["pool_lv"], "docker-pool");
-        assert_eq!(o["data_size"], "60%FREE");
-        assert_eq!(o["block_size"], (256u64 << 10).to_string());
-        assert_eq!(o["min_data_size"], (2u64 << 30).to_string());
-        assert_eq!(o["autoextend_threshold"], "70");
-        assert_eq!(o["autoextend_percent"], "20");
-    }
-
-    #[test]
-    fn defaults_sizes_and_switches() {
-        let s = setup("VG=vg\nMIN_DATA_SIZE=\nDATA_SIZE=2048\nAUTO_EXTEND_POOL=no\n").unwrap();
-        assert_eq!(s.data_size, DataSize::Exact(Bytes::gib(2)), "no unit: MiB");
-        assert_eq!(s.min_data_size, None, "empty: no minimum");
-        assert!(s.devices.is_empty(), "an existing VG's free space");
-        assert_eq!(s.chunk_size, Bytes::kib(512));
-        let o: BTreeMap<_, _> = s.init_request().options.into_iter().collect();
-        assert_eq!(o["autoextend_threshold"], "100", "LVM's never");
-        let s = setup("VG=vg\nDATA_SIZE=95%VG\nPOOL_META_SIZE=16M\nCHUNK_SIZE=64\n").unwrap();
-        assert_eq!(s.data_size, DataSize::VgPct(95));
-        assert_eq!(s.metadata_size, Some(Bytes::mib(16)));
-        assert_eq!(s.chunk_size, Bytes::kib(64), "no unit: KiB, as lvconvert");
-        assert_eq!(css_size("1GiB", Bytes(1)), Some(Bytes::gib(1)));
-        assert_eq!(css_size("1gb", Bytes(1)), Some(Bytes::gib(1)));
-        assert_eq!(css_size("4s", Bytes(1)), Some(Bytes(2048)));
-        assert_eq!(css_size("10b", Bytes(1)), Some(Bytes(10)));
-        assert_eq!(css_size("1.5G", Bytes(1)), None);
-        assert_eq!(css_size("99999999999E", Bytes(1)), None, "overflow");
-    }
-
-    #[test]
-    fn bad_values_name_the_variable_and_line() {
-        for (text, want) in [
-            ("VG=vg\nDATA_SIZE=40%PVS\n", "f:2: DATA_SIZE=\"40%PVS\""),
-            ("VG=vg\nDATA_SIZE=0%FREE\n", "DATA_SIZE"),
-            ("VG=vg\nCHUNK_SIZE=96K\n", "CHUNK_SIZE"),
-            (
-                "VG=vg\nPOOL_AUTOEXTEND_PERCENT=0\n",
-                "POOL_AUTOEXTEND_PERCENT",
-            ),
-            (
-                "VG=vg\nPOOL_AUTOEXTEND_THRESHOLD=101\n",
-                "POOL_AUTOEXTEND_THRESHOLD",
-            ),
-            ("VG=vg\nAUTO_EXTEND_POOL=maybe\n", "AUTO_EXTEND_POOL"),
-            ("VG=vg\nWIPE_SIGNATURES=yes\n", "WIPE_SIGNATURES"),
-            ("VG=vg\nDEVICE_WAIT_TIMEOUT=soon\n", "DEVICE_WAIT_TIMEOUT"),
-            ("VG=a/b\n", "VG=\"a/b\""),
-            ("VG=vg\nCONTAINER_THINPOOL=a/b\n", "CONTAINER_THINPOOL"),
-            ("VG=vg\nDEVS=\"vdb vdb\"\n", "listed twice"),
-            ("VG=vg\nDEVS=/tmp/disk\n", "under /dev"),
-            ("VG=vg\nSTORAGE_DRIVER=zfs\n", "expected devicemapper"),
-            ("DEVS=vdb\n", "VG is not set"),
-        ] {
-            let e = err(text);
-            assert!(e.contains(want), "{text:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn unknown_and_unsupported_variables_are_named() {
-        let e = err("VG=vg\nDEVZ=/dev/vdb\nFOO=1\n");
-        assert!(e.contains("DEVZ (line 2), FOO (line 3)"), "{e}");
-        for (text, var) in [
-            ("VG=vg\nGROWPART=true\n", "GROWPART"),
-            ("VG=vg\nSTORAGE_DRIVER=overlay2\n", "STORAGE_DRIVER"),
-            ("VG=vg\nSTORAGE_DRIVER=\n", "STORAGE_DRIVER"),
-            ("VG=vg\nROOT_SIZE=8G\n", "ROOT_SIZE"),
-            (
-                "VG=vg\nCONTAINER_ROOT_LV_NAME=lv\n",
-                "CONTAINER_ROOT_LV_NAME",
-            ),
-            (
-                "VG=vg\nEXTRA_STORAGE_OPTIONS=\"--storage-opt dm.fs=ext4\"\n",
-                "EXTRA_STORAGE_OPTIONS",
-            ),
-        ] {
-            let e = err(text);
-            assert!(
-                e.contains(&format!("{var}=")) && e.contains("not supported"),
-                "{e}"
-            );
-        }
-        // Set to empty, they mean "not used": fine.
-        setup("VG=vg\nEXTRA_STORAGE_OPTIONS=\nGROWPART=false\nCONTAINER_ROOT_LV_NAME=\"\"\n")
-            .unwrap();
     }
 }
