@@ -112,6 +112,10 @@ pub enum PoolError {
     #[error(transparent)]
     Tar(#[from] layertar::Error),
 
+    /// A container-storage-setup file blkdrv cannot follow (`blkdrv storage-setup`).
+    #[error(transparent)]
+    StorageSetup(#[from] crate::storage_setup::SetupError),
+
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -197,6 +201,7 @@ impl PoolError {
                 | PoolError::ContainerExists(_)
                 | PoolError::Refused { .. }
                 | PoolError::Config { .. }
+                | PoolError::StorageSetup(_)
         ) || matches!(self, PoolError::Tar(e) if e.is_input_error())
     }
 

@@ -75,13 +75,6 @@ fn list(vars: &[(String, usize)]) -> String {
     v.join(", ")
 }
 
-impl From<SetupError> for PoolError {
-    fn from(e: SetupError) -> PoolError {
-        // All of it is the file's or the command line's: bad input (a missing file too).
-        PoolError::Invalid(e.to_string())
-    }
-}
-
 /// container-storage-setup's sizes: an integer with an optional unit (b, s = 512 bytes, k, m,
 /// g, t, p, e; optionally followed by `b` or `ib`; either case, all binary); no unit means
 /// `default`.
