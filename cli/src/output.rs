@@ -1,7 +1,8 @@
 //! Human-readable and JSON output.
 
 use blkdrv_pool::config::Backing;
-use blkdrv_pool::pool::{CheckReport, LayerInfo, PoolStatus};
+use blkdrv_pool::pool::{Activation, ActivationState, CheckReport, LayerInfo, PoolStatus};
+use blkdrv_pool::text::escape_controls;
 use blkdrv_pool::{Access, Bytes, Pool, PoolError, Root};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -174,6 +175,37 @@ pub fn pool_table(out: Out<'_>, rows: &[serde_json::Value]) -> Result<(), PoolEr
             b(&r["space"]["total"]),
         )
         .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// `pool activate --all`: one line per pool, then what recovery did and what failed, indented.
+/// Errors and recovery lines carry paths and names from the store: escaped.
+pub fn activation_report(out: Out<'_>, report: &[Activation]) -> Result<(), PoolError> {
+    if report.is_empty() {
+        return writeln!(out, "no pools").map_err(io);
+    }
+    for a in report {
+        let state = match a.state {
+            ActivationState::Active => "active",
+            ActivationState::ActiveBusy => "active (in use by another blkdrv process)",
+            ActivationState::Failed => "FAILED",
+        };
+        let driver = a.driver.as_deref().unwrap_or("?");
+        match a.layers {
+            Some(n) => writeln!(out, "{:<16} {driver:<12} {state}, {n} layers", a.pool),
+            None => writeln!(out, "{:<16} {driver:<12} {state}", a.pool),
+        }
+        .map_err(io)?;
+        for r in &a.recovered {
+            writeln!(out, "  recovered: {}", escape_controls(r)).map_err(io)?;
+        }
+        for n in &a.notices {
+            writeln!(out, "  {}", escape_controls(n)).map_err(io)?;
+        }
+        if let Some(e) = &a.error {
+            writeln!(out, "  error: {}", escape_controls(e)).map_err(io)?;
+        }
     }
     Ok(())
 }

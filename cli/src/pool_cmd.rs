@@ -64,11 +64,12 @@ pub(crate) fn pool_cmd(ctx: &Ctx, c: &PoolCmd, err: &mut dyn Write) -> Result<Ou
                 report: pool.check(*repair)?,
             })
         }
-        PoolCmd::Activate { all: true, .. } => Err(PoolError::Refused {
-            op: "pool activate --all",
-            layer: String::new(),
-            reason: "not built yet (issue 15)".into(),
-        }),
+        PoolCmd::Activate { all: true, .. } => {
+            let bar = output::spinner("activating every pool");
+            let report = pool::activate_all(&ctx.root);
+            bar.finish_and_clear();
+            Ok(Outcome::ActivatedAll(report?))
+        }
         PoolCmd::Activate { name, all: false } => {
             let mut pool = Pool::open(&ctx.root, &PoolName::new(name)?, Access::Write)?;
             for r in pool.recovered() {

@@ -4,8 +4,8 @@
 use crate::output;
 use crate::output_containers as oc;
 use blkdrv_pool::pool::{
-    CheckReport, ContainerInfo, ContainerMounted, ContainerRemoved, HistoryEntry, LayerInfo,
-    PoolStatus, RemoveOutcome, VolumeInfo,
+    Activation, CheckReport, ContainerInfo, ContainerMounted, ContainerRemoved, HistoryEntry,
+    LayerInfo, PoolStatus, RemoveOutcome, VolumeInfo,
 };
 use blkdrv_pool::DiffStats;
 use blkdrv_pool::{CreateOutcome, MountMode, PoolError};
@@ -29,6 +29,8 @@ pub enum Outcome {
         pool: String,
         layers: usize,
     },
+    /// `pool activate --all`: one entry per pool; fails (exit 1) once shown if any failed.
+    ActivatedAll(Vec<Activation>),
     Deactivated {
         pool: String,
     },
@@ -139,6 +141,7 @@ impl Outcome {
             Outcome::Activated { pool, layers } => {
                 writeln!(out, "Pool {pool} active ({layers} layers)").map_err(io)
             }
+            Outcome::ActivatedAll(report) => output::activation_report(out, report),
             Outcome::Deactivated { pool } => writeln!(out, "Pool {pool} deactivated").map_err(io),
             Outcome::Destroyed { pool } => writeln!(out, "Pool {pool} destroyed").map_err(io),
             Outcome::LayerCreated { name, result } if result.reused => writeln!(
@@ -284,6 +287,7 @@ impl Outcome {
             Outcome::Activated { pool, layers } => {
                 output::json(out, &json!({"activated": pool, "layers": layers}))
             }
+            Outcome::ActivatedAll(report) => output::json(out, report),
             Outcome::Deactivated { pool } => output::json(out, &json!({"deactivated": pool})),
             Outcome::Destroyed { pool } => output::json(out, &json!({"destroyed": pool})),
             Outcome::LayerCreated { result, .. } => output::json(out, result),
@@ -343,6 +347,7 @@ impl Outcome {
             | Outcome::ContainersRemoved {
                 failed: Some(e), ..
             } => Err(e),
+            Outcome::ActivatedAll(report) => blkdrv_pool::pool::all_active(&report),
             Outcome::Checked {
                 name,
                 repair: false,

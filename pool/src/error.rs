@@ -144,6 +144,10 @@ pub enum PoolError {
     #[error("pool {pool:?} destroyed, but {}", .what.join("; "))]
     StillHeld { pool: String, what: Vec<String> },
 
+    /// `pool activate --all`: the pools that did not come up (each reported with its error).
+    #[error("{} of {total} pool(s) not activated: {}", .failed.len(), .failed.join(", "))]
+    NotActivated { total: usize, failed: Vec<String> },
+
     #[error("{cause}; rolling back also failed: {rollback}")]
     Rollback {
         cause: Box<PoolError>,

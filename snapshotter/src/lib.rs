@@ -19,6 +19,7 @@ pub use containerd_snapshots::tonic;
 
 mod convert;
 pub mod filter;
+pub mod notify;
 mod service;
 
 use blkdrv_pool::text::escape_controls;
@@ -161,6 +162,7 @@ async fn run(service: service::Service, socket: &Path) -> Result<(), ServeError>
     let listener = bind(socket).await?;
     let _socket = SocketGuard(socket.to_path_buf());
     tracing::info!(socket = %socket.display(), "{LISTENING}");
+    ready("READY=1");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
         .add_service(api::snapshots::v1::snapshots_server::SnapshotsServer::new(
@@ -188,6 +190,15 @@ async fn run(service: service::Service, socket: &Path) -> Result<(), ServeError>
         tracing::info!("stopped by {}", sig.as_str());
     }
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit) where the server is; a failure is logged only.
+fn ready(state: &str) {
+    match notify::notify(state) {
+        Ok(true) => tracing::debug!("told systemd {state}"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("sd_notify {state}: {e}"),
+    }
 }
 
 /// Resolves once SIGTERM or SIGINT has been received (the pool's flag).

@@ -32,6 +32,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("sigterm_during_prepare", sigterm_during_prepare),
     ("snapshotter_names", snapshotter_names),
     ("nodev_policy", nodev_policy),
+    ("sd_notify_ready", sd_notify_ready),
 ];
 
 const REF: &str = "containerd.io/snapshot.ref";
@@ -992,5 +993,30 @@ fn nodev_policy(driver: &str) -> TestResult {
         );
     }
     srv.stop()?;
+    Ok(())
+}
+
+/// Under a `Type=notify` unit (blkdrv-snapshotter.service): `READY=1` on `$NOTIFY_SOCKET`, sent
+/// once the socket listens (Server::start has seen it answer before the datagram is read).
+fn sd_notify_ready(driver: &str) -> TestResult {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("notify");
+    let rx = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+    rx.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let fx = Fx::with_env(driver, &[("NOTIFY_SOCKET", path.to_str().unwrap())])?;
+    let mut buf = [0u8; 256];
+    let n = rx
+        .recv(&mut buf)
+        .map_err(|e| format!("no sd_notify message from the server: {e}"))?;
+    ensure!(
+        &buf[..n] == b"READY=1",
+        "sd_notify message {:?}, want READY=1",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    ensure!(
+        fx.names(&[])?.is_empty(),
+        "the ready server does not answer"
+    );
     Ok(())
 }

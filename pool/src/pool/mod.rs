@@ -30,6 +30,7 @@ mod spool;
 mod types;
 mod volumes;
 
+pub use activate::{activate_all, activate_one, all_active, Activation, ActivationState};
 pub use backing::{force_destroy, teardown_dir};
 pub use snapshots::ExportPolicy;
 pub use spool::Spooled;
