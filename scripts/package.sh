@@ -8,8 +8,9 @@
 # blkdrv, so CI builds nothing twice); it is built here only when missing or older than a
 # source file. Beside it, in
 # target/<profile>/pkg-assets/, go what the packages ship besides the binary: the stripped
-# binary, man pages (`blkdrv manpages`, gzipped), completions (`blkdrv completion`) and the
-# units of packaging/systemd/; cli/Cargo.toml's [package.metadata.deb] and
+# binary, man pages (`blkdrv manpages`, gzipped), completions (`blkdrv completion`), the
+# units, containerd's drop-in and the snapshotter's environment file of packaging/systemd/;
+# cli/Cargo.toml's [package.metadata.deb] and
 # [package.metadata.generate-rpm] say where each file goes.
 #
 # The two cargo tools are installed once per version, outside the clone:
@@ -101,16 +102,15 @@ gzip -9n "$stage"/man8/*.8
 "$stage/blkdrv" completion bash > "$stage/completions/blkdrv"
 "$stage/blkdrv" completion zsh > "$stage/completions/_blkdrv"
 "$stage/blkdrv" completion fish > "$stage/completions/blkdrv.fish"
-# The units and any drop-in directory beside them (e.g. containerd.service.d/).
-units=(blkdrv-activate.service blkdrv-snapshotter.service)
-for u in "${units[@]}"; do
-  [ -f "packaging/systemd/$u" ] || die "packaging/systemd/$u is missing (the systemd units)"
+# The units, containerd's drop-in and the snapshotter's environment file, from
+# packaging/systemd/ (the systemd helper's files; cli/Cargo.toml says where each goes).
+for f in blkdrv-activate.service blkdrv-snapshotter.service containerd-blkdrv.conf blkdrv-snapshotter.env; do
+  [ -f "packaging/systemd/$f" ] || die "packaging/systemd/$f is missing (the systemd units)"
 done
-( cd packaging/systemd && find . \( -name '*.service' -o -name '*.socket' -o -path './*.d/*.conf' \) -type f -print0 ) \
-  | while IFS= read -r -d '' f; do
-      mkdir -p "$stage/systemd/$(dirname "$f")"
-      cp "packaging/systemd/$f" "$stage/systemd/$f"
-    done
+mkdir -p "$stage/systemd/containerd.service.d"
+cp packaging/systemd/blkdrv-activate.service packaging/systemd/blkdrv-snapshotter.service "$stage/systemd/"
+cp packaging/systemd/containerd-blkdrv.conf "$stage/systemd/containerd.service.d/blkdrv.conf"
+cp packaging/systemd/blkdrv-snapshotter.env "$stage/blkdrv-snapshotter.env"
 
 # --- the packages -------------------------------------------------------------------------------
 mkdir -p "$OUT"
@@ -136,13 +136,15 @@ has_line() { # <what> <list> <line>: the list holds that exact line
 scratch=$(mktemp -d /tmp/blkdrv-package-check.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 
-# The files both packages hold (the zsh directory differs: Fedora's site-functions, Debian's
-# vendor-completions); man pages: one per page `blkdrv manpages` wrote.
+# The files both packages hold (the zsh directory and the snapshotter's environment file
+# differ: Fedora's site-functions and /etc/sysconfig, Debian's vendor-completions and
+# /etc/default); man pages: one per page `blkdrv manpages` wrote.
 common=(/usr/bin/blkdrv /etc/blkdrv/blkdrv.toml
         /usr/share/bash-completion/completions/blkdrv
         /usr/share/fish/vendor_completions.d/blkdrv.fish
         /usr/lib/systemd/system/blkdrv-activate.service
-        /usr/lib/systemd/system/blkdrv-snapshotter.service)
+        /usr/lib/systemd/system/blkdrv-snapshotter.service
+        /usr/lib/systemd/system/containerd.service.d/blkdrv.conf)
 pages=()
 for p in "$stage"/man8/*.8.gz; do pages+=("/usr/share/man/man8/${p##*/}"); done
 [ "${#pages[@]}" -ge 10 ] || bad "only ${#pages[@]} man pages staged"
@@ -152,7 +154,7 @@ done
 
 # RPM
 rpm_files=$(rpm -qlp "$rpm" 2>/dev/null)
-for f in "${common[@]}" "${pages[@]}" /usr/share/zsh/site-functions/_blkdrv; do has_line "rpm -qlp" "$rpm_files" "$f"; done
+for f in "${common[@]}" "${pages[@]}" /usr/share/zsh/site-functions/_blkdrv /etc/sysconfig/blkdrv-snapshotter; do has_line "rpm -qlp" "$rpm_files" "$f"; done
 rpm_requires=$(rpm -qp --requires "$rpm" 2>/dev/null | awk '{print $1}')
 for d in xfsprogs e2fsprogs btrfs-progs lvm2 device-mapper-persistent-data util-linux; do
   has_line "rpm -qp --requires" "$rpm_requires" "$d"
@@ -160,12 +162,14 @@ done
 rpm_suggests=$(rpm -qp --suggests "$rpm" 2>/dev/null | awk '{print $1}')
 has_line "rpm -qp --suggests" "$rpm_suggests" zfs
 # %config(noreplace): the file flags 'c' (config) and 'n' (noreplace).
-rpm_config=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpm" 2>/dev/null | awk '$1 == "/etc/blkdrv/blkdrv.toml" {print $2}')
-case "$rpm_config" in *c*n*|*n*c*) ;; *) bad "rpm: /etc/blkdrv/blkdrv.toml is not %config(noreplace) (flags '$rpm_config')" ;; esac
+for f in /etc/blkdrv/blkdrv.toml /etc/sysconfig/blkdrv-snapshotter; do
+  flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpm" 2>/dev/null | awk -v f="$f" '$1 == f {print $2}')
+  case "$flags" in *c*n*|*n*c*) ;; *) bad "rpm: $f is not %config(noreplace) (flags '$flags')" ;; esac
+done
 
 # .deb
 deb_files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|; /\/$/d')
-for f in "${common[@]}" "${pages[@]}" /usr/share/zsh/vendor-completions/_blkdrv; do has_line "dpkg-deb -c" "$deb_files" "$f"; done
+for f in "${common[@]}" "${pages[@]}" /usr/share/zsh/vendor-completions/_blkdrv /etc/default/blkdrv-snapshotter; do has_line "dpkg-deb -c" "$deb_files" "$f"; done
 deb_field() { dpkg-deb -f "$deb" "$1" | tr ',' '\n' | sed 's/^ *//; s/ .*//'; }
 deb_depends=$(deb_field Depends)
 for d in xfsprogs e2fsprogs btrfs-progs lvm2 thin-provisioning-tools dmsetup util-linux libc6; do
@@ -173,7 +177,8 @@ for d in xfsprogs e2fsprogs btrfs-progs lvm2 thin-provisioning-tools dmsetup uti
 done
 has_line "dpkg-deb -I (Suggests)" "$(deb_field Suggests)" zfsutils-linux
 has_line "dpkg-deb -I (Package)" "$(dpkg-deb -f "$deb" Package)" blkdrv
-has_line "dpkg-deb -I conffiles" "$(dpkg-deb -I "$deb" conffiles 2>/dev/null)" /etc/blkdrv/blkdrv.toml
+deb_conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null || true)
+for f in /etc/blkdrv/blkdrv.toml /etc/default/blkdrv-snapshotter; do has_line "dpkg-deb -I conffiles" "$deb_conffiles" "$f"; done
 
 # Unpacked: the same files, the same binary.
 root=$scratch/deb
@@ -187,7 +192,7 @@ rpm -K "$rpm" > /dev/null || bad "rpm -K: the RPM's digests do not match"
 [ "$(find "$rpm_root" -type f | wc -l)" -eq "$(wc -l <<< "$rpm_files")" ] \
   || bad "the unpacked RPM holds $(find "$rpm_root" -type f | wc -l) files, rpm -qlp lists $(wc -l <<< "$rpm_files")"
 # Debian's copyright file is the .deb's own (cargo deb writes it from the license field).
-listing() { (cd "$1" && find . -type f | sed 's|^\.||; s|/zsh/[a-z-]*/_blkdrv$|/zsh/_blkdrv|; \|^/usr/share/doc/blkdrv/copyright$|d' | sort); }
+listing() { (cd "$1" && find . -type f | sed 's|^\.||; s|/zsh/[a-z-]*/_blkdrv$|/zsh/_blkdrv|; s|^/etc/[a-z]*/blkdrv-snapshotter$|/etc/ENV/blkdrv-snapshotter|; \|^/usr/share/doc/blkdrv/copyright$|d' | sort); }
 if ! diff <(listing "$root") <(listing "$rpm_root") > "$scratch/diff"; then
   bad "the .deb and the RPM hold different files: $(tr '\n' ' ' < "$scratch/diff")"
 fi
