@@ -48,6 +48,16 @@ done
 case "$profile" in
   dev|debug) echo "package.sh: profile '$profile': packages are built from an optimised profile (release, ci)" >&2; exit 2 ;;
 esac
+# The host tools, named up front: a missing one otherwise fails deep inside cargo deb (which
+# runs dpkg-shlibdeps for the `$auto` dependencies) or halfway through the checks.
+needed=(strip gzip dpkg-shlibdeps)
+[ "$check" = 0 ] || needed+=(rpm rpm2cpio cpio dpkg-deb)
+missing=()
+for t in "${needed[@]}"; do command -v "$t" > /dev/null || missing+=("$t"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "package.sh: missing tools: ${missing[*]} (Debian: binutils gzip dpkg-dev rpm cpio; Fedora: binutils gzip dpkg-dev rpm cpio dpkg; scripts/setup.sh installs them)" >&2
+  exit 1
+fi
 started=$SECONDS
 say() { printf 'package.sh: %s\n' "$*"; }
 
