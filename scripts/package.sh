@@ -17,7 +17,8 @@
 # ~/.cache/blkdrv/tools/<tool>-<version>/ (BLKDRV_CACHE moves ~/.cache/blkdrv).
 #
 # --check: the file lists (rpm -qlp, dpkg-deb -c), the dependencies (rpm -qp --requires and
-# --suggests, dpkg-deb -I), the config file marked as such (%config(noreplace), conffile); then
+# --suggests, dpkg-deb -I), the config files marked as such (%config(noreplace), conffile), the
+# daemon-reload scriptlets; then
 # the .deb and the RPM unpacked into temporary roots: the same files in both, the .deb's
 # `blkdrv --version` and `blkdrv info` run from its root with its config (as shipped, and with
 # every key uncommented), man pages and completions that parse, and scripts/check-units.sh on
@@ -177,6 +178,9 @@ for f in /etc/blkdrv/blkdrv.toml /etc/sysconfig/blkdrv-snapshotter; do
   case "$flags" in *c*n*|*n*c*) ;; *) bad "rpm: $f is not %config(noreplace) (flags '$flags')" ;; esac
 done
 
+rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'systemctl daemon-reload' \
+  || bad "rpm -qp --scripts: no daemon-reload after install/removal"
+
 # .deb
 deb_files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|; /\/$/d')
 for f in "${common[@]}" "${pages[@]}" /usr/share/zsh/vendor-completions/_blkdrv /etc/default/blkdrv-snapshotter; do has_line "dpkg-deb -c" "$deb_files" "$f"; done
@@ -187,6 +191,10 @@ for d in xfsprogs e2fsprogs btrfs-progs lvm2 thin-provisioning-tools dmsetup uti
 done
 has_line "dpkg-deb -I (Suggests)" "$(deb_field Suggests)" zfsutils-linux
 has_line "dpkg-deb -I (Package)" "$(dpkg-deb -f "$deb" Package)" blkdrv
+for script in postinst postrm; do
+  dpkg-deb -I "$deb" "$script" 2>/dev/null | grep -q 'systemctl daemon-reload' \
+    || bad "dpkg-deb -I: no $script with daemon-reload"
+done
 deb_conffiles=$(dpkg-deb -I "$deb" conffiles 2>/dev/null || true)
 for f in /etc/blkdrv/blkdrv.toml /etc/default/blkdrv-snapshotter; do has_line "dpkg-deb -I conffiles" "$deb_conffiles" "$f"; done
 
