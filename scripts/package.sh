@@ -18,7 +18,8 @@
 #
 # --check: the file lists (rpm -qlp, dpkg-deb -c), the dependencies (rpm -qp --requires and
 # --suggests, dpkg-deb -I), the config files marked as such (%config(noreplace), conffile), the
-# daemon-reload scriptlets; then
+# daemon-reload scriptlets; the RPM installed into a scratch rpm database (rpm -V, an edited
+# config kept across a reinstall and on removal); then
 # the .deb and the RPM unpacked into temporary roots: the same files in both, the .deb's
 # `blkdrv --version` and `blkdrv info` run from its root with its config (as shipped, and with
 # every key uncommented), man pages and completions that parse, and scripts/check-units.sh on
@@ -215,6 +216,30 @@ if ! diff <(listing "$root") <(listing "$rpm_root") > "$scratch/diff"; then
   bad "the .deb and the RPM hold different files: $(tr '\n' ' ' < "$scratch/diff")"
 fi
 cmp -s "$root/usr/bin/blkdrv" "$rpm_root/usr/bin/blkdrv" || bad "the .deb and the RPM hold different binaries"
+
+# The RPM installed for real into a database of its own (dependencies and scriptlets aside: the
+# root holds nothing else): rpm -V finds every file as packaged; an edited config survives a
+# reinstall (noreplace) and is kept as .rpmsave on removal, which removes everything else.
+rdb=$scratch/rpm-installed
+mkdir -p "$rdb"
+rpm_in() { # <rpm args>...: in the scratch root; its output only when it fails (Debian's rpm
+  # warns on every install that it is not the system's package manager)
+  rpm --root "$rdb" "$@" > "$scratch/rpm.log" 2>&1 && return 0
+  bad "rpm $*: $(grep -v 'Alien\|assuming you know' "$scratch/rpm.log" | tr '\n' ' ')"
+  return 1
+}
+if rpm_in --initdb && rpm_in -i --nodeps --noscripts "$rpm"; then
+  rpm_in -V --nodeps blkdrv || true
+  echo '# edited by the admin' >> "$rdb/etc/blkdrv/blkdrv.toml"
+  if rpm_in -U --replacepkgs --nodeps --noscripts "$rpm"; then
+    tail -n1 "$rdb/etc/blkdrv/blkdrv.toml" | grep -q 'edited by the admin' \
+      || bad "rpm -U replaced the edited /etc/blkdrv/blkdrv.toml"
+  fi
+  if rpm_in -e --nodeps --noscripts blkdrv; then
+    [ ! -e "$rdb/usr/bin/blkdrv" ] || bad "rpm -e left /usr/bin/blkdrv"
+    [ -f "$rdb/etc/blkdrv/blkdrv.toml.rpmsave" ] || bad "rpm -e did not keep the edited config as .rpmsave"
+  fi
+fi
 
 # The packaged binary, from the unpacked root, with the packaged config.
 ub=$root/usr/bin/blkdrv
