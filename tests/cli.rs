@@ -9,6 +9,10 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
+/// Completions and man pages (tests/cli/assets.rs).
+#[path = "cli/assets.rs"]
+mod assets;
+
 fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     build(&mut b);
