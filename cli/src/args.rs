@@ -31,7 +31,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "BLKDRV_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Host config file (defaults for root and pool init).
+    /// Host config file (blkdrv.toml: defaults for root and pool init). After `storage-setup`:
+    /// that command's container-storage-setup file instead.
     #[arg(long, global = true, env = "BLKDRV_CONFIG", value_name = "FILE",
           default_value = config::DEFAULT_CONFIG)]
     pub config: PathBuf,
