@@ -10,13 +10,12 @@
 //! Runs on the host with the drivers it has (btrfs, overlay, vfs here); in the VM
 //! (`tests/vm/run activate`, a group booted with OpenZFS) devicemapper and zfs must be there.
 
-use kit::cli::{run_cli, tool, Out};
+use kit::cli::{run_in, tool, Out};
 use kit::trial::result_trial;
 use kit::{Failed, TestResult};
 use libtest_mimic::Arguments;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -48,15 +47,7 @@ impl Host {
     }
 
     fn run(&self, args: &[&str]) -> Out {
-        let mut full: Vec<OsString> = vec![
-            "blkdrv".into(),
-            "--root".into(),
-            self.root().into(),
-            "--config".into(),
-            "/nonexistent/blkdrv.toml".into(),
-        ];
-        full.extend(args.iter().map(OsString::from));
-        run_cli(full)
+        run_in(&self.root(), args.iter().copied())
     }
 
     fn ok(&self, args: &[&str]) -> Result<Out, Failed> {

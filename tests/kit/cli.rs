@@ -26,6 +26,20 @@ pub fn run_cli(args: Vec<OsString>) -> Out {
     }
 }
 
+/// `blkdrv --root ROOT ARGS` in-process, with no host config file (the host's own
+/// /etc/blkdrv/blkdrv.toml must not change what a test sees).
+pub fn run_in<S: Into<OsString>>(root: &Path, args: impl IntoIterator<Item = S>) -> Out {
+    let mut full: Vec<OsString> = vec![
+        "blkdrv".into(),
+        "--root".into(),
+        root.into(),
+        "--config".into(),
+        "/nonexistent/blkdrv.toml".into(),
+    ];
+    full.extend(args.into_iter().map(Into::into));
+    run_cli(full)
+}
+
 /// A state root with one pool "t"; destroyed (with its loop device) on drop, even on panic.
 pub struct Env {
     dir: tempfile::TempDir,
@@ -60,15 +74,7 @@ impl Env {
     }
 
     pub fn run_os(&self, args: Vec<OsString>) -> Out {
-        let mut full: Vec<OsString> = vec![
-            "blkdrv".into(),
-            "--root".into(),
-            self.root().into(),
-            "--config".into(),
-            "/nonexistent/blkdrv.toml".into(),
-        ];
-        full.extend(args);
-        run_cli(full)
+        run_in(&self.root(), args)
     }
 
     pub fn run(&self, args: &[&str]) -> Out {

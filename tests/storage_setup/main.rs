@@ -4,7 +4,7 @@
 //! `--reset` gives the disk back with no signature; an existing VG's free space; refusals leave
 //! the disks as found. Bad files are tests/cli/storage_setup.rs, on the host.
 
-use kit::cli::{run_cli, tool, Out};
+use kit::cli::{run_in, tool, Out};
 use kit::trial::{Case, VmTarget};
 use libtest_mimic::Failed;
 use std::path::{Path, PathBuf};
@@ -84,16 +84,7 @@ impl Scene {
 
     /// `blkdrv --root R --config /nonexistent [--json] ARGS`.
     fn blkdrv(&self, args: &[&str]) -> Out {
-        let root = self.root();
-        let mut full = vec![
-            "blkdrv",
-            "--root",
-            root.to_str().unwrap(),
-            "--config",
-            "/nonexistent/blkdrv.toml",
-        ];
-        full.extend_from_slice(args);
-        run_cli(full.into_iter().map(Into::into).collect())
+        run_in(&self.root(), args.iter().copied())
     }
 
     fn ok(&self, args: &[&str]) -> Result<Out, Failed> {

@@ -76,6 +76,25 @@ where
     exec::run("lvm", args, purpose)
 }
 
+/// The first line of `vgs`/`lvs` FIELDS for OBJECT: sizes in bytes without suffix, fields
+/// separated by `|` (a field of LVM's may hold spaces).
+fn report(cmd: &str, fields: &str, object: &str, purpose: &'static str) -> Result<String> {
+    let args = [
+        cmd,
+        "--noheadings",
+        "--units",
+        "b",
+        "--nosuffix",
+        "--separator",
+        "|",
+        "-o",
+        fields,
+        object,
+    ];
+    let out = lvm(args, purpose)?;
+    Ok(out.lines().next().unwrap_or("").trim().to_string())
+}
+
 /// What `lvs` says of a thin-pool LV.
 #[derive(Debug, Clone)]
 pub struct PoolInfo {
@@ -231,22 +250,7 @@ pub enum SizeArg {
 }
 
 pub fn vg_space(vg: &str) -> Result<VgSpace> {
-    let out = lvm(
-        [
-            "vgs",
-            "--noheadings",
-            "--units",
-            "b",
-            "--nosuffix",
-            "--separator",
-            "|",
-            "-o",
-            "vg_size,vg_free",
-            vg,
-        ],
-        "read the volume group's size",
-    )?;
-    let line = out.lines().next().unwrap_or("").trim();
+    let line = report("vgs", "vg_size,vg_free", vg, "read the volume group's size")?;
     let f: Vec<u64> = line
         .split('|')
         .filter_map(|v| v.trim().parse().ok())
@@ -377,22 +381,12 @@ pub fn vg_exists(vg: &str) -> Result<bool> {
 
 /// Reads the pool LV's attributes; an error if it is not a thin pool.
 pub fn pool_info(pool: &PoolLv) -> Result<PoolInfo> {
-    let out = lvm(
-        [
-            "lvs",
-            "--noheadings",
-            "--units",
-            "b",
-            "--nosuffix",
-            "--separator",
-            "|",
-            "-o",
-            "lv_uuid,segtype,chunk_size,thin_count,data_percent,lv_size",
-            &pool.to_string(),
-        ],
+    let line = report(
+        "lvs",
+        "lv_uuid,segtype,chunk_size,thin_count,data_percent,lv_size",
+        &pool.to_string(),
         "read the thin-pool LV",
     )?;
-    let line = out.lines().next().unwrap_or("").trim().to_string();
     let f: Vec<&str> = line.split('|').map(str::trim).collect();
     let not_pool = |why: String| DriverError::Device {
         device: PathBuf::from(pool.to_string()),
