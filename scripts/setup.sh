@@ -63,17 +63,19 @@ PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs libclang-dev pkg-config build-es
 #   device-mapper-devel (devmapper.pc and headers for the devicemapper crate),
 #   device-mapper-persistent-data (thin_check, thin_ls), lvm2, device-mapper (dmsetup);
 #   kmod (modprobe: scripts/kernel-features.sh --load); protobuf-compiler (protoc);
-#   rpm (rpm -qlp --requires for scripts/package.sh); systemd (systemd-analyze).
+#   rpm (rpm -qlp --requires for scripts/package.sh), cpio (unpacking the RPM), binutils
+#   (strip); systemd (systemd-analyze).
 FEDORA_PKGS=(util-linux e2fsprogs xfsprogs btrfs-progs tar
              clang-devel pkgconf-pkg-config gcc make
              device-mapper-devel device-mapper-persistent-data lvm2 device-mapper
-             kmod protobuf-compiler rpm systemd)
+             kmod protobuf-compiler rpm cpio binutils systemd)
 # Only for the checks and tests, installed one at a time because RHEL's own repositories lack
 # some (ShellCheck and protobuf-compiler are in EPEL/CRB, vagrant in HashiCorp's, containerd
 # in none): a missing one is named, and what needs it says so when it runs.
 #   ShellCheck (scripts/lint-static.sh), vagrant and vagrant-libvirt (vagrant validate), dpkg
-#   (dpkg-deb for the .deb checks of scripts/package.sh), containerd, runc (tests/containerd).
-FEDORA_TEST_PKGS=(ShellCheck vagrant vagrant-libvirt dpkg containerd runc)
+#   and dpkg-dev (dpkg-deb, and dpkg-shlibdeps for cargo deb's library Depends, in
+#   scripts/package.sh), containerd, runc (tests/containerd).
+FEDORA_TEST_PKGS=(ShellCheck vagrant vagrant-libvirt dpkg dpkg-dev containerd runc)
 
 if [ "$family" = fedora ]; then
   dnf=dnf
