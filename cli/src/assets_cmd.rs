@@ -74,6 +74,8 @@ pub(crate) fn completion(a: &CompletionArgs, out: &mut dyn Write, err: &mut dyn 
     );
     match out.write_all(&script).and_then(|()| out.flush()) {
         Ok(()) => crate::EXIT_OK,
+        // `blkdrv completion bash | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => crate::EXIT_OK,
         Err(source) => report(
             err,
             &AssetsError::WriteCompletion {
